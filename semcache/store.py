@@ -1,0 +1,222 @@
+"""LMDB storage: the source of truth. Every FAISS index is derived from it.
+
+Named databases (ids are 8-byte big-endian, so keys sort by id):
+
+    meta           name                       -> value (counters, schema, embedding model)
+    partitions     partition_id               -> PartitionRecord
+    partition_names sha256(namespace,model,version) -> partition_id
+    entries        entry_id                   -> EntryRecord
+    exact          partition_id + sha256(normalized query) -> entry_id
+    by_partition   partition_id + entry_id    -> ""
+    expiry         expires_at_ms + entry_id   -> ""
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+
+from semcache.errors import ConfigError, ResourceExhaustedError
+from semcache.partition import PartitionKey
+from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
+
+SCHEMA_VERSION = b"1"
+_U64 = struct.Struct(">Q")
+
+
+def pack_id(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_id(data: bytes) -> int:
+    return _U64.unpack(data)[0]
+
+
+def _exact_key(partition_id: int, normalized_query: str) -> bytes:
+    return pack_id(partition_id) + hashlib.sha256(normalized_query.encode("utf-8", "surrogatepass")).digest()
+
+
+def _expiry_key(expires_at: float, entry_id: int) -> bytes:
+    return pack_id(int(expires_at * 1000)) + pack_id(entry_id)
+
+
+class Store:
+    """An LMDB environment with semcache's schema. Transactions are used from one thread each."""
+
+    def __init__(self, data_dir: str | Path, *, max_map_bytes: int, sync_writes: bool = True) -> None:
+        path = Path(data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        # The map is only address space: the file grows as data is written, up to
+        # max_map_bytes, so the ceiling can be mapped from the start.
+        self._env = lmdb.open(
+            str(path / "cache.lmdb"),
+            map_size=max_map_bytes,
+            subdir=True,
+            max_dbs=8,
+            max_readers=512,
+            sync=sync_writes,
+            metasync=sync_writes,
+            readahead=False,
+        )
+        self._meta = self._env.open_db(b"meta")
+        self._partitions = self._env.open_db(b"partitions")
+        self._partition_names = self._env.open_db(b"partition_names")
+        self._entries = self._env.open_db(b"entries")
+        self._exact = self._env.open_db(b"exact")
+        self._by_partition = self._env.open_db(b"by_partition")
+        self._expiry = self._env.open_db(b"expiry")
+        with self.write() as txn:
+            schema = txn.get(b"schema_version", db=self._meta)
+            if schema is None:
+                txn.put(b"schema_version", SCHEMA_VERSION, db=self._meta)
+            elif schema != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"data dir {str(path)!r} has schema {schema.decode()!r}; this server reads {SCHEMA_VERSION.decode()!r}"
+                )
+
+    def close(self) -> None:
+        self._env.close()
+
+    # -- transactions -----------------------------------------------------
+
+    def read(self) -> lmdb.Transaction:
+        return self._env.begin(write=False)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction, committed (and fsynced, with sync_writes) on success."""
+        try:
+            with self._env.begin(write=True) as txn:
+                yield txn
+        except lmdb.MapFullError:
+            raise ResourceExhaustedError(
+                "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
+            ) from None
+
+    def used_bytes(self) -> int:
+        info = self._env.info()
+        return (info["last_pgno"] + 1) * self._env.stat()["psize"]
+
+    # -- meta ---------------------------------------------------------------
+
+    def get_meta(self, txn: lmdb.Transaction, name: str) -> str | None:
+        value = txn.get(name.encode(), db=self._meta)
+        return None if value is None else value.decode()
+
+    def put_meta(self, txn: lmdb.Transaction, name: str, value: str) -> None:
+        txn.put(name.encode(), value.encode(), db=self._meta)
+
+    def next_id(self, txn: lmdb.Transaction, counter: str) -> int:
+        """A new id from a persistent counter; ids start at 1 and are never reused."""
+        key = counter.encode()
+        raw = txn.get(key, db=self._meta)
+        value = 1 if raw is None else unpack_id(raw) + 1
+        txn.put(key, pack_id(value), db=self._meta)
+        return value
+
+    # -- partitions ---------------------------------------------------------
+
+    def find_partition(self, txn: lmdb.Transaction, key: PartitionKey) -> int | None:
+        raw = txn.get(key.digest(), db=self._partition_names)
+        return None if raw is None else unpack_id(raw)
+
+    def put_partition(self, txn: lmdb.Transaction, partition_id: int, record: PartitionRecord) -> None:
+        txn.put(pack_id(partition_id), record.SerializeToString(), db=self._partitions)
+        if not record.dropping:
+            key = PartitionKey(record.namespace, record.model, record.version)
+            txn.put(key.digest(), pack_id(partition_id), db=self._partition_names)
+
+    def get_partition(self, txn: lmdb.Transaction, partition_id: int) -> PartitionRecord | None:
+        raw = txn.get(pack_id(partition_id), db=self._partitions)
+        return None if raw is None else PartitionRecord.FromString(raw)
+
+    def mark_partition_dropping(self, txn: lmdb.Transaction, partition_id: int) -> PartitionRecord | None:
+        """Make the partition unreachable by name; its entries are removed afterwards."""
+        record = self.get_partition(txn, partition_id)
+        if record is None:
+            return None
+        key = PartitionKey(record.namespace, record.model, record.version)
+        txn.delete(key.digest(), db=self._partition_names)
+        record.dropping = True
+        txn.put(pack_id(partition_id), record.SerializeToString(), db=self._partitions)
+        return record
+
+    def delete_partition(self, txn: lmdb.Transaction, partition_id: int) -> None:
+        record = self.get_partition(txn, partition_id)
+        if record is not None and not record.dropping:
+            key = PartitionKey(record.namespace, record.model, record.version)
+            txn.delete(key.digest(), db=self._partition_names)
+        txn.delete(pack_id(partition_id), db=self._partitions)
+
+    def iter_partitions(self, txn: lmdb.Transaction) -> Iterator[tuple[int, PartitionRecord]]:
+        for key, value in txn.cursor(db=self._partitions):
+            yield unpack_id(key), PartitionRecord.FromString(value)
+
+    # -- entries ------------------------------------------------------------
+
+    def get_entry(self, txn: lmdb.Transaction, entry_id: int) -> EntryRecord | None:
+        raw = txn.get(pack_id(entry_id), db=self._entries)
+        return None if raw is None else EntryRecord.FromString(raw)
+
+    def find_exact(self, txn: lmdb.Transaction, partition_id: int, normalized_query: str) -> int | None:
+        raw = txn.get(_exact_key(partition_id, normalized_query), db=self._exact)
+        return None if raw is None else unpack_id(raw)
+
+    def put_entry(self, txn: lmdb.Transaction, entry_id: int, record: EntryRecord) -> None:
+        """Insert a new entry with all its index rows."""
+        packed = pack_id(entry_id)
+        txn.put(packed, record.SerializeToString(), db=self._entries)
+        txn.put(pack_id(record.partition_id) + packed, b"", db=self._by_partition)
+        if record.normalized_query:
+            txn.put(_exact_key(record.partition_id, record.normalized_query), packed, db=self._exact)
+        if record.expires_at:
+            txn.put(_expiry_key(record.expires_at, entry_id), b"", db=self._expiry)
+
+    def update_entry(self, txn: lmdb.Transaction, entry_id: int, old: EntryRecord, new: EntryRecord) -> None:
+        """Rewrite an entry in place (hit counts, expiry); partition and query must not change."""
+        if old.expires_at != new.expires_at:
+            if old.expires_at:
+                txn.delete(_expiry_key(old.expires_at, entry_id), db=self._expiry)
+            if new.expires_at:
+                txn.put(_expiry_key(new.expires_at, entry_id), b"", db=self._expiry)
+        txn.put(pack_id(entry_id), new.SerializeToString(), db=self._entries)
+
+    def delete_entry(self, txn: lmdb.Transaction, entry_id: int, record: EntryRecord) -> None:
+        """Remove an entry and every index row that points at it."""
+        packed = pack_id(entry_id)
+        txn.delete(packed, db=self._entries)
+        txn.delete(pack_id(record.partition_id) + packed, db=self._by_partition)
+        if record.normalized_query:
+            exact_key = _exact_key(record.partition_id, record.normalized_query)
+            # Only drop the exact row if it still points at this entry.
+            if txn.get(exact_key, db=self._exact) == packed:
+                txn.delete(exact_key, db=self._exact)
+        if record.expires_at:
+            txn.delete(_expiry_key(record.expires_at, entry_id), db=self._expiry)
+
+    def iter_partition_entry_ids(self, txn: lmdb.Transaction, partition_id: int) -> Iterator[int]:
+        prefix = pack_id(partition_id)
+        cursor = txn.cursor(db=self._by_partition)
+        if not cursor.set_range(prefix):
+            return
+        for key in cursor.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                return
+            yield unpack_id(key[8:])
+
+    def iter_entries(self, txn: lmdb.Transaction) -> Iterator[tuple[int, EntryRecord]]:
+        for key, value in txn.cursor(db=self._entries):
+            yield unpack_id(key), EntryRecord.FromString(value)
+
+    def iter_expired(self, txn: lmdb.Transaction, now: float) -> Iterator[int]:
+        """Entry ids whose expiry is at or before `now`, soonest first."""
+        limit = int(now * 1000)
+        for key in txn.cursor(db=self._expiry).iternext(keys=True, values=False):
+            if unpack_id(key[:8]) > limit:
+                return
+            yield unpack_id(key[8:])

@@ -1,0 +1,185 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Partition(_message.Message):
+    __slots__ = ("namespace", "model", "prompt_version", "system_prompt")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    model: str
+    prompt_version: str
+    system_prompt: str
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., system_prompt: _Optional[str] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("partition", "query", "embedding", "min_similarity")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    query: str
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    min_similarity: float
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ...) -> None: ...
+
+class LookupResponse(_message.Message):
+    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HIT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_QUERY_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    hit: bool
+    entry_id: str
+    response: bytes
+    similarity: float
+    matched_query: str
+    exact: bool
+    threshold: float
+    metadata: _containers.ScalarMap[str, str]
+    resolved_version: str
+    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ...) -> None: ...
+
+class StoreRequest(_message.Message):
+    __slots__ = ("partition", "query", "response", "embedding", "ttl_seconds", "metadata", "cost")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    query: str
+    response: bytes
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    ttl_seconds: int
+    metadata: _containers.ScalarMap[str, str]
+    cost: float
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[_Iterable[float]] = ..., ttl_seconds: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., cost: _Optional[float] = ...) -> None: ...
+
+class StoreResponse(_message.Message):
+    __slots__ = ("entry_id", "replaced", "expires_at", "resolved_version")
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    replaced: bool
+    expires_at: float
+    resolved_version: str
+    def __init__(self, entry_id: _Optional[str] = ..., replaced: _Optional[bool] = ..., expires_at: _Optional[float] = ..., resolved_version: _Optional[str] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("partition", "entry_id")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    entry_id: str
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., entry_id: _Optional[str] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class InvalidateRequest(_message.Message):
+    __slots__ = ("partition", "all_versions")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    all_versions: bool
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., all_versions: _Optional[bool] = ...) -> None: ...
+
+class InvalidateResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("partition",)
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ...) -> None: ...
+
+class PartitionStats(_message.Message):
+    __slots__ = ("namespace", "model", "prompt_version", "entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "bytes", "last_used_at")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    SAVED_COST_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    model: str
+    prompt_version: str
+    entries: int
+    lookups: int
+    hits: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    saved_cost: float
+    bytes: int
+    last_used_at: float
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    SAVED_COST_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    lookups: int
+    hits: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    saved_cost: float
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionStats]
+    bytes: int
+    embedding_model: str
+    embedding_dimension: int
+    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ...) -> None: ...
