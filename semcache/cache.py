@@ -22,9 +22,10 @@ from semcache.errors import (
     ConfigError,
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
     ResourceExhaustedError,
+    StorageFullError,
 )
+from semcache.eviction import Budget, EvictionPolicy
 from semcache.normalize import normalize_query
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
@@ -40,6 +41,14 @@ _SEARCH_K = 8
 # Entries removed per write transaction by invalidation and sweeps, so other
 # writers get the lock between chunks.
 _DELETE_CHUNK = 2000
+# When LMDB is at max_map_bytes: evict this share of entries (at least one) and retry.
+_FULL_EVICT_FRACTION = 0.01
+_FULL_RETRIES = 8
+# PartitionRecord counters, summed for totals and shown in Stats.
+COUNTERS = (
+    "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost",
+    "evictions", "expirations", "invalidations",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +111,19 @@ class _Partition:
     def __init__(self, partition_id: int, key: PartitionKey, record: PartitionRecord, dimension: int) -> None:
         self.id = partition_id
         self.key = key
-        self.record = record  # counters; mutated under the cache's stats lock
+        self.record = record  # counters and last_used_at; mutated under the cache's stats lock
         self.index = VectorIndex(dimension)
         self.bytes = 0
         self.dirty = False
 
 
 class SemanticCache:
-    """Thread-safe: any number of lookups run at once; writes are serialized."""
+    """Thread-safe: lookups never wait for writers; writes are serialized by one lock.
+
+    Locks, always taken in this order: _write_lock (LMDB write transactions and the
+    index and partition changes that follow them), then _stats_lock (counters,
+    pending hit counts, the eviction policy).
+    """
 
     def __init__(
         self,
@@ -137,11 +151,28 @@ class SemanticCache:
         self._by_key: dict[PartitionKey, _Partition] = {}
         self._by_id: dict[int, _Partition] = {}
         self._totals = PartitionRecord()
-        self._pending_hits: dict[int, tuple[int, float]] = {}
+        self._policy = EvictionPolicy(
+            settings.lfu_half_life_seconds,
+            Budget(settings.max_entries, settings.max_bytes),
+            {
+                name: Budget(ns.max_entries or 0, ns.max_bytes or 0)
+                for name, ns in settings.namespaces.items()
+                if ns.max_entries or ns.max_bytes
+            },
+        )
+        # entry id -> (hits since the last flush, last hit time, LFU score after them)
+        self._pending_hits: dict[int, tuple[int, float, float | None]] = {}
+        # entry id -> expiry extended by sliding TTL, not yet flushed to LMDB
+        self._pending_expiry: dict[int, float] = {}
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self._purges: list[threading.Thread] = []
         started = time.monotonic()
-        self._recover()
+        try:
+            self._recover()
+        except BaseException:
+            self._store.close()
+            raise
         self.recovery_seconds = time.monotonic() - started
 
     # -- lifecycle ----------------------------------------------------------
@@ -157,6 +188,7 @@ class SemanticCache:
         if self._maintenance is not None:
             self._maintenance.join()
             self._maintenance = None
+        self.wait_for_purges()
         self.flush_stats()
         self._store.close()
 
@@ -196,9 +228,7 @@ class SemanticCache:
                     dropping.append(partition_id)
                     continue
                 key = PartitionKey(record.namespace, record.model, record.version)
-                partition = _Partition(partition_id, key, record, self.dimension)
-                self._by_key[key] = partition
-                self._by_id[partition_id] = partition
+                self._publish(_Partition(partition_id, key, record, self.dimension))
         for partition_id in dropping:  # an invalidation was cut off: finish it
             self._purge_partition(partition_id)
         orphans = []
@@ -212,16 +242,29 @@ class SemanticCache:
                     continue
                 vectors.setdefault(partition.id, []).append(record.embedding)
                 ids.setdefault(partition.id, []).append(entry_id)
-                partition.bytes += entry_bytes(record)
+                size = entry_bytes(record)
+                partition.bytes += size
+                self._policy.add(
+                    partition.key.namespace, entry_id, size, record.created_at,
+                    score=record.lfu_score or None, last_used_at=max(record.created_at, record.last_hit_at),
+                )
         for partition_id, partition_vectors in vectors.items():
             matrix = np.frombuffer(b"".join(partition_vectors), dtype=np.float32).reshape(-1, self.dimension)
             self._by_id[partition_id].index.add(np.asarray(ids[partition_id], dtype=np.int64), matrix)
         if orphans:
-            self._delete_entry_ids(orphans)
+            self._delete_entry_ids(orphans, reason=None)
         log.info(
             "recovered %d partitions, %d entries",
             len(self._by_id), sum(len(p.index) for p in self._by_id.values()),
         )
+
+    def _publish(self, partition: _Partition) -> None:
+        self._by_key[partition.key] = partition
+        self._by_id[partition.id] = partition
+
+    def _unpublish(self, partition: _Partition) -> None:
+        self._by_key.pop(partition.key, None)
+        self._by_id.pop(partition.id, None)
 
     # -- validation -----------------------------------------------------------
 
@@ -298,6 +341,9 @@ class SemanticCache:
             if result is not None:
                 return result
         if vector is None:
+            if self.embedder is None:  # no model and no client vector: the exact tier was all there is
+                self._count_lookup(partition, "miss", now=now)
+                return LookupResult(hit=False, threshold=threshold, resolved_version=key.version)
             vector = self._embed(query)
         return self._lookup_semantic(partition, vector, threshold, now)
 
@@ -305,9 +351,9 @@ class SemanticCache:
         with self._store.read() as txn:
             entry_id = self._store.find_exact(txn, partition.id, normalized)
             record = None if entry_id is None else self._store.get_entry(txn, entry_id)
-        if record is None or record.normalized_query != normalized or self._expired(record, now):
+        if record is None or record.normalized_query != normalized or self._expired(entry_id, record, now):
             return None
-        self._count_lookup(partition, "exact", entry_id=entry_id, cost=record.cost, now=now)
+        self._count_lookup(partition, "exact_hits", entry_id=entry_id, record=record, now=now)
         return self._hit(partition, entry_id, record, 1.0, threshold, exact=True)
 
     def _lookup_semantic(self, partition: _Partition, vector: np.ndarray, threshold: float, now: float) -> LookupResult:
@@ -317,10 +363,10 @@ class SemanticCache:
             with self._store.read() as txn:
                 for entry_id, similarity in candidates:
                     record = self._store.get_entry(txn, entry_id)
-                    if record is None or record.partition_id != partition.id or self._expired(record, now):
+                    if record is None or record.partition_id != partition.id or self._expired(entry_id, record, now):
                         continue
                     if similarity >= threshold:
-                        self._count_lookup(partition, "semantic", entry_id=entry_id, cost=record.cost, now=now)
+                        self._count_lookup(partition, "semantic_hits", entry_id=entry_id, record=record, now=now)
                         return self._hit(partition, entry_id, record, similarity, threshold, exact=False)
                     self._count_lookup(partition, "miss", now=now)
                     return LookupResult(
@@ -331,8 +377,10 @@ class SemanticCache:
                 return LookupResult(hit=False, threshold=threshold, resolved_version=partition.key.version)
             k *= 4
 
-    def _expired(self, record: EntryRecord, now: float) -> bool:
-        return record.expires_at != 0 and record.expires_at <= now
+    def _expired(self, entry_id: int, record: EntryRecord, now: float) -> bool:
+        if record.expires_at == 0:
+            return False
+        return max(record.expires_at, self._pending_expiry.get(entry_id, 0.0)) <= now
 
     def _hit(
         self, partition: _Partition, entry_id: int, record: EntryRecord, similarity: float, threshold: float, *, exact: bool
@@ -350,27 +398,36 @@ class SemanticCache:
         )
 
     def _count_lookup(
-        self, partition: _Partition | None, outcome: str, *, entry_id: int = 0, cost: float = 0.0, now: float = 0.0
+        self,
+        partition: _Partition | None,
+        outcome: str,
+        *,
+        entry_id: int = 0,
+        record: EntryRecord | None = None,
+        now: float = 0.0,
     ) -> None:
+        """Count a lookup; for a hit ("exact_hits"/"semantic_hits") also its LFU hit and sliding TTL."""
         records = [self._totals] if partition is None else [self._totals, partition.record]
         with self._stats_lock:
-            for record in records:
-                record.lookups += 1
+            for counters in records:
+                counters.lookups += 1
                 if outcome == "miss":
-                    record.misses += 1
+                    counters.misses += 1
                 else:
-                    record.hits += 1
-                    record.saved_cost += cost
-                    if outcome == "exact":
-                        record.exact_hits += 1
-                    else:
-                        record.semantic_hits += 1
-            if partition is not None:
-                partition.record.last_used_at = now
-                partition.dirty = True
-            if entry_id:
-                count, _ = self._pending_hits.get(entry_id, (0, 0.0))
-                self._pending_hits[entry_id] = (count + 1, now)
+                    counters.hits += 1
+                    setattr(counters, outcome, getattr(counters, outcome) + 1)
+                    counters.saved_cost += record.cost if record is not None else 0.0
+            if partition is None:
+                return
+            partition.record.last_used_at = now
+            partition.dirty = True
+            if record is None:
+                return
+            score = self._policy.hit(entry_id, now)
+            count = self._pending_hits.get(entry_id, (0, 0.0, None))[0]
+            self._pending_hits[entry_id] = (count + 1, now, score)
+            if record.ttl_seconds and self.settings.sliding_ttl_for(partition.key.namespace):
+                self._pending_expiry[entry_id] = now + record.ttl_seconds
 
     # -- store ------------------------------------------------------------------
 
@@ -385,7 +442,11 @@ class SemanticCache:
         metadata: Mapping[str, str] | None = None,
         cost: float = 0.0,
     ) -> StoreResult:
-        """Store a response; returns once it is committed to LMDB."""
+        """Store a response; returns once it is committed to LMDB.
+
+        Evicts least-frequently-used entries first when a budget would be exceeded,
+        and when LMDB is at max_map_bytes.
+        """
         metadata = dict(metadata or {})
         vector = self._vector(embedding)
         normalized = self._check_query(query, vector is not None)
@@ -401,40 +462,77 @@ class SemanticCache:
         if vector is None:
             vector = self._embed(query)
         ttl = ttl_seconds or self.settings.default_ttl_seconds_for(key.namespace)
+        record = EntryRecord(
+            query=query,
+            normalized_query=normalized,
+            response=bytes(response),
+            embedding=vector.astype(np.float32).tobytes(),
+            metadata=metadata,
+            cost=cost,
+            ttl_seconds=ttl,
+        )
+        size = entry_bytes(record)
+        budget_bytes = self._policy.too_large(key.namespace, size)
+        if budget_bytes:
+            raise ResourceExhaustedError(f"entry is {size} bytes; the byte budget of its scope is {budget_bytes}")
+        for _ in range(_FULL_RETRIES):
+            try:
+                return self._store_once(key, record, vector, size)
+            except StorageFullError:
+                if not self._evict_for_space():
+                    raise
+        raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room")
+
+    def _store_once(self, key: PartitionKey, record: EntryRecord, vector: np.ndarray, size: int) -> StoreResult:
+        retired: list[_Partition] = []
         with self._write_lock:
             now = self.clock()
-            record = EntryRecord(
-                query=query,
-                normalized_query=normalized,
-                response=bytes(response),
-                embedding=vector.astype(np.float32).tobytes(),
-                metadata=metadata,
-                created_at=now,
-                expires_at=now + ttl if ttl else 0.0,
-                cost=cost,
-                ttl_seconds=ttl,
-            )
-            with self._store.write() as txn:
-                partition, new_partition = self._partition_for_store(txn, key, now)
-                record.partition_id = partition.id
-                replaced_id = self._store.find_exact(txn, partition.id, normalized) if normalized else None
-                replaced = self._store.get_entry(txn, replaced_id) if replaced_id is not None else None
-                if replaced is not None:
-                    self._store.delete_entry(txn, replaced_id, replaced)
-                entry_id = self._store.next_id(txn, "next_entry_id")
-                self._store.put_entry(txn, entry_id, record)
+            record.created_at = now
+            record.expires_at = now + record.ttl_seconds if record.ttl_seconds else 0.0
+            victims = []
+            replaced_victim = None
+            evicted: list[tuple[int, EntryRecord]] = []
+            try:
+                with self._store.write() as txn:
+                    partition, is_new, retired = self._partition_for_store(txn, key, now)
+                    record.partition_id = partition.id
+                    replaced_id = self._store.find_exact(txn, partition.id, record.normalized_query) if record.normalized_query else None
+                    replaced = self._store.get_entry(txn, replaced_id) if replaced_id is not None else None
+                    if replaced is not None:
+                        self._store.delete_entry(txn, replaced_id, replaced)
+                    with self._stats_lock:
+                        if replaced is not None:
+                            replaced_victim = self._policy.remove(replaced_id)
+                        victims = self._policy.choose_victims(key.namespace, size)
+                    for victim in victims:
+                        victim_record = self._store.get_entry(txn, victim.entry_id)
+                        if victim_record is not None:
+                            self._store.delete_entry(txn, victim.entry_id, victim_record)
+                            evicted.append((victim.entry_id, victim_record))
+                    entry_id = self._store.next_id(txn, "next_entry_id")
+                    self._store.put_entry(txn, entry_id, record)
+            except BaseException:
+                with self._stats_lock:
+                    self._policy.restore(victims + ([replaced_victim] if replaced_victim else []))
+                raise
             # Committed: now the in-memory side.
-            if new_partition:
-                self._by_key[key] = partition
-                self._by_id[partition.id] = partition
+            if is_new:
+                self._publish(partition)
+            for old in retired:
+                self._unpublish(old)
             if replaced is not None:
                 partition.index.remove(np.array([replaced_id], dtype=np.int64))
                 partition.bytes -= entry_bytes(replaced)
+            self._forget(evicted, "evictions")
             partition.index.add(np.array([entry_id], dtype=np.int64), vector.reshape(1, -1))
-            partition.bytes += entry_bytes(record)
+            partition.bytes += size
             with self._stats_lock:
+                self._policy.add(key.namespace, entry_id, size, now)
                 partition.record.last_used_at = now
                 partition.dirty = True
+        for old in retired:
+            log.info("retiring partition %s: over max_versions_per_model", old.key)
+            self._purge_in_background(old.id)
         return StoreResult(
             entry_id=format_entry_id(entry_id),
             replaced=replaced is not None,
@@ -442,19 +540,88 @@ class SemanticCache:
             resolved_version=key.version,
         )
 
-    def _partition_for_store(self, txn, key: PartitionKey, now: float) -> tuple[_Partition, bool]:
-        """The live partition for key, or a new one created in txn (made visible after commit)."""
+    def _partition_for_store(self, txn, key: PartitionKey, now: float) -> tuple[_Partition, bool, list[_Partition]]:
+        """(partition, is_new, retired): the live partition for key, or a new one created in txn.
+
+        A new version beyond max_versions_per_model retires the least recently
+        used versions of the same namespace+model, in the same transaction.
+        """
         partition = self._by_key.get(key)
         if partition is not None:
-            return partition, False
+            return partition, False, []
+        retired: list[_Partition] = []
+        limit = self.settings.max_versions_per_model
+        if limit:
+            siblings = [p for p in self._by_id.values() if (p.key.namespace, p.key.model) == (key.namespace, key.model)]
+            if len(siblings) >= limit:
+                siblings.sort(key=lambda p: p.record.last_used_at)
+                retired = siblings[: len(siblings) - limit + 1]
+                for old in retired:
+                    self._store.mark_partition_dropping(txn, old.id)
         partition_id = self._store.next_id(txn, "next_partition_id")
         record = PartitionRecord(
             namespace=key.namespace, model=key.model, version=key.version, created_at=now, last_used_at=now
         )
         self._store.put_partition(txn, partition_id, record)
-        return _Partition(partition_id, key, PartitionRecord.FromString(record.SerializeToString()), self.dimension), True
+        partition = _Partition(partition_id, key, PartitionRecord.FromString(record.SerializeToString()), self.dimension)
+        return partition, True, retired
 
-    # -- delete and invalidate ----------------------------------------------------
+    # -- removal ------------------------------------------------------------------
+
+    def _forget(self, removed: Sequence[tuple[int, EntryRecord]], reason: str | None) -> None:
+        """After a commit that deleted these entries: drop them from indexes, policy and byte counts,
+        and count them under `reason` ("evictions", "expirations", "invalidations"). Needs _write_lock."""
+        by_partition: dict[int, list[int]] = {}
+        with self._stats_lock:
+            for entry_id, record in removed:
+                self._policy.remove(entry_id)
+                self._pending_expiry.pop(entry_id, None)
+                partition = self._by_id.get(record.partition_id)
+                if reason:
+                    setattr(self._totals, reason, getattr(self._totals, reason) + 1)
+                if partition is None:
+                    continue
+                by_partition.setdefault(partition.id, []).append(entry_id)
+                partition.bytes -= entry_bytes(record)
+                if reason:
+                    setattr(partition.record, reason, getattr(partition.record, reason) + 1)
+                    partition.dirty = True
+        for partition_id, ids in by_partition.items():
+            self._by_id[partition_id].index.remove(np.asarray(ids, dtype=np.int64))
+
+    def _delete_entry_ids(
+        self,
+        entry_ids: Sequence[int],
+        *,
+        reason: str | None,
+        still: Callable[[int, EntryRecord], bool] | None = None,
+    ) -> int:
+        """Delete entries in chunks of one transaction each; `still` re-checks each one inside
+        the transaction. Returns how many were deleted."""
+        deleted = 0
+        for start in range(0, len(entry_ids), _DELETE_CHUNK):
+            chunk = entry_ids[start:start + _DELETE_CHUNK]
+            with self._write_lock:
+                removed: list[tuple[int, EntryRecord]] = []
+                with self._store.write() as txn:
+                    for entry_id in chunk:
+                        record = self._store.get_entry(txn, entry_id)
+                        if record is not None and (still is None or still(entry_id, record)):
+                            self._store.delete_entry(txn, entry_id, record)
+                            removed.append((entry_id, record))
+                self._forget(removed, reason)
+            deleted += len(removed)
+        return deleted
+
+    def _evict_for_space(self) -> bool:
+        """LMDB is full: evict a batch of the least valuable entries. False when there is none."""
+        with self._stats_lock:
+            count = max(1, int(self._policy.entries * _FULL_EVICT_FRACTION))
+            victims = self._policy.lowest(count)
+        if not victims:
+            return False
+        log.warning("storage full at max_map_bytes: evicting %d entries", len(victims))
+        return self._delete_entry_ids([v.entry_id for v in victims], reason="evictions") > 0
 
     def delete(self, key: PartitionKey, entry_id_text: str) -> bool:
         """Remove one entry of this partition; False when there is no such entry in it."""
@@ -462,24 +629,41 @@ class SemanticCache:
         partition = self._by_key.get(key)
         if partition is None:
             return False
-        with self._write_lock:
-            with self._store.write() as txn:
-                record = self._store.get_entry(txn, entry_id)
-                if record is None or record.partition_id != partition.id:
-                    return False
-                self._store.delete_entry(txn, entry_id, record)
-            partition.index.remove(np.array([entry_id], dtype=np.int64))
-            partition.bytes -= entry_bytes(record)
-        return True
+        return self._delete_entry_ids([entry_id], reason=None, still=lambda _, r: r.partition_id == partition.id) == 1
 
-    def invalidate(self, key: PartitionKey, *, all_versions: bool = False) -> int:
-        """Drop one partition, or every version of key's namespace+model. Returns entries removed."""
-        if all_versions:
+    def invalidate(
+        self,
+        key: PartitionKey,
+        *,
+        all_versions: bool = False,
+        whole_namespace: bool = False,
+        metadata_match: Mapping[str, str] | None = None,
+    ) -> int:
+        """Remove every entry in a scope; with metadata_match only those whose metadata has
+        every given pair. Returns how many entries were removed."""
+        if whole_namespace:
+            targets = [p for k, p in list(self._by_key.items()) if k.namespace == key.namespace]
+        elif all_versions:
             targets = [p for k, p in list(self._by_key.items()) if (k.namespace, k.model) == (key.namespace, key.model)]
         else:
             partition = self._by_key.get(key)
             targets = [] if partition is None else [partition]
-        return sum(self._drop_partition(p) for p in targets)
+        if not metadata_match:
+            return sum(self._drop_partition(p) for p in targets)
+        match = dict(metadata_match)
+
+        def matches(_: int, record: EntryRecord) -> bool:
+            return all(record.metadata.get(k) == v for k, v in match.items())
+
+        removed = 0
+        for partition in targets:
+            with self._store.read() as txn:
+                ids = [
+                    entry_id for entry_id in self._store.iter_partition_entry_ids(txn, partition.id)
+                    if (record := self._store.get_entry(txn, entry_id)) is not None and matches(entry_id, record)
+                ]
+            removed += self._delete_entry_ids(ids, reason="invalidations", still=matches)
+        return removed
 
     def _drop_partition(self, partition: _Partition) -> int:
         with self._write_lock:
@@ -488,79 +672,80 @@ class SemanticCache:
             with self._store.write() as txn:
                 self._store.mark_partition_dropping(txn, partition.id)
             # Unreachable from here on: lookups miss at once, a Store starts a new partition.
-            del self._by_key[partition.key]
-            del self._by_id[partition.id]
+            self._unpublish(partition)
         return self._purge_partition(partition.id)
+
+    def _purge_in_background(self, partition_id: int) -> None:
+        thread = threading.Thread(target=self._purge_partition, args=(partition_id,), name="semcache-purge", daemon=True)
+        with self._stats_lock:
+            self._purges = [t for t in self._purges if t.is_alive()]
+            self._purges.append(thread)
+        thread.start()
+
+    def wait_for_purges(self) -> None:
+        """Block until retired partitions are fully removed from LMDB."""
+        with self._stats_lock:
+            purges = list(self._purges)
+        for thread in purges:
+            thread.join()
 
     def _purge_partition(self, partition_id: int) -> int:
         """Remove a dropping partition's entries in chunks, then the partition itself."""
         removed = 0
         while True:
             with self._write_lock:
+                deleted: list[tuple[int, EntryRecord]] = []
                 with self._store.write() as txn:
                     chunk = list(itertools.islice(self._store.iter_partition_entry_ids(txn, partition_id), _DELETE_CHUNK))
                     for entry_id in chunk:
                         record = self._store.get_entry(txn, entry_id)
                         if record is not None:
                             self._store.delete_entry(txn, entry_id, record)
+                            deleted.append((entry_id, record))
                     if not chunk:
                         self._store.delete_partition(txn, partition_id)
+                self._forget(deleted, "invalidations")
             removed += len(chunk)
             if not chunk:
                 return removed
-
-    def _delete_entry_ids(self, entry_ids: Sequence[int]) -> list[int]:
-        """Delete entries from LMDB and their live partitions' indexes; returns the ids deleted."""
-        deleted: list[int] = []
-        for start in range(0, len(entry_ids), _DELETE_CHUNK):
-            chunk = entry_ids[start:start + _DELETE_CHUNK]
-            with self._write_lock:
-                removed: list[tuple[int, EntryRecord]] = []
-                with self._store.write() as txn:
-                    for entry_id in chunk:
-                        record = self._store.get_entry(txn, entry_id)
-                        if record is not None:
-                            self._store.delete_entry(txn, entry_id, record)
-                            removed.append((entry_id, record))
-                by_partition: dict[int, list[int]] = {}
-                for entry_id, record in removed:
-                    partition = self._by_id.get(record.partition_id)
-                    if partition is not None:
-                        by_partition.setdefault(partition.id, []).append(entry_id)
-                        partition.bytes -= entry_bytes(record)
-                for partition_id, ids in by_partition.items():
-                    self._by_id[partition_id].index.remove(np.asarray(ids, dtype=np.int64))
-                deleted.extend(entry_id for entry_id, _ in removed)
-        return deleted
 
     # -- maintenance ----------------------------------------------------------------
 
     def sweep_expired(self) -> int:
         """Remove every entry whose TTL has run out. Returns how many."""
+        self.flush_stats()  # sliding-TTL extensions reach LMDB first
+        now = self.clock()
         with self._store.read() as txn:
-            expired = list(self._store.iter_expired(txn, self.clock()))
-        return len(self._delete_entry_ids(expired))
+            expired = list(self._store.iter_expired(txn, now))
+        return self._delete_entry_ids(expired, reason="expirations", still=lambda i, r: self._expired(i, r, now))
 
     def flush_stats(self) -> None:
-        """Write pending hit counts and counters to LMDB."""
+        """Write pending hit counts, LFU scores, sliding expiries and counters to LMDB."""
         with self._stats_lock:
             pending, self._pending_hits = self._pending_hits, {}
+            expiries = dict(self._pending_expiry)
             dirty = [p for p in self._by_id.values() if p.dirty]
             for partition in dirty:
                 partition.dirty = False
             snapshots = [(p.id, PartitionRecord.FromString(p.record.SerializeToString())) for p in dirty]
             totals = self._totals.SerializeToString()
-        if not pending and not dirty:
+        if not pending and not dirty and not expiries:
             return
         with self._write_lock:
             with self._store.write() as txn:
-                for entry_id, (count, last_hit_at) in pending.items():
+                for entry_id in pending.keys() | expiries.keys():
                     old = self._store.get_entry(txn, entry_id)
                     if old is None:
                         continue
                     new = EntryRecord.FromString(old.SerializeToString())
-                    new.hit_count += count
-                    new.last_hit_at = last_hit_at
+                    if entry_id in pending:
+                        count, last_hit_at, score = pending[entry_id]
+                        new.hit_count += count
+                        new.last_hit_at = last_hit_at
+                        if score is not None:
+                            new.lfu_score = score
+                    if entry_id in expiries and new.expires_at:
+                        new.expires_at = max(new.expires_at, expiries[entry_id])
                     self._store.update_entry(txn, entry_id, old, new)
                 for partition_id, counters in snapshots:
                     stored = self._store.get_partition(txn, partition_id)
@@ -569,6 +754,10 @@ class SemanticCache:
                     stored.MergeFrom(counters)
                     self._store.put_partition(txn, partition_id, stored)
                 self._store.put_meta(txn, "totals", totals.hex())
+        with self._stats_lock:  # flushed extensions now live in LMDB
+            for entry_id, expiry in expiries.items():
+                if self._pending_expiry.get(entry_id) == expiry:
+                    del self._pending_expiry[entry_id]
 
     # -- stats ---------------------------------------------------------------------
 
@@ -589,9 +778,35 @@ class SemanticCache:
             else:
                 totals = PartitionRecord()
                 for view in views:
-                    for field in ("lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost"):
-                        setattr(totals, field, getattr(totals, field) + getattr(view.record, field))
+                    for name in COUNTERS:
+                        setattr(totals, name, getattr(totals, name) + getattr(view.record, name))
         views.sort(key=lambda v: v.key)
         return StatsView(
             entries=sum(v.entries for v in views), bytes=sum(v.bytes for v in views), totals=totals, partitions=views
         )
+
+    def check_consistency(self) -> list[str]:
+        """Disagreements between LMDB and the in-memory indexes and policy; [] when they agree."""
+        problems = []
+        with self._write_lock, self._store.read() as txn:
+            stored: dict[int, int] = {}
+            for entry_id, record in self._store.iter_entries(txn):
+                stored[record.partition_id] = stored.get(record.partition_id, 0) + 1
+                if entry_id not in self._policy:
+                    problems.append(f"entry {entry_id} is in LMDB but not tracked for eviction")
+            for partition_id, partition in self._by_id.items():
+                if stored.get(partition_id, 0) != len(partition.index):
+                    problems.append(
+                        f"partition {partition.key}: {stored.get(partition_id, 0)} entries in LMDB, {len(partition.index)} in its index"
+                    )
+            for partition_id, count in stored.items():
+                if partition_id not in self._by_id:
+                    problems.append(f"{count} entries in LMDB belong to no live partition {partition_id}")
+            if self._policy.entries != sum(stored.values()):
+                problems.append(f"{self._policy.entries} entries tracked for eviction, {sum(stored.values())} in LMDB")
+        return problems
+
+    def lfu_frequency(self, entry_id: str) -> float | None:
+        """The entry's decayed hit frequency now (1.0 for a new entry); None if unknown."""
+        with self._stats_lock:
+            return self._policy.frequency(parse_entry_id(entry_id), self.clock())

@@ -114,7 +114,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_invalidate(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(json.dumps({"removed": client.invalidate(_partition(args), all_versions=args.all_versions)}))
+        removed = client.invalidate(
+            _partition(args), all_versions=args.all_versions, whole_namespace=args.whole_namespace,
+            metadata_match=_metadata(args.metadata_match),
+        )
+        print(json.dumps({"removed": removed}))
     return 0
 
 
@@ -175,9 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("entry_id")
     delete.set_defaults(run=cmd_delete)
 
-    invalidate = commands.add_parser("invalidate", help="drop a partition (or every version of a model)")
+    invalidate = commands.add_parser("invalidate", help="drop a partition, a model's versions, a namespace, or entries by metadata")
     _add_client_flags(invalidate)
-    invalidate.add_argument("--all-versions", action="store_true")
+    invalidate.add_argument("--all-versions", action="store_true", help="every version of --namespace + --model")
+    invalidate.add_argument("--whole-namespace", action="store_true", help="every partition of --namespace")
+    invalidate.add_argument("--metadata-match", action="append", default=[], metavar="KEY=VALUE",
+                            help="only entries whose metadata has this pair (repeatable)")
     invalidate.set_defaults(run=cmd_invalidate)
 
     stats = commands.add_parser("stats", help="print counters (of a namespace with --namespace)")

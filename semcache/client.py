@@ -104,8 +104,22 @@ class Client:
         request = pb.DeleteRequest(partition=as_partition(partition), entry_id=entry_id)
         return self._call(self._stub.Delete, request).deleted
 
-    def invalidate(self, partition: PartitionLike, *, all_versions: bool = False) -> int:
-        request = pb.InvalidateRequest(partition=as_partition(partition), all_versions=all_versions)
+    def invalidate(
+        self,
+        partition: PartitionLike,
+        *,
+        all_versions: bool = False,
+        whole_namespace: bool = False,
+        metadata_match: Mapping[str, str] | None = None,
+    ) -> int:
+        """Remove a partition, every version of its model, or its whole namespace; with
+        metadata_match, only entries whose metadata has every given pair. Returns the count."""
+        request = pb.InvalidateRequest(
+            partition=as_partition(partition),
+            all_versions=all_versions,
+            whole_namespace=whole_namespace,
+            metadata_match=metadata_match or {},
+        )
         return self._call(self._stub.Invalidate, request).removed
 
     def stats(self, partition: PartitionLike = None) -> pb.StatsResponse:

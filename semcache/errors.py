@@ -3,6 +3,7 @@
     SemcacheError
      ├── InvalidArgumentError      bad request content      -> INVALID_ARGUMENT
      ├── ResourceExhaustedError    over a size or budget    -> RESOURCE_EXHAUSTED
+ │    └── StorageFullError     LMDB map at its ceiling
      ├── NotFoundError             no such thing            -> NOT_FOUND
      ├── FailedPreconditionError   server cannot do it now  -> FAILED_PRECONDITION
      ├── UnavailableError          draining or recovering   -> UNAVAILABLE
@@ -24,6 +25,10 @@ class InvalidArgumentError(SemcacheError):
 
 class ResourceExhaustedError(SemcacheError):
     """The request is over a configured size limit, or storage is full."""
+
+
+class StorageFullError(ResourceExhaustedError):
+    """LMDB reached max_map_bytes and eviction could not make room."""
 
 
 class NotFoundError(SemcacheError):

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from semcache.cache import SemanticCache
+from semcache.cache import COUNTERS, SemanticCache
 from semcache.errors import SemcacheError, UnavailableError, grpc_status_for
 from semcache.partition import PartitionKey
 from semcache.v1 import semcache_pb2 as pb
@@ -100,7 +100,12 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
 
     @_rpc
     def Invalidate(self, request: pb.InvalidateRequest, context: grpc.ServicerContext) -> pb.InvalidateResponse:
-        removed = self._ready().invalidate(partition_key(request.partition), all_versions=request.all_versions)
+        removed = self._ready().invalidate(
+            partition_key(request.partition),
+            all_versions=request.all_versions,
+            whole_namespace=request.whole_namespace,
+            metadata_match=request.metadata_match,
+        )
         return pb.InvalidateResponse(removed=removed)
 
     @_rpc
@@ -111,7 +116,6 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             view = cache.stats(key.namespace, key.model, key.version)
         else:
             view = cache.stats()
-        counters = ("lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost")
         return pb.StatsResponse(
             entries=view.entries,
             bytes=view.bytes,
@@ -125,9 +129,9 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
                     entries=p.entries,
                     bytes=p.bytes,
                     last_used_at=p.record.last_used_at,
-                    **{name: getattr(p.record, name) for name in counters},
+                    **{name: getattr(p.record, name) for name in COUNTERS},
                 )
                 for p in view.partitions
             ],
-            **{name: getattr(view.totals, name) for name in counters},
+            **{name: getattr(view.totals, name) for name in COUNTERS},
         )

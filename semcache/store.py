@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lmdb
 
-from semcache.errors import ConfigError, ResourceExhaustedError
+from semcache.errors import ConfigError, StorageFullError
 from semcache.partition import PartitionKey
 from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
 
@@ -94,7 +94,7 @@ class Store:
             with self._env.begin(write=True) as txn:
                 yield txn
         except lmdb.MapFullError:
-            raise ResourceExhaustedError(
+            raise StorageFullError(
                 "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
             ) from None
 

@@ -332,3 +332,4 @@ def test_server_without_model_rejects_text_only_semantic_requests(make_server):
     assert status_of(lambda: client.store(SHOP, "q", "a")) == grpc.StatusCode.FAILED_PRECONDITION
     client.store(SHOP, "q", "a", embedding=unit_vector(1))
     assert client.lookup(SHOP, "q").exact  # the exact tier needs no model
+    assert not client.lookup(SHOP, "another q").hit  # and without a vector it is the only tier

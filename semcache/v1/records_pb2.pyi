@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EntryRecord(_message.Message):
-    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds")
+    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds", "lfu_score")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class EntryRecord(_message.Message):
     LAST_HIT_AT_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LFU_SCORE_FIELD_NUMBER: _ClassVar[int]
     partition_id: int
     query: str
     normalized_query: str
@@ -39,10 +40,11 @@ class EntryRecord(_message.Message):
     last_hit_at: float
     cost: float
     ttl_seconds: int
-    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    lfu_score: float
+    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ...) -> None: ...
 
 class PartitionRecord(_message.Message):
-    __slots__ = ("namespace", "model", "version", "created_at", "last_used_at", "dropping", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost")
+    __slots__ = ("namespace", "model", "version", "created_at", "last_used_at", "dropping", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "evictions", "expirations", "invalidations")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +57,9 @@ class PartitionRecord(_message.Message):
     SEMANTIC_HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     SAVED_COST_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATIONS_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     model: str
     version: str
@@ -67,4 +72,7 @@ class PartitionRecord(_message.Message):
     semantic_hits: int
     misses: int
     saved_cost: float
-    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., dropping: _Optional[bool] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ...) -> None: ...
+    evictions: int
+    expirations: int
+    invalidations: int
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., dropping: _Optional[bool] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...

@@ -111,12 +111,23 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class InvalidateRequest(_message.Message):
-    __slots__ = ("partition", "all_versions")
+    __slots__ = ("partition", "all_versions", "whole_namespace", "metadata_match")
+    class MetadataMatchEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_MATCH_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     all_versions: bool
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., all_versions: _Optional[bool] = ...) -> None: ...
+    whole_namespace: bool
+    metadata_match: _containers.ScalarMap[str, str]
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., all_versions: _Optional[bool] = ..., whole_namespace: _Optional[bool] = ..., metadata_match: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class InvalidateResponse(_message.Message):
     __slots__ = ("removed",)
@@ -131,7 +142,7 @@ class StatsRequest(_message.Message):
     def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ...) -> None: ...
 
 class PartitionStats(_message.Message):
-    __slots__ = ("namespace", "model", "prompt_version", "entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "bytes", "last_used_at")
+    __slots__ = ("namespace", "model", "prompt_version", "entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "bytes", "last_used_at", "evictions", "expirations", "invalidations")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +155,9 @@ class PartitionStats(_message.Message):
     SAVED_COST_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATIONS_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     model: str
     prompt_version: str
@@ -156,10 +170,13 @@ class PartitionStats(_message.Message):
     saved_cost: float
     bytes: int
     last_used_at: float
-    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ...) -> None: ...
+    evictions: int
+    expirations: int
+    invalidations: int
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension")
+    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension", "evictions", "expirations", "invalidations")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +188,9 @@ class StatsResponse(_message.Message):
     BYTES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATIONS_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     entries: int
     lookups: int
     hits: int
@@ -182,4 +202,7 @@ class StatsResponse(_message.Message):
     bytes: int
     embedding_model: str
     embedding_dimension: int
-    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ...) -> None: ...
+    evictions: int
+    expirations: int
+    invalidations: int
+    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,245 @@
+"""LFU eviction with exponential aging. Pure policy: no I/O, time is passed in.
+
+Each entry's hit frequency decays by half every `half_life_seconds` without hits,
+so an entry that was popular last month but is idle now does leave. Frequencies
+are compared in the log domain,
+
+    score = log2(decayed_frequency(t)) + t / half_life_seconds,
+
+which is the same ordering at every moment (all frequencies decay at one rate),
+so a score never has to be recomputed as time passes: a hit is O(log n) on a heap,
+and no operation scans all entries. A new entry starts at frequency 1. Ties go to
+the least recently used entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+
+
+@dataclasses.dataclass
+class TrackedEntry:
+    score: float
+    last_used_at: float
+    size_bytes: int
+
+
+class LfuQueue:
+    """The entries of one eviction scope (a namespace), cheapest to lose first.
+
+    The heap holds (score, last_used_at, entry_id) and may hold stale tuples for
+    entries hit since they were pushed; those are skipped on pop and dropped when
+    the heap grows past twice the live entries.
+    """
+
+    def __init__(self, half_life_seconds: float) -> None:
+        if half_life_seconds <= 0:
+            raise ValueError("half_life_seconds must be > 0")
+        self.half_life_seconds = half_life_seconds
+        self._entries: dict[int, TrackedEntry] = {}
+        self._heap: list[tuple[float, float, int]] = []
+        self.total_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, entry_id: int) -> bool:
+        return entry_id in self._entries
+
+    def score_after_hit(self, score: float, now: float) -> float:
+        """The score of an entry with `score` that is hit once more at `now`."""
+        age = now / self.half_life_seconds
+        frequency_now = 2.0 ** (score - age) if score - age > -1000 else 0.0
+        return math.log2(frequency_now + 1.0) + age
+
+    def new_score(self, now: float) -> float:
+        """Score of an entry stored at `now` (frequency 1)."""
+        return now / self.half_life_seconds
+
+    def frequency(self, entry_id: int, now: float) -> float:
+        """The entry's decayed hit frequency at `now` (for stats and tests)."""
+        return 2.0 ** (self._entries[entry_id].score - now / self.half_life_seconds)
+
+    def add(self, entry_id: int, size_bytes: int, now: float, score: float | None = None, last_used_at: float | None = None) -> None:
+        """Track an entry; score and last_used_at restore a persisted state."""
+        self.remove(entry_id)
+        entry = TrackedEntry(
+            score=self.new_score(now) if score is None else score,
+            last_used_at=now if last_used_at is None else last_used_at,
+            size_bytes=size_bytes,
+        )
+        self._entries[entry_id] = entry
+        self.total_bytes += size_bytes
+        self._push(entry_id, entry)
+
+    def hit(self, entry_id: int, now: float) -> float | None:
+        """Record a hit; returns the new score (None if the entry is not tracked)."""
+        entry = self._entries.get(entry_id)
+        if entry is None:
+            return None
+        entry.score = self.score_after_hit(entry.score, now)
+        entry.last_used_at = now
+        self._push(entry_id, entry)
+        return entry.score
+
+    def remove(self, entry_id: int) -> TrackedEntry | None:
+        entry = self._entries.pop(entry_id, None)
+        if entry is not None:
+            self.total_bytes -= entry.size_bytes
+        return entry
+
+    def peek(self) -> tuple[float, float, int] | None:
+        """(score, last_used_at, entry_id) of the next victim, or None when empty."""
+        while self._heap:
+            score, last_used_at, entry_id = self._heap[0]
+            entry = self._entries.get(entry_id)
+            if entry is not None and entry.score == score and entry.last_used_at == last_used_at:
+                return self._heap[0]
+            heapq.heappop(self._heap)
+        return None
+
+    def pop(self) -> tuple[int, TrackedEntry] | None:
+        """Remove and return the entry to evict next."""
+        top = self.peek()
+        if top is None:
+            return None
+        heapq.heappop(self._heap)
+        entry_id = top[2]
+        entry = self.remove(entry_id)
+        assert entry is not None
+        return entry_id, entry
+
+    def _push(self, entry_id: int, entry: TrackedEntry) -> None:
+        heapq.heappush(self._heap, (entry.score, entry.last_used_at, entry_id))
+        if len(self._heap) > 2 * len(self._entries) + 64:
+            self._heap = [(e.score, e.last_used_at, i) for i, e in self._entries.items()]
+            heapq.heapify(self._heap)
+
+
+class Budget:
+    """Entry and byte limits of one scope; 0 means unlimited."""
+
+    def __init__(self, max_entries: int = 0, max_bytes: int = 0) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+
+    def exceeded(self, entries: int, total_bytes: int) -> bool:
+        return (self.max_entries > 0 and entries > self.max_entries) or (
+            self.max_bytes > 0 and total_bytes > self.max_bytes
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Victim:
+    entry_id: int
+    namespace: str
+    entry: TrackedEntry
+
+
+class EvictionPolicy:
+    """Per-namespace LFU queues under per-namespace and whole-server budgets.
+
+    A namespace over its own budget loses its own entries, so one tenant cannot
+    evict everyone else; the server over its budget loses the least valuable
+    entry of any namespace.
+    """
+
+    def __init__(self, half_life_seconds: float, server_budget: Budget, namespace_budgets: dict[str, Budget]) -> None:
+        self.half_life_seconds = half_life_seconds
+        self.server_budget = server_budget
+        self.namespace_budgets = namespace_budgets
+        self._queues: dict[str, LfuQueue] = {}
+        self._namespace_of: dict[int, str] = {}
+
+    @property
+    def entries(self) -> int:
+        return len(self._namespace_of)
+
+    def __contains__(self, entry_id: int) -> bool:
+        return entry_id in self._namespace_of
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(q.total_bytes for q in self._queues.values())
+
+    def queue(self, namespace: str) -> LfuQueue:
+        queue = self._queues.get(namespace)
+        if queue is None:
+            queue = self._queues[namespace] = LfuQueue(self.half_life_seconds)
+        return queue
+
+    def add(
+        self, namespace: str, entry_id: int, size_bytes: int, now: float,
+        score: float | None = None, last_used_at: float | None = None,
+    ) -> None:
+        self.remove(entry_id)
+        self.queue(namespace).add(entry_id, size_bytes, now, score, last_used_at)
+        self._namespace_of[entry_id] = namespace
+
+    def hit(self, entry_id: int, now: float) -> float | None:
+        """Record a hit; the new score, or None for an entry not tracked."""
+        namespace = self._namespace_of.get(entry_id)
+        return None if namespace is None else self._queues[namespace].hit(entry_id, now)
+
+    def remove(self, entry_id: int) -> Victim | None:
+        namespace = self._namespace_of.pop(entry_id, None)
+        if namespace is None:
+            return None
+        entry = self._queues[namespace].remove(entry_id)
+        return None if entry is None else Victim(entry_id, namespace, entry)
+
+    def too_large(self, namespace: str, size_bytes: int) -> int:
+        """The byte budget a single entry of size_bytes can never fit in, or 0 if it fits."""
+        for budget in (self.namespace_budgets.get(namespace), self.server_budget):
+            if budget is not None and budget.max_bytes and size_bytes > budget.max_bytes:
+                return budget.max_bytes
+        return 0
+
+    def choose_victims(self, namespace: str, incoming_bytes: int) -> list[Victim]:
+        """Untrack and return the entries to evict so one more entry fits every budget.
+
+        Call restore() with them if they could not be deleted after all.
+        """
+        victims: list[Victim] = []
+        budget = self.namespace_budgets.get(namespace)
+        if budget is not None:
+            queue = self.queue(namespace)
+            while budget.exceeded(len(queue) + 1, queue.total_bytes + incoming_bytes):
+                popped = queue.pop()
+                if popped is None:
+                    break
+                del self._namespace_of[popped[0]]
+                victims.append(Victim(popped[0], namespace, popped[1]))
+        entries, total_bytes = self.entries + 1, self.total_bytes + incoming_bytes
+        while self.server_budget.exceeded(entries, total_bytes):
+            popped = self.lowest(1)
+            if not popped:
+                break
+            victims.extend(popped)
+            entries -= 1
+            total_bytes -= popped[0].entry.size_bytes
+        return victims
+
+    def lowest(self, count: int) -> list[Victim]:
+        """Untrack and return up to `count` of the least valuable entries, any namespace."""
+        victims: list[Victim] = []
+        while len(victims) < count:
+            tops = [(top, ns) for ns, q in self._queues.items() if (top := q.peek()) is not None]
+            if not tops:
+                break
+            _, namespace = min(tops)
+            entry_id, entry = self._queues[namespace].pop()  # type: ignore[misc]
+            del self._namespace_of[entry_id]
+            victims.append(Victim(entry_id, namespace, entry))
+        return victims
+
+    def frequency(self, entry_id: int, now: float) -> float | None:
+        namespace = self._namespace_of.get(entry_id)
+        return None if namespace is None else self._queues[namespace].frequency(entry_id, now)
+
+    def restore(self, victims: list[Victim]) -> None:
+        """Track again entries that were untracked but not deleted after all."""
+        for v in victims:
+            self.add(v.namespace, v.entry_id, v.entry.size_bytes, v.entry.last_used_at, v.entry.score, v.entry.last_used_at)

@@ -1,0 +1,102 @@
+"""The LFU policy on its own, with time passed in by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from semcache.eviction import Budget, EvictionPolicy, LfuQueue
+
+DAY = 86400.0
+
+
+def test_frequency_halves_each_half_life_without_hits():
+    queue = LfuQueue(half_life_seconds=DAY)
+    queue.add(1, 100, now=0.0)
+    for _ in range(7):
+        queue.hit(1, now=0.0)
+    assert queue.frequency(1, 0.0) == pytest.approx(8.0)
+    assert queue.frequency(1, DAY) == pytest.approx(4.0)
+    assert queue.frequency(1, 3 * DAY) == pytest.approx(1.0)
+    queue.hit(1, now=3 * DAY)
+    assert queue.frequency(1, 3 * DAY) == pytest.approx(2.0)
+
+
+def test_least_frequent_goes_first_and_ties_go_to_least_recently_used():
+    queue = LfuQueue(half_life_seconds=DAY)
+    queue.add(1, 10, now=100.0)
+    queue.add(2, 10, now=100.0)
+    queue.add(3, 10, now=100.0)
+    queue.hit(1, now=101.0)
+    assert queue.pop()[0] == 2  # 2 and 3 tie on frequency and recency: the lower id is stable
+    queue.add(4, 10, now=100.0, score=queue.new_score(100.0), last_used_at=50.0)
+    assert queue.pop()[0] == 4  # same score as 3, used longer ago
+    assert queue.pop()[0] == 3
+    assert queue.pop()[0] == 1
+    assert queue.pop() is None
+
+
+def test_aging_lets_a_formerly_hot_idle_entry_leave():
+    queue = LfuQueue(half_life_seconds=DAY)
+    queue.add(1, 10, now=0.0)
+    for _ in range(50):
+        queue.hit(1, now=0.0)
+    queue.add(2, 10, now=1.0)
+    assert queue.peek()[2] == 2  # still hot
+    queue.add(3, 10, now=7 * DAY)  # a week later, 51 hits have decayed below one fresh store
+    assert [queue.pop()[0] for _ in range(3)] == [2, 1, 3]
+
+
+def test_many_hits_keep_the_heap_bounded_and_ordered():
+    queue = LfuQueue(half_life_seconds=DAY)
+    for entry_id in range(100):
+        queue.add(entry_id, 1, now=0.0)
+    for round_ in range(50):
+        for entry_id in range(0, 100, 2):
+            queue.hit(entry_id, now=float(round_))
+    assert len(queue._heap) <= 2 * len(queue) + 64
+    popped = [queue.pop()[0] for _ in range(50)]
+    assert sorted(popped) == list(range(1, 100, 2))  # the never-hit ones first
+
+
+def test_server_budget_evicts_the_least_valuable_entry_of_any_namespace():
+    policy = EvictionPolicy(DAY, Budget(max_entries=3), {})
+    policy.add("a", 1, 10, now=0.0)
+    policy.add("b", 2, 10, now=1.0)
+    policy.add("b", 3, 10, now=2.0)
+    policy.hit(1, now=3.0)
+    victims = policy.choose_victims("a", incoming_bytes=10)
+    assert [v.entry_id for v in victims] == [2]
+    assert 2 not in policy and policy.entries == 2
+
+
+def test_namespace_budget_only_evicts_that_namespace():
+    policy = EvictionPolicy(DAY, Budget(), {"small": Budget(max_entries=2)})
+    policy.add("big", 1, 10, now=0.0)  # the least valuable overall
+    policy.add("small", 2, 10, now=1.0)
+    policy.add("small", 3, 10, now=2.0)
+    assert [v.entry_id for v in policy.choose_victims("small", 10)] == [2]
+    assert policy.choose_victims("big", 10) == []
+
+
+def test_byte_budget_and_entries_larger_than_a_budget():
+    policy = EvictionPolicy(DAY, Budget(max_bytes=100), {"ns": Budget(max_bytes=50)})
+    for entry_id in range(1, 5):
+        policy.add("other", entry_id, 20, now=float(entry_id))
+    assert [v.entry_id for v in policy.choose_victims("other", 50)] == [1, 2]  # 80 + 50 > 100
+    assert policy.total_bytes == 40
+    assert policy.too_large("ns", 51) == 50
+    assert policy.too_large("other", 101) == 100
+    assert policy.too_large("other", 100) == 0
+
+
+def test_restore_puts_victims_back_with_their_scores():
+    policy = EvictionPolicy(DAY, Budget(max_entries=1), {})
+    policy.add("a", 1, 10, now=0.0)
+    policy.hit(1, now=0.0)
+    victims = policy.choose_victims("a", 10)
+    assert policy.entries == 0
+    policy.restore(victims)
+    assert policy.frequency(1, 0.0) == pytest.approx(2.0)
+    assert math.isclose(policy.total_bytes, 10)
