@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import threading
@@ -105,6 +106,11 @@ def parse_entry_id(text: str) -> int:
     return int(text)
 
 
+def _check_similarity(min_similarity: float) -> None:
+    if not (math.isfinite(min_similarity) and -1.0 <= min_similarity <= 1.0):
+        raise InvalidArgumentError(f"min_similarity must be between -1 and 1, got {min_similarity}")
+
+
 class _Partition:
     """In-memory state of one live partition."""
 
@@ -151,6 +157,8 @@ class SemanticCache:
         self._by_key: dict[PartitionKey, _Partition] = {}
         self._by_id: dict[int, _Partition] = {}
         self._totals = PartitionRecord()
+        # Thresholds set at run time (SetNamespaceThreshold); persisted in LMDB meta.
+        self._namespace_thresholds: dict[str, float] = {}
         self._policy = EvictionPolicy(
             settings.lfu_half_life_seconds,
             Budget(settings.max_entries, settings.max_bytes),
@@ -221,6 +229,7 @@ class SemanticCache:
             totals = self._store.get_meta(txn, "totals")
             if totals is not None:
                 self._totals = PartitionRecord.FromString(bytes.fromhex(totals))
+            self._namespace_thresholds = json.loads(self._store.get_meta(txn, "namespace_thresholds") or "{}")
         dropping = []
         with self._store.read() as txn:
             for partition_id, record in self._store.iter_partitions(txn):
@@ -296,11 +305,30 @@ class SemanticCache:
         return normalized
 
     def _threshold(self, namespace: str, min_similarity: float | None) -> float:
+        """The request's value, else the namespace's run-time value, else the settings'."""
         if min_similarity is None:
-            return self.settings.min_similarity_for(namespace)
-        if not (math.isfinite(min_similarity) and -1.0 <= min_similarity <= 1.0):
-            raise InvalidArgumentError(f"min_similarity must be between -1 and 1, got {min_similarity}")
+            return self.namespace_threshold(namespace)
+        _check_similarity(min_similarity)
         return float(min_similarity)
+
+    def namespace_threshold(self, namespace: str) -> float:
+        runtime = self._namespace_thresholds.get(namespace)
+        return self.settings.min_similarity_for(namespace) if runtime is None else runtime
+
+    def set_namespace_threshold(self, namespace: str, min_similarity: float | None) -> float:
+        """Set (None: clear) a namespace's threshold, persisted; returns the one now in force."""
+        if min_similarity is not None:
+            _check_similarity(min_similarity)
+        with self._write_lock:
+            thresholds = dict(self._namespace_thresholds)
+            if min_similarity is None:
+                thresholds.pop(namespace, None)
+            else:
+                thresholds[namespace] = float(min_similarity)
+            with self._store.write() as txn:
+                self._store.put_meta(txn, "namespace_thresholds", json.dumps(thresholds, sort_keys=True))
+            self._namespace_thresholds = thresholds
+        return self.namespace_threshold(namespace)
 
     def _embed(self, query: str) -> np.ndarray:
         if self.embedder is None:

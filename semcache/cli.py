@@ -194,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd = commands.add_parser("health", help="exit 0 when the server is SERVING")
     _add_client_flags(health_cmd, partition=False)
     health_cmd.set_defaults(run=cmd_health)
+
+    from semcache.bench.cli import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 

@@ -128,6 +128,13 @@ class Client:
             request.partition.CopyFrom(as_partition(partition))
         return self._call(self._stub.Stats, request)
 
+    def set_namespace_threshold(self, namespace: str, min_similarity: float | None) -> float:
+        """Set (None: clear) the namespace's persisted threshold; returns the one now in force."""
+        request = pb.SetNamespaceThresholdRequest(namespace=namespace)
+        if min_similarity is not None:
+            request.min_similarity = min_similarity
+        return self._call(self._stub.SetNamespaceThreshold, request).min_similarity
+
     def get_or_compute(
         self,
         partition: PartitionLike,

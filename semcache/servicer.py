@@ -109,6 +109,14 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         return pb.InvalidateResponse(removed=removed)
 
     @_rpc
+    def SetNamespaceThreshold(
+        self, request: pb.SetNamespaceThresholdRequest, context: grpc.ServicerContext
+    ) -> pb.SetNamespaceThresholdResponse:
+        namespace = PartitionKey.resolve(namespace=request.namespace).namespace
+        value = request.min_similarity if request.HasField("min_similarity") else None
+        return pb.SetNamespaceThresholdResponse(min_similarity=self._ready().set_namespace_threshold(namespace, value))
+
+    @_rpc
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
         cache = self._ready()
         if request.HasField("partition"):

@@ -206,3 +206,17 @@ class StatsResponse(_message.Message):
     expirations: int
     invalidations: int
     def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...
+
+class SetNamespaceThresholdRequest(_message.Message):
+    __slots__ = ("namespace", "min_similarity")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    min_similarity: float
+    def __init__(self, namespace: _Optional[str] = ..., min_similarity: _Optional[float] = ...) -> None: ...
+
+class SetNamespaceThresholdResponse(_message.Message):
+    __slots__ = ("min_similarity",)
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    min_similarity: float
+    def __init__(self, min_similarity: _Optional[float] = ...) -> None: ...

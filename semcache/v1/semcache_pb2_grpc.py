@@ -60,6 +60,11 @@ class SemanticCacheStub:
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.StatsRequest.SerializeToString,
                 response_deserializer=semcache_dot_v1_dot_semcache__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.SetNamespaceThreshold = channel.unary_unary(
+                '/semcache.v1.SemanticCache/SetNamespaceThreshold',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServicer:
@@ -102,6 +107,14 @@ class SemanticCacheServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetNamespaceThreshold(self, request, context):
+        """Sets (or with min_similarity unset, clears) a namespace's threshold at run
+        time. It is persisted, and wins over the config file's value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_SemanticCacheServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=semcache_dot_v1_dot_semcache__pb2.StatsRequest.FromString,
                     response_serializer=semcache_dot_v1_dot_semcache__pb2.StatsResponse.SerializeToString,
+            ),
+            'SetNamespaceThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNamespaceThreshold,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class SemanticCache:
             '/semcache.v1.SemanticCache/Stats',
             semcache_dot_v1_dot_semcache__pb2.StatsRequest.SerializeToString,
             semcache_dot_v1_dot_semcache__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNamespaceThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCache/SetNamespaceThreshold',
+            semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Benchmark harness behind `semcache bench`: accuracy on labeled data, tuning, load."""

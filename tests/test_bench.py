@@ -1,0 +1,152 @@
+"""The bench: metric arithmetic on hand-made data, both modes end to end, tune --apply, load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semcache.bench import accuracy, datasets
+from semcache.bench.accuracy import PairOutcome
+from semcache.cli import main
+
+RESULT_KEYS = {"dataset", "mode", "model", "n", "target_false_hit_rate", "sweep", "recommended"}
+POINT_KEYS = {"threshold", "hit_rate", "false_hit_rate", "precision", "hits", "lookups"}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_pairs_metric_arithmetic():
+    outcomes = [
+        PairOutcome(1, "paraphrase", exact=True, similarity=1.0),
+        PairOutcome(1, "paraphrase", exact=False, similarity=0.95),
+        PairOutcome(1, "paraphrase", exact=False, similarity=0.80),
+        PairOutcome(1, "paraphrase", exact=False, similarity=0.60),
+        PairOutcome(0, "negation", exact=False, similarity=0.90),
+        PairOutcome(0, "random", exact=False, similarity=0.10),
+    ]
+    at_85 = accuracy.pairs_point(outcomes, 0.85)
+    assert (at_85.hit_rate, at_85.false_hit_rate, at_85.precision, at_85.hits, at_85.lookups) == (0.5, 0.5, 2 / 3, 3, 6)
+    at_95 = accuracy.pairs_point(outcomes, 0.95)
+    assert (at_95.hit_rate, at_95.false_hit_rate, at_95.precision) == (0.5, 0.0, 1.0)
+    at_70 = accuracy.pairs_point(outcomes, 0.70)
+    assert (at_70.hit_rate, at_70.false_hit_rate) == (0.75, 0.5)
+    sweep = [at_70, at_85, at_95]
+    assert accuracy.recommend(sweep, 0.0).threshold == 0.95
+    assert accuracy.recommend(sweep, 0.5).threshold == 0.70
+    assert accuracy.false_hit_rate_by_kind(outcomes, 0.85) == {"negation": 1.0, "random": 0.0}
+    no_negatives = [PairOutcome(1, "", False, 0.2)]
+    assert accuracy.recommend([accuracy.pairs_point(no_negatives, 0.9)], 0.01).hit_rate == 0.0
+
+
+def test_thresholds_spec():
+    assert accuracy.parse_thresholds("0.70:0.75:0.01") == [0.7, 0.71, 0.72, 0.73, 0.74, 0.75]
+    assert accuracy.parse_thresholds("0.8,0.9") == [0.8, 0.9]
+    for bad in ("0.9:0.8:0.01", "a:b:c", "1.5", "0.7:0.9:0"):
+        with pytest.raises(SystemExit):
+            accuracy.parse_thresholds(bad)
+
+
+def test_mode_detection(tmp_path):
+    assert datasets.detect_mode(tmp_path / "x.pairs.jsonl") == "pairs"
+    assert datasets.detect_mode(tmp_path / "x.replay.jsonl") == "replay"
+    other = write_jsonl(tmp_path / "stream.jsonl", [{"text": "t", "answer_key": "k"}])
+    assert datasets.detect_mode(other) == "replay"
+
+
+PAIRS = [
+    {"a": "How do I reset my password?", "b": "how do i reset my password", "label": 1, "kind": "paraphrase"},
+    {"a": "Can I cancel my order?", "b": "How do I cancel my order?", "label": 1, "kind": "paraphrase"},
+    {"a": "How do I reset my password?", "b": "What is the weather in Boston?", "label": 0, "kind": "random"},
+    {"a": "What is the capital of France?", "b": "What is the capital of Germany?", "label": 0, "kind": "other_parameter"},
+]
+
+
+def test_accuracy_pairs_end_to_end_with_known_answers(tmp_path, embedder, capsys):
+    data = write_jsonl(tmp_path / "tiny.pairs.jsonl", PAIRS)
+    vectors = embedder.embed([PAIRS[1]["a"], PAIRS[1]["b"], PAIRS[3]["a"], PAIRS[3]["b"]])
+    cancel, capital = float(vectors[0] @ vectors[1]), float(vectors[2] @ vectors[3])
+    assert capital < cancel  # the data are what this test assumes
+    low, high = round(capital - 0.05, 2), round((capital + cancel) / 2, 2)
+    out = tmp_path / "r.json"
+    assert main(["bench", "accuracy", str(data), "--thresholds", f"{low},{high},0.999", "--json", str(out),
+                 "--plot", str(tmp_path / "r.png"), "--target-false-hit-rate", "0"]) == 0
+    result = json.loads(out.read_text())
+    assert RESULT_KEYS <= result.keys()
+    assert all(POINT_KEYS == set(p) for p in result["sweep"])
+    assert (result["mode"], result["n"], result["dataset"]) == ("pairs", 4, "tmp_path0/tiny.pairs".replace("tmp_path0", tmp_path.name))
+    by_threshold = {p["threshold"]: p for p in result["sweep"]}
+    assert (by_threshold[low]["hit_rate"], by_threshold[low]["false_hit_rate"]) == (1.0, 0.5)
+    assert (by_threshold[high]["hit_rate"], by_threshold[high]["false_hit_rate"], by_threshold[high]["precision"]) == (1.0, 0.0, 1.0)
+    assert (by_threshold[0.999]["hit_rate"], by_threshold[0.999]["hits"]) == (0.5, 1)  # only the exact-tier pair
+    assert result["recommended"]["threshold"] == high
+    assert result["exact_baseline"]["hit_rate"] == 0.5
+    assert (tmp_path / "r.png").stat().st_size > 0
+    assert "recommended min_similarity" in capsys.readouterr().out
+
+
+def test_accuracy_replay_end_to_end_with_known_answers(tmp_path):
+    stream = [
+        {"text": "How do I reset my password?", "answer_key": "password"},
+        {"text": "how do i reset my password", "answer_key": "password"},
+        {"text": "What is the weather in Boston?", "answer_key": "weather::boston"},
+        {"text": "What is the weather in Tampa?", "answer_key": "weather::tampa"},
+        {"text": "Can I cancel my order?", "answer_key": "cancel"},
+    ]
+    data = write_jsonl(tmp_path / "tiny.replay.jsonl", stream)
+    out = tmp_path / "r.json"
+    assert main(["bench", "accuracy", str(data), "--thresholds=-1,0.9999", "--seed", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert RESULT_KEYS <= result.keys() and result["mode"] == "replay" and result["n"] == 5
+    order = datasets.load_replay(data, seed=3)
+    # At -1 every lookup after the first hits the first stored entry.
+    wrong = sum(q.answer_key != order[0].answer_key for q in order[1:])
+    loose = result["sweep"][0]
+    assert (loose["hits"], loose["lookups"]) == (4, 5)
+    assert loose["false_hit_rate"] == pytest.approx(wrong / 5)
+    assert loose["precision"] == pytest.approx((4 - wrong) / 4)
+    # Near 1 only the normalized duplicate hits, and it is right.
+    strict = result["sweep"][1]
+    assert (strict["hits"], strict["hit_rate"], strict["false_hit_rate"], strict["precision"]) == (1, 0.2, 0.0, 1.0)
+    assert result["exact_baseline"]["hits"] == 1
+
+
+def test_tune_apply_changes_what_a_later_lookup_returns(tmp_path, make_server, embedder, capsys):
+    server, client = make_server(embedder=embedder, min_similarity=0.99)
+    address = f"127.0.0.1:{server.port}"
+    data = write_jsonl(tmp_path / "t.pairs.jsonl", PAIRS)
+    support = {"namespace": "support"}
+    client.store(support, "Can I cancel my order?", "Yes, within an hour.")
+    assert not client.lookup(support, "How do I cancel my order?").hit  # 0.99 is too strict
+    assert main(["bench", "tune", str(data), "--namespace", "support", "--thresholds", "0.80:0.95:0.05"]) == 0
+    assert "[namespaces.\"support\"]" in capsys.readouterr().out
+    assert not client.lookup(support, "How do I cancel my order?").hit  # without --apply nothing changed
+    assert main(["bench", "tune", str(data), "--namespace", "support", "--apply", "--server", address,
+                 "--thresholds", "0.80:0.95:0.05", "--target-false-hit-rate", "0"]) == 0
+    result = client.lookup(support, "How do I cancel my order?")
+    assert result.hit and result.threshold < 0.99
+    assert not client.lookup({"namespace": "other"}, "How do I cancel my order?").hit
+    assert client.stats().entries == 1  # the tune run cleaned up its own namespace
+    server.stop()
+    _, client = make_server(embedder=embedder, min_similarity=0.99)
+    assert client.lookup(support, "How do I cancel my order?").threshold == pytest.approx(result.threshold)
+    assert client.set_namespace_threshold("support", None) == pytest.approx(0.99)
+
+
+def test_load_run_is_bounded_and_reports_percentiles(tmp_path, make_server, embedder):
+    server, client = make_server(embedder=embedder)
+    texts = [{"text": f"How do I do task number {i}?", "answer_key": str(i)} for i in range(50)]
+    data = write_jsonl(tmp_path / "q.replay.jsonl", texts)
+    out = tmp_path / "load.json"
+    assert main(["bench", "load", "--server", f"127.0.0.1:{server.port}", "--dataset", str(data),
+                 "--duration", "0.5", "--concurrency", "1,4", "--warm-entries", "20", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [level["concurrency"] for level in result["levels"]] == [1, 4]
+    for level in result["levels"]:
+        assert level["requests"] > 0 and level["errors"] == 0
+        assert 0 < level["lookup_latency"]["p50_ms"] <= level["lookup_latency"]["p99_ms"]
+        assert level["seconds"] < 5
+    assert client.stats().entries == 0  # the load namespace was removed
