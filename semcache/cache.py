@@ -27,6 +27,7 @@ from semcache.errors import (
     StorageFullError,
 )
 from semcache.eviction import Budget, EvictionPolicy
+from semcache.metrics import Metrics
 from semcache.normalize import normalize_query
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
@@ -137,10 +138,12 @@ class SemanticCache:
         embedder: Embedder | None,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
         self.clock = clock
+        self.metrics = metrics or Metrics()
         if embedder is not None:
             self.dimension = embedder.dimension
             self.embedding_model = embedder.name
@@ -333,7 +336,8 @@ class SemanticCache:
     def _embed(self, query: str) -> np.ndarray:
         if self.embedder is None:
             raise FailedPreconditionError("this server runs without an embedding model; send an embedding")
-        return self.embedder.embed([query])[0]
+        with self.metrics.embed_seconds.time():
+            return self.embedder.embed([query])[0]
 
     def _check_metadata(self, metadata: Mapping[str, str]) -> None:
         if len(metadata) > self.settings.max_metadata_entries:
@@ -356,6 +360,19 @@ class SemanticCache:
         min_similarity: float | None = None,
     ) -> LookupResult:
         """The stored response for this query, or a miss. Never crosses partitions."""
+        started = time.perf_counter()
+        result = self._lookup(key, query, embedding, min_similarity)
+        outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
+        self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
+        return result
+
+    def _lookup(
+        self,
+        key: PartitionKey,
+        query: str,
+        embedding: Sequence[float] | np.ndarray | None,
+        min_similarity: float | None,
+    ) -> LookupResult:
         vector = self._vector(embedding)
         normalized = self._check_query(query, vector is not None)
         threshold = self._threshold(key.namespace, min_similarity)
@@ -387,7 +404,8 @@ class SemanticCache:
     def _lookup_semantic(self, partition: _Partition, vector: np.ndarray, threshold: float, now: float) -> LookupResult:
         k = _SEARCH_K
         while True:
-            candidates = partition.index.search(vector, k)
+            with self.metrics.search_seconds.time():
+                candidates = partition.index.search(vector, k)
             with self._store.read() as txn:
                 for entry_id, similarity in candidates:
                     record = self._store.get_entry(txn, entry_id)
@@ -503,6 +521,7 @@ class SemanticCache:
         budget_bytes = self._policy.too_large(key.namespace, size)
         if budget_bytes:
             raise ResourceExhaustedError(f"entry is {size} bytes; the byte budget of its scope is {budget_bytes}")
+        self.metrics.stores.labels(key.namespace).inc()
         for _ in range(_FULL_RETRIES):
             try:
                 return self._store_once(key, record, vector, size)
@@ -789,19 +808,31 @@ class SemanticCache:
 
     # -- stats ---------------------------------------------------------------------
 
-    def stats(self, namespace: str | None = None, model: str = "", version: str = "") -> StatsView:
-        """Counters for the server (namespace None) or for partitions matching the filter."""
+    def stats(
+        self,
+        namespace: str | None = None,
+        model: str = "",
+        version: str = "",
+        *,
+        allowed: Callable[[str], bool] | None = None,
+    ) -> StatsView:
+        """Counters for the server (namespace None) or for partitions matching the filter.
+
+        With `allowed`, only partitions of namespaces it accepts are seen, and the
+        totals are their sums (the server totals would tell about other tenants).
+        """
         selected = [
             p for p in list(self._by_id.values())
-            if namespace is None
-            or (p.key.namespace == namespace and (not model or p.key.model == model) and (not version or p.key.version == version))
+            if (namespace is None
+                or (p.key.namespace == namespace and (not model or p.key.model == model) and (not version or p.key.version == version)))
+            and (allowed is None or allowed(p.key.namespace))
         ]
         with self._stats_lock:
             views = [
                 PartitionStatsView(p.key, len(p.index), p.bytes, PartitionRecord.FromString(p.record.SerializeToString()))
                 for p in selected
             ]
-            if namespace is None:
+            if namespace is None and allowed is None:
                 totals = PartitionRecord.FromString(self._totals.SerializeToString())
             else:
                 totals = PartitionRecord()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -38,6 +37,8 @@ def _add_client_flags(parser: argparse.ArgumentParser, *, partition: bool = True
                         help=f"server address (env SEMCACHE_ADDRESS; default {DEFAULT_ADDRESS})")
     parser.add_argument("--token", default=os.environ.get("SEMCACHE_TOKEN"), help="bearer token (env SEMCACHE_TOKEN)")
     parser.add_argument("--timeout-seconds", type=float, default=30.0)
+    parser.add_argument("--tls-ca", default=os.environ.get("SEMCACHE_TLS_CA"),
+                        help="PEM file of the CA that signed the server's certificate: connect with TLS")
     if partition:
         parser.add_argument("--namespace", default="")
         parser.add_argument("--model", default="")
@@ -48,7 +49,15 @@ def _add_client_flags(parser: argparse.ArgumentParser, *, partition: bool = True
 def _client(args: argparse.Namespace):
     from semcache.client import Client
 
-    return Client(args.address, timeout_seconds=args.timeout_seconds, token=args.token)
+    return Client(args.address, timeout_seconds=args.timeout_seconds, token=args.token,
+                  root_certificates=_read_ca(args))
+
+
+def _read_ca(args: argparse.Namespace) -> bytes | None:
+    if not args.tls_ca:
+        return None
+    with open(args.tls_ca, "rb") as f:
+        return f.read()
 
 
 def _partition(args: argparse.Namespace) -> dict[str, str]:
@@ -79,15 +88,17 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from semcache.server import serve
 
+    from semcache.logs import configure_logging
+
     settings = _settings_from(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     serve(settings)
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
-    print(json.dumps(dataclasses.asdict(settings), indent=2, default=str))
+    print(json.dumps(settings.redacted(), indent=2, default=str))
     return 0
 
 
@@ -134,7 +145,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
+    ca = _read_ca(args)
+    if ca is None:
+        channel = grpc.insecure_channel(args.address)
+    else:
+        channel = grpc.secure_channel(args.address, grpc.ssl_channel_credentials(root_certificates=ca))
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=args.timeout_seconds

@@ -7,6 +7,8 @@
      ├── NotFoundError             no such thing            -> NOT_FOUND
      ├── FailedPreconditionError   server cannot do it now  -> FAILED_PRECONDITION
      ├── UnavailableError          draining or recovering   -> UNAVAILABLE
+ ├── UnauthenticatedError      no or unknown token      -> UNAUTHENTICATED
+ ├── PermissionDeniedError     namespace not allowed    -> PERMISSION_DENIED
      └── ConfigError               bad settings at start    (not an RPC error)
 """
 
@@ -43,6 +45,14 @@ class UnavailableError(SemcacheError):
     """The server is starting or shutting down."""
 
 
+class UnauthenticatedError(SemcacheError):
+    """Auth is on and the call carries no token, or an unknown one."""
+
+
+class PermissionDeniedError(SemcacheError):
+    """The call's token is not allowed the namespace it names."""
+
+
 class ConfigError(SemcacheError):
     """A setting is unknown or has a bad value; raised at start, names the key."""
 
@@ -53,6 +63,8 @@ _STATUS_BY_ERROR: dict[type[SemcacheError], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

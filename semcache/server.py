@@ -8,14 +8,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from semcache.auth import Authenticator, parse_tokens
 from semcache.cache import SemanticCache
 from semcache.embedder import Embedder
 from semcache.errors import ConfigError
+from semcache.metrics import Metrics
 from semcache.servicer import CacheServicer
 from semcache.settings import NO_EMBEDDING_MODEL, Settings
 from semcache.v1 import semcache_pb2, semcache_pb2_grpc
@@ -47,7 +50,11 @@ class SemcacheServer:
         self._clock = clock
         self.cache: SemanticCache | None = None
         self.port = 0
-        self._servicer = CacheServicer()
+        self.metrics_port = 0
+        self.metrics = Metrics()
+        self._metrics_server = None
+        grants = parse_tokens(settings.auth_tokens)
+        self._servicer = CacheServicer(Authenticator(grants) if grants else None)
         self._health = health.HealthServicer()
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -72,7 +79,13 @@ class SemcacheServer:
         """Listen, recover the cache, then report SERVING. Returns the bound port."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            self.port = self._server.add_insecure_port(self.settings.listen)
+            if self.settings.tls_cert_file:
+                key_pem = Path(self.settings.tls_key_file).read_bytes()
+                cert_pem = Path(self.settings.tls_cert_file).read_bytes()
+                credentials = grpc.ssl_server_credentials([(key_pem, cert_pem)])
+                self.port = self._server.add_secure_port(self.settings.listen, credentials)
+            else:
+                self.port = self._server.add_insecure_port(self.settings.listen)
         except RuntimeError as e:
             raise ConfigError(f"cannot listen on {self.settings.listen!r}: {e}") from None
         if self.port == 0:
@@ -80,28 +93,55 @@ class SemcacheServer:
         self._server.start()
         started = time.monotonic()
         embedder = load_embedder(self.settings) if self._embedder is _LOAD_FROM_SETTINGS else self._embedder
-        self.cache = SemanticCache(self.settings, embedder, clock=self._clock)  # type: ignore[arg-type]
+        self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)  # type: ignore[arg-type]
+        self.metrics.watch(self.cache.stats)
+        if self.settings.metrics_listen:
+            self._start_metrics_server()
         self.cache.start_maintenance()
         self._servicer.cache = self.cache
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         stats = self.cache.stats()
         log.info(
-            "semcache serving on port %d: model=%s dim=%d data_dir=%s partitions=%d entries=%d ready_in=%.2fs",
-            self.port, self.cache.embedding_model, self.cache.dimension, self.settings.data_dir,
-            len(stats.partitions), stats.entries, time.monotonic() - started,
+            "semcache serving on %s", self.settings.listen,
+            extra={
+                "port": self.port, "model": self.cache.embedding_model, "dimension": self.cache.dimension,
+                "data_dir": self.settings.data_dir, "partitions": len(stats.partitions), "entries": stats.entries,
+                "recovery_seconds": round(self.cache.recovery_seconds, 3),
+                "ready_seconds": round(time.monotonic() - started, 3),
+                "tls": bool(self.settings.tls_cert_file), "auth": bool(self.settings.auth_tokens),
+                "metrics": self.settings.metrics_listen or "off",
+            },
         )
         return self.port
 
-    def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stop accepting, let in-flight calls finish within the grace period, flush and close."""
+    def _start_metrics_server(self) -> None:
+        from prometheus_client import start_http_server
+
+        host, _, port = self.settings.metrics_listen.rpartition(":")
+        try:
+            self._metrics_server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.metrics.registry)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot serve metrics on {self.settings.metrics_listen!r}: {e}") from None
+        self.metrics_port = self._metrics_server.server_port
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop accepting, let in-flight calls finish within the grace period, flush and close.
+
+        Health turns NOT_SERVING first, so probes see the drain.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._server.stop(grace_seconds).wait()
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        self._health.enter_graceful_shutdown()  # NOT_SERVING for good, also to open Watch streams
+        log.info("draining", extra={"grace_seconds": grace})
+        self._server.stop(grace).wait()
         self._servicer.cache = None
         if self.cache is not None:
             self.cache.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("semcache stopped")
 
     def wait(self) -> None:
@@ -119,7 +159,7 @@ def create_server(
     return server, server.start()
 
 
-def serve(settings: Settings, grace_seconds: float = 10.0) -> None:
+def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = SemcacheServer(settings)
     stop_requested = threading.Event()
@@ -133,4 +173,4 @@ def serve(settings: Settings, grace_seconds: float = 10.0) -> None:
     server.start()
     while not stop_requested.wait(1.0):
         pass
-    server.stop(grace_seconds)
+    server.stop()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from semcache.auth import FULL_ACCESS, Authenticator, Grant
 from semcache.cache import COUNTERS, SemanticCache
 from semcache.errors import SemcacheError, UnavailableError, grpc_status_for
 from semcache.partition import PartitionKey
@@ -28,18 +30,36 @@ def partition_key(partition: pb.Partition) -> PartitionKey:
     )
 
 
+def _request_namespace(request: Any) -> str:
+    if hasattr(request, "partition"):
+        return request.partition.namespace
+    return getattr(request, "namespace", "")
+
+
 def _rpc(method: Handler) -> Handler:
-    """Map SemcacheError to its status code; anything else is INTERNAL, logged with context."""
+    """Authenticate, call, and map SemcacheError to its status code; anything else is
+    INTERNAL, logged with the request's context."""
+
+    name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: CacheServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
         try:
-            return method(self, request, context)
+            grant = self.grant_for(context)
+            response = method(self, request, grant)
         except SemcacheError as e:
-            context.abort(grpc_status_for(e), str(e))
+            code = grpc_status_for(e)
+            log.debug("%s refused", name, extra={"rpc": name, "namespace": _request_namespace(request), "code": code.name, "reason": str(e)})
+            context.abort(code, str(e))
         except Exception:
-            log.exception("%s failed (partition=%s)", method.__name__, getattr(request, "partition", None))
-            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the server log")
+            log.exception("%s failed", name, extra={"rpc": name, "namespace": _request_namespace(request)})
+            context.abort(grpc.StatusCode.INTERNAL, f"{name} failed; see the server log")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s ok", name, extra={
+                "rpc": name, "namespace": _request_namespace(request), "ms": round((time.perf_counter() - started) * 1000, 3),
+            })
+        return response
 
     return wrapper  # type: ignore[return-value]
 
@@ -47,18 +67,30 @@ def _rpc(method: Handler) -> Handler:
 class CacheServicer(pb_grpc.SemanticCacheServicer):
     """Serves semcache.v1.SemanticCache; UNAVAILABLE until the cache is attached."""
 
-    def __init__(self) -> None:
+    def __init__(self, authenticator: Authenticator | None = None) -> None:
         self.cache: SemanticCache | None = None
+        self._authenticator = authenticator
+
+    def grant_for(self, context: grpc.ServicerContext) -> Grant:
+        if self._authenticator is None:
+            return FULL_ACCESS
+        return self._authenticator.grant_for(context.invocation_metadata())
 
     def _ready(self) -> SemanticCache:
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             raise UnavailableError("semcache is starting or shutting down")
-        return self.cache
+        return cache
+
+    def _key(self, partition: pb.Partition, grant: Grant) -> PartitionKey:
+        key = partition_key(partition)
+        grant.require(key.namespace)
+        return key
 
     @_rpc
-    def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
+    def Lookup(self, request: pb.LookupRequest, grant: Grant) -> pb.LookupResponse:
         result = self._ready().lookup(
-            partition_key(request.partition),
+            self._key(request.partition, grant),
             request.query,
             embedding=request.embedding,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
@@ -76,9 +108,9 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         )
 
     @_rpc
-    def Store(self, request: pb.StoreRequest, context: grpc.ServicerContext) -> pb.StoreResponse:
+    def Store(self, request: pb.StoreRequest, grant: Grant) -> pb.StoreResponse:
         result = self._ready().store(
-            partition_key(request.partition),
+            self._key(request.partition, grant),
             request.query,
             request.response,
             embedding=request.embedding,
@@ -94,14 +126,14 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         )
 
     @_rpc
-    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
-        deleted = self._ready().delete(partition_key(request.partition), request.entry_id)
+    def Delete(self, request: pb.DeleteRequest, grant: Grant) -> pb.DeleteResponse:
+        deleted = self._ready().delete(self._key(request.partition, grant), request.entry_id)
         return pb.DeleteResponse(deleted=deleted)
 
     @_rpc
-    def Invalidate(self, request: pb.InvalidateRequest, context: grpc.ServicerContext) -> pb.InvalidateResponse:
+    def Invalidate(self, request: pb.InvalidateRequest, grant: Grant) -> pb.InvalidateResponse:
         removed = self._ready().invalidate(
-            partition_key(request.partition),
+            self._key(request.partition, grant),
             all_versions=request.all_versions,
             whole_namespace=request.whole_namespace,
             metadata_match=request.metadata_match,
@@ -110,20 +142,22 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
 
     @_rpc
     def SetNamespaceThreshold(
-        self, request: pb.SetNamespaceThresholdRequest, context: grpc.ServicerContext
+        self, request: pb.SetNamespaceThresholdRequest, grant: Grant
     ) -> pb.SetNamespaceThresholdResponse:
         namespace = PartitionKey.resolve(namespace=request.namespace).namespace
+        grant.require(namespace)
         value = request.min_similarity if request.HasField("min_similarity") else None
         return pb.SetNamespaceThresholdResponse(min_similarity=self._ready().set_namespace_threshold(namespace, value))
 
     @_rpc
-    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+    def Stats(self, request: pb.StatsRequest, grant: Grant) -> pb.StatsResponse:
         cache = self._ready()
+        allowed = None if grant.all else grant.allows
         if request.HasField("partition"):
-            key = partition_key(request.partition)
+            key = self._key(request.partition, grant)
             view = cache.stats(key.namespace, key.model, key.version)
         else:
-            view = cache.stats()
+            view = cache.stats(allowed=allowed)
         return pb.StatsResponse(
             entries=view.entries,
             bytes=view.bytes,

@@ -67,7 +67,18 @@ class Settings:
     # fsync each commit. Off survives a process crash but not a power loss.
     sync_writes: bool = True
     grpc_workers: int = 32
+    # In-flight requests get this long to finish after SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = 10.0
     log_level: str = "info"
+    # "console" or "json".
+    log_format: str = "console"
+    # HOST:PORT for Prometheus metrics at /metrics; "" = off.
+    metrics_listen: str = ""
+    # Both set = TLS on the gRPC port.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # "tokenA=ns1,ns2;tokenB=*": callers must send `authorization: Bearer <token>`. "" = off.
+    auth_tokens: str = ""
     namespaces: Mapping[str, NamespaceSettings] = dataclasses.field(default_factory=dict)
 
     def namespace(self, name: str) -> NamespaceSettings:
@@ -85,6 +96,15 @@ class Settings:
         override = self.namespace(namespace).sliding_ttl
         return self.sliding_ttl if override is None else override
 
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as plain data, secrets replaced (token names hidden, scopes kept)."""
+        data = dataclasses.asdict(self)
+        if self.auth_tokens:
+            data["auth_tokens"] = ";".join(
+                "<redacted>=" + item.partition("=")[2] for item in self.auth_tokens.split(";") if item.strip()
+            )
+        return data
+
     def with_overrides(self, **values: Any) -> Settings:
         """A copy with some fields replaced, each checked like any other source."""
         checked = {name: _coerce(_FIELD_TYPES[name], value, name) for name, value in values.items()}
@@ -94,6 +114,8 @@ class Settings:
 
 
 _NO_OVERRIDES = NamespaceSettings()
+# Settings whose values `semcache config` must not print.
+SECRET_FIELDS = frozenset({"auth_tokens"})
 _FIELD_TYPES: dict[str, Any] = {
     f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)
 }
@@ -239,6 +261,21 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")
     if ":" not in s.listen:
         raise ConfigError(f"listen must be HOST:PORT, got {s.listen!r}")
+    if s.metrics_listen and ":" not in s.metrics_listen:
+        raise ConfigError(f"metrics_listen must be HOST:PORT, got {s.metrics_listen!r}")
+    if s.log_format not in ("console", "json"):
+        raise ConfigError(f"log_format must be console or json, got {s.log_format!r}")
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError("tls_cert_file and tls_key_file must be set together")
+    for name in ("tls_cert_file", "tls_key_file"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name} {path!r} is not a readable file")
+    if s.shutdown_grace_seconds < 0:
+        raise ConfigError(f"shutdown_grace_seconds must be >= 0, got {s.shutdown_grace_seconds}")
+    from semcache.auth import parse_tokens  # checks the token spec, naming the key
+
+    parse_tokens(s.auth_tokens)
     if s.max_response_bytes + s.max_query_bytes + s.max_metadata_bytes > s.max_message_bytes:
         raise ConfigError(
             "max_message_bytes must hold max_response_bytes + max_query_bytes + max_metadata_bytes"

@@ -1,0 +1,66 @@
+"""Prometheus metrics, in a registry of the server's own (no process-wide globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from semcache.cache import StatsView
+
+# Seconds; a semantic lookup is ~1-20 ms, an exact hit well under 1 ms.
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """What the cache reports as it works; the rest is read from Stats at scrape time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.lookups = Counter(
+            "semcache_lookups", "Lookups by namespace and result (exact_hit, semantic_hit, miss).",
+            ["namespace", "result"], registry=self.registry,
+        )
+        self.stores = Counter("semcache_stores", "Stores by namespace.", ["namespace"], registry=self.registry)
+        self.lookup_seconds = Histogram(
+            "semcache_lookup_seconds", "Whole Lookup inside the server.", buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
+        self.embed_seconds = Histogram(
+            "semcache_embed_seconds", "Embedding model calls.", buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
+        self.search_seconds = Histogram(
+            "semcache_search_seconds", "FAISS searches.", buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
+
+    def observe_lookup(self, namespace: str, result: str, seconds: float) -> None:
+        self.lookups.labels(namespace, result).inc()
+        self.lookup_seconds.observe(seconds)
+
+    def watch(self, stats: Callable[[], StatsView]) -> None:
+        """Expose entries, bytes and the persisted removal and saved-cost totals from `stats`."""
+        self.registry.register(_StatsCollector(stats))
+
+
+class _StatsCollector(Collector):
+    def __init__(self, stats: Callable[[], StatsView]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        view = self._stats()
+        yield GaugeMetricFamily("semcache_entries", "Entries stored.", value=view.entries)
+        yield GaugeMetricFamily("semcache_bytes", "Bytes counted against budgets (query+response+vector+metadata).", value=view.bytes)
+        yield GaugeMetricFamily("semcache_partitions", "Live partitions.", value=len(view.partitions))
+        for name, help_text in (
+            ("evictions", "Entries removed by the LFU policy."),
+            ("expirations", "Entries removed because their TTL ran out."),
+            ("invalidations", "Entries removed by Invalidate or version retirement."),
+            ("saved_cost", "Sum of the cost of every hit's entry."),
+        ):
+            yield CounterMetricFamily(f"semcache_{name}", help_text, value=getattr(view.totals, name))
+
+    def describe(self) -> Iterator:
+        return iter(())
