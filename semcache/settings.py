@@ -41,6 +41,14 @@ class Settings:
     embedding_model: str = ""
     # Only with embedding_model = "none": the dimension clients must send.
     embedding_dimension: int = 0
+    # "onnx" (onnxruntime; falls back to torch if it cannot load) or "torch".
+    embedding_backend: str = "onnx"
+    # Where the ONNX export of the model is cached; "" = $XDG_CACHE_HOME/semcache/onnx.
+    model_cache_dir: str = ""
+    # Concurrent requests embedded in one model call: at most this many, waiting at
+    # most this long for company (only once concurrency has been seen).
+    embed_batch_size: int = 32
+    embed_batch_wait_seconds: float = 0.001
     # Cosine similarity (-1..1, higher is stricter) a semantic match must reach.
     min_similarity: float = 0.90
     # 0 = entries never expire unless a Store gives ttl_seconds.
@@ -255,6 +263,10 @@ def _validate(s: Settings) -> None:
     for name in ("max_metadata_entries", "max_metadata_bytes", "max_versions_per_model"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)}")
+    if s.embedding_backend not in ("onnx", "torch"):
+        raise ConfigError(f"embedding_backend must be onnx or torch, got {s.embedding_backend!r}")
+    if s.embed_batch_size <= 0 or s.embed_batch_wait_seconds < 0:
+        raise ConfigError("embed_batch_size must be > 0 and embed_batch_wait_seconds >= 0")
     if s.embedding_model == NO_EMBEDDING_MODEL and s.embedding_dimension <= 0:
         raise ConfigError("embedding_dimension must be > 0 when embedding_model is 'none'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):

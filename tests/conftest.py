@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from semcache.client import Client
-from semcache.embedder import Embedder
+from semcache.embedder import Embedder, load_embedder
 from semcache.server import SemcacheServer, create_server
 from semcache.settings import Settings
 
@@ -26,8 +26,10 @@ POLICY_DIMENSION = 16
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    """The real default model, loaded once for the whole run."""
-    return Embedder()
+    """The real default model on the default (ONNX) backend, loaded once for the whole run."""
+    loaded = load_embedder()
+    assert loaded.backend == "onnx"
+    return loaded
 
 
 class ManualClock:

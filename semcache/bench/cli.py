@@ -23,11 +23,12 @@ def _add_accuracy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target-false-hit-rate", type=float, default=0.01)
     parser.add_argument("--embedding-model", default="", help="model dir (default: the embedded one)")
+    parser.add_argument("--embedding-backend", default="onnx", choices=["onnx", "torch"])
 
 
 def _accuracy_result(args: argparse.Namespace) -> dict:
     from semcache.bench.targets import InProcessTarget, ServerTarget
-    from semcache.embedder import Embedder
+    from semcache.embedder import load_embedder
 
     if not args.dataset.is_file():
         raise SystemExit(f"no dataset file at {args.dataset}")
@@ -43,7 +44,7 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
     else:
         items = datasets.load_replay(args.dataset, args.limit, args.seed)
         texts = [q.text for q in items]
-    embedder = Embedder(args.embedding_model)
+    embedder = load_embedder(args.embedding_model, args.embedding_backend)
     vectors = accuracy.embed_all(embedder, texts)
     target = ServerTarget(args.server, embedder, args.token) if args.server else InProcessTarget(embedder)
     try:
