@@ -26,7 +26,7 @@ from semcache.errors import (
     ResourceExhaustedError,
     StorageFullError,
 )
-from semcache.eviction import Budget, EvictionPolicy
+from semcache.eviction import Budget, EvictionPolicy, Victim
 from semcache.metrics import Metrics
 from semcache.normalize import normalize_query
 from semcache.partition import PartitionKey
@@ -91,6 +91,41 @@ class StatsView:
     partitions: list[PartitionStatsView]
 
 
+@dataclasses.dataclass(eq=False)
+class _StoreJob:
+    """One Store waiting for a group commit."""
+
+    key: PartitionKey
+    record: EntryRecord
+    vector: np.ndarray
+    size: int
+    done: bool = False
+    result: StoreResult | None = None
+    error: BaseException | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class _Applied:
+    """What one Store changed inside the batch transaction, to finish or undo it."""
+
+    job: _StoreJob
+    partition: "_Partition"
+    is_new: bool
+    retired: list["_Partition"]
+    entry_id: int = 0
+    replaced_id: int | None = None
+    replaced: EntryRecord | None = None
+    replaced_victim: Victim | None = None
+    victims: list[Victim] = dataclasses.field(default_factory=list)
+    evicted: list[tuple[int, EntryRecord]] = dataclasses.field(default_factory=list)
+
+    def undo(self, policy: EvictionPolicy) -> None:
+        """Put the eviction policy back as it was before this Store (its transaction aborted)."""
+        if self.entry_id:
+            policy.remove(self.entry_id)
+        policy.restore(self.victims + ([self.replaced_victim] if self.replaced_victim else []))
+
+
 def entry_bytes(record: EntryRecord) -> int:
     """What an entry counts against byte budgets: query + response + vector + metadata."""
     metadata = sum(len(k.encode()) + len(v.encode()) for k, v in record.metadata.items())
@@ -128,8 +163,9 @@ class SemanticCache:
     """Thread-safe: lookups never wait for writers; writes are serialized by one lock.
 
     Locks, always taken in this order: _write_lock (LMDB write transactions and the
-    index and partition changes that follow them), then _stats_lock (counters,
-    pending hit counts, the eviction policy).
+    index and partition changes that follow them), then _queue_lock (Stores waiting
+    for a group commit) or _stats_lock (counters, pending hit counts, the eviction
+    policy).
     """
 
     def __init__(
@@ -157,6 +193,10 @@ class SemanticCache:
         )
         self._write_lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        # Stores waiting for the next group commit; see _store_once.
+        self._queue_lock = threading.Lock()
+        self._store_queue: list[_StoreJob] = []
+        self.store_commits = 0  # LMDB transactions that committed Stores (for group-commit figures)
         self._by_key: dict[PartitionKey, _Partition] = {}
         self._by_id: dict[int, _Partition] = {}
         self._totals = PartitionRecord()
@@ -531,75 +571,138 @@ class SemanticCache:
         raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room")
 
     def _store_once(self, key: PartitionKey, record: EntryRecord, vector: np.ndarray, size: int) -> StoreResult:
+        """Group commit: queue the job; whoever holds the write lock next commits every queued
+        job in one LMDB transaction (one fsync), then each caller returns its own result."""
+        job = _StoreJob(key, record, vector, size)
+        with self._queue_lock:
+            self._store_queue.append(job)
         retired: list[_Partition] = []
         with self._write_lock:
-            now = self.clock()
-            record.created_at = now
-            record.expires_at = now + record.ttl_seconds if record.ttl_seconds else 0.0
-            victims = []
-            replaced_victim = None
-            evicted: list[tuple[int, EntryRecord]] = []
-            try:
-                with self._store.write() as txn:
-                    partition, is_new, retired = self._partition_for_store(txn, key, now)
-                    record.partition_id = partition.id
-                    replaced_id = self._store.find_exact(txn, partition.id, record.normalized_query) if record.normalized_query else None
-                    replaced = self._store.get_entry(txn, replaced_id) if replaced_id is not None else None
-                    if replaced is not None:
-                        self._store.delete_entry(txn, replaced_id, replaced)
-                    with self._stats_lock:
-                        if replaced is not None:
-                            replaced_victim = self._policy.remove(replaced_id)
-                        victims = self._policy.choose_victims(key.namespace, size)
-                    for victim in victims:
-                        victim_record = self._store.get_entry(txn, victim.entry_id)
-                        if victim_record is not None:
-                            self._store.delete_entry(txn, victim.entry_id, victim_record)
-                            evicted.append((victim.entry_id, victim_record))
-                    entry_id = self._store.next_id(txn, "next_entry_id")
-                    self._store.put_entry(txn, entry_id, record)
-            except BaseException:
-                with self._stats_lock:
-                    self._policy.restore(victims + ([replaced_victim] if replaced_victim else []))
-                raise
-            # Committed: now the in-memory side.
-            if is_new:
-                self._publish(partition)
-            for old in retired:
-                self._unpublish(old)
-            if replaced is not None:
-                partition.index.remove(np.array([replaced_id], dtype=np.int64))
-                partition.bytes -= entry_bytes(replaced)
-            self._forget(evicted, "evictions")
-            partition.index.add(np.array([entry_id], dtype=np.int64), vector.reshape(1, -1))
-            partition.bytes += size
-            with self._stats_lock:
-                self._policy.add(key.namespace, entry_id, size, now)
-                partition.record.last_used_at = now
-                partition.dirty = True
+            if not job.done:
+                with self._queue_lock:
+                    batch, self._store_queue = self._store_queue, []
+                retired = self._commit_batch(batch)
         for old in retired:
             log.info("retiring partition %s: over max_versions_per_model", old.key)
             self._purge_in_background(old.id)
-        return StoreResult(
-            entry_id=format_entry_id(entry_id),
-            replaced=replaced is not None,
-            expires_at=record.expires_at,
-            resolved_version=key.version,
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _commit_batch(self, batch: list[_StoreJob]) -> list[_Partition]:
+        """Apply each job in a nested transaction (a failing job fails alone), commit once,
+        then update indexes. Needs _write_lock. Returns the partitions retired."""
+        now = self.clock()
+        applied: list[_Applied] = []
+        new_partitions: dict[PartitionKey, _Partition] = {}
+        retired_ids: set[int] = set()
+        try:
+            with self._store.write() as txn:
+                for job in batch:
+                    try:
+                        with self._store.nested(txn) as child:
+                            done = self._apply_store(child, job, now, new_partitions, retired_ids)
+                    except BaseException as e:
+                        job.error, job.done = e, True
+                        continue
+                    applied.append(done)
+                    if done.is_new:
+                        new_partitions[job.key] = done.partition
+                    retired_ids.update(p.id for p in done.retired)
+        except BaseException as e:  # the commit itself failed: nothing of the batch is stored
+            with self._stats_lock:
+                for done in reversed(applied):
+                    done.undo(self._policy)
+            for done in applied:
+                done.job.error, done.job.done = e, True
+            return []
+        self.store_commits += 1
+        retired: list[_Partition] = []
+        for done in applied:
+            self._after_commit(done, now)
+            retired.extend(done.retired)
+            done.job.done = True
+        return retired
+
+    def _apply_store(
+        self, txn, job: _StoreJob, now: float, new_partitions: dict[PartitionKey, _Partition], retired_ids: set[int]
+    ) -> _Applied:
+        """The LMDB and eviction-policy part of one Store, inside the batch's transaction."""
+        record = job.record
+        record.created_at = now
+        record.expires_at = now + record.ttl_seconds if record.ttl_seconds else 0.0
+        partition, is_new, retired = self._partition_for_store(txn, job.key, now, new_partitions, retired_ids)
+        record.partition_id = partition.id
+        done = _Applied(job, partition, is_new, retired)
+        try:
+            if record.normalized_query:
+                done.replaced_id = self._store.find_exact(txn, partition.id, record.normalized_query)
+            if done.replaced_id is not None:
+                done.replaced = self._store.get_entry(txn, done.replaced_id)
+                if done.replaced is not None:
+                    self._store.delete_entry(txn, done.replaced_id, done.replaced)
+            with self._stats_lock:
+                if done.replaced is not None:
+                    done.replaced_victim = self._policy.remove(done.replaced_id)
+                done.victims = self._policy.choose_victims(job.key.namespace, job.size)
+            for victim in done.victims:
+                victim_record = self._store.get_entry(txn, victim.entry_id)
+                if victim_record is not None:
+                    self._store.delete_entry(txn, victim.entry_id, victim_record)
+                    done.evicted.append((victim.entry_id, victim_record))
+            done.entry_id = self._store.next_id(txn, "next_entry_id")
+            self._store.put_entry(txn, done.entry_id, record)
+            with self._stats_lock:
+                self._policy.add(job.key.namespace, done.entry_id, job.size, now)
+        except BaseException:
+            with self._stats_lock:
+                done.undo(self._policy)
+            raise
+        return done
+
+    def _after_commit(self, done: _Applied, now: float) -> None:
+        """Make a committed Store visible: partitions, index rows, byte counts. Needs _write_lock."""
+        partition, job = done.partition, done.job
+        if done.is_new:
+            self._publish(partition)
+        for old in done.retired:
+            self._unpublish(old)
+        if done.replaced is not None:
+            partition.index.remove(np.array([done.replaced_id], dtype=np.int64))
+            partition.bytes -= entry_bytes(done.replaced)
+        self._forget(done.evicted, "evictions")
+        partition.index.add(np.array([done.entry_id], dtype=np.int64), job.vector.reshape(1, -1))
+        partition.bytes += job.size
+        with self._stats_lock:
+            partition.record.last_used_at = now
+            partition.dirty = True
+        job.result = StoreResult(
+            entry_id=format_entry_id(done.entry_id),
+            replaced=done.replaced is not None,
+            expires_at=job.record.expires_at,
+            resolved_version=job.key.version,
         )
 
-    def _partition_for_store(self, txn, key: PartitionKey, now: float) -> tuple[_Partition, bool, list[_Partition]]:
-        """(partition, is_new, retired): the live partition for key, or a new one created in txn.
+    def _partition_for_store(
+        self, txn, key: PartitionKey, now: float, new_partitions: dict[PartitionKey, _Partition], retired_ids: set[int]
+    ) -> tuple[_Partition, bool, list[_Partition]]:
+        """(partition, is_new, retired): the live partition for key (or one this batch created),
+        or a new one created in txn and made visible after the commit.
 
-        A new version beyond max_versions_per_model retires the least recently
-        used versions of the same namespace+model, in the same transaction.
+        A new version beyond max_versions_per_model retires the least recently used
+        versions of the same namespace+model, in the same transaction.
         """
-        partition = self._by_key.get(key)
-        if partition is not None:
+        partition = new_partitions.get(key) or self._by_key.get(key)
+        if partition is not None and partition.id not in retired_ids:
             return partition, False, []
         retired: list[_Partition] = []
         limit = self.settings.max_versions_per_model
         if limit:
-            siblings = [p for p in self._by_id.values() if (p.key.namespace, p.key.model) == (key.namespace, key.model)]
+            siblings = [
+                p for p in itertools.chain(self._by_id.values(), new_partitions.values())
+                if (p.key.namespace, p.key.model) == (key.namespace, key.model) and p.id not in retired_ids
+            ]
             if len(siblings) >= limit:
                 siblings.sort(key=lambda p: p.record.last_used_at)
                 retired = siblings[: len(siblings) - limit + 1]

@@ -98,6 +98,17 @@ class Store:
                 "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
             ) from None
 
+    @contextlib.contextmanager
+    def nested(self, parent: lmdb.Transaction) -> Iterator[lmdb.Transaction]:
+        """A child of a write transaction: aborting it undoes only its own changes."""
+        try:
+            with self._env.begin(write=True, parent=parent) as txn:
+                yield txn
+        except lmdb.MapFullError:
+            raise StorageFullError(
+                "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
+            ) from None
+
     def used_bytes(self) -> int:
         info = self._env.info()
         return (info["last_pgno"] + 1) * self._env.stat()["psize"]

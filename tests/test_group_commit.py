@@ -1,0 +1,117 @@
+"""Concurrent Stores share LMDB commits, and each still gets exactly its own outcome."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from semcache.cache import SemanticCache
+from semcache.errors import ResourceExhaustedError
+from semcache.partition import PartitionKey
+from semcache.settings import Settings
+from tests.conftest import POLICY_DIMENSION, unit_vector
+
+
+def _cache(tmp_path, **overrides) -> SemanticCache:
+    settings = Settings(
+        data_dir=str(tmp_path / "data"), embedding_model="none", embedding_dimension=POLICY_DIMENSION,
+        sync_writes=True, **overrides,
+    )
+    return SemanticCache(settings, None)
+
+
+def _in_threads(count: int, work) -> list[BaseException]:
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        barrier.wait()
+        try:
+            work(n)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_concurrent_stores_share_commits_and_all_land(tmp_path):
+    cache = _cache(tmp_path)
+    key = PartitionKey("ns", "m", "v1")
+    ids: dict[str, str] = {}
+
+    def work(n: int) -> None:
+        for i in range(20):
+            query = f"t{n} q{i}"
+            ids[query] = cache.store(key, query, b"a", embedding=unit_vector(n * 100 + i)).entry_id
+
+    assert _in_threads(16, work) == []
+    assert len(set(ids.values())) == 320
+    assert cache.store_commits < 320  # fsyncs were shared
+    assert len(cache.stats().partitions) == 1  # one partition, though many Stores opened it at once
+    assert cache.check_consistency() == []
+    cache.close()
+    cache = _cache(tmp_path)
+    for query, entry_id in ids.items():
+        assert cache.lookup(key, query).entry_id == entry_id
+    cache.close()
+
+
+def test_same_query_stored_at_once_leaves_one_entry(tmp_path):
+    cache = _cache(tmp_path)
+    key = PartitionKey("ns", "m", "v1")
+    results = []
+    errors = _in_threads(16, lambda n: results.append(cache.store(key, "the same question", f"a{n}".encode(), embedding=unit_vector(n))))
+    assert errors == []
+    assert sum(r.replaced for r in results) == 15
+    assert cache.stats().entries == 1
+    winner = cache.lookup(key, "the same question")
+    assert winner.hit and winner.entry_id == max((r.entry_id for r in results), key=int)
+    assert cache.check_consistency() == []
+    cache.close()
+
+
+def test_refused_stores_among_concurrent_ones_fail_alone(tmp_path):
+    cache = _cache(tmp_path, max_bytes=20_000, max_response_bytes=50_000, max_message_bytes=100_000)
+    key = PartitionKey("ns", "m", "v1")
+    outcomes: dict[int, object] = {}
+
+    def work(n: int) -> None:
+        size = 30_000 if n % 4 == 0 else 100  # over the whole byte budget: refused
+        try:
+            outcomes[n] = cache.store(key, f"q{n}", b"x" * size, embedding=unit_vector(n)).entry_id
+        except ResourceExhaustedError as e:
+            outcomes[n] = e
+
+    assert _in_threads(16, work) == []
+    refused = sorted(n for n, o in outcomes.items() if isinstance(o, ResourceExhaustedError))
+    assert refused == [n for n in range(16) if n % 4 == 0]
+    assert cache.stats().entries == 12
+    assert cache.check_consistency() == []
+    cache.close()
+
+
+def test_new_versions_opened_at_once_respect_max_versions(tmp_path):
+    cache = _cache(tmp_path, max_versions_per_model=2)
+    errors = _in_threads(8, lambda n: cache.store(PartitionKey("ns", "m", f"v{n}"), "q", b"a", embedding=unit_vector(n)))
+    assert errors == []
+    cache.wait_for_purges()
+    assert len(cache.stats().partitions) == 2
+    assert cache.check_consistency() == []
+    cache.close()
+
+
+@pytest.mark.parametrize("threads", [1, 8])
+def test_eviction_budget_holds_under_concurrency(tmp_path, threads):
+    cache = _cache(tmp_path, max_entries=50)
+    key = PartitionKey("ns", "m", "v1")
+    errors = _in_threads(threads, lambda n: [cache.store(key, f"t{n} q{i}", b"a", embedding=unit_vector(n * 1000 + i)) for i in range(160 // threads)])
+    assert errors == []
+    assert cache.stats().entries == 50
+    assert cache.check_consistency() == []
+    cache.close()
