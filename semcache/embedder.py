@@ -12,11 +12,9 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
@@ -222,20 +220,23 @@ def load_embedder(model_path: str = "", backend: str = "onnx", cache_dir: str | 
 
 
 class _Request:
-    __slots__ = ("text", "future")
+    __slots__ = ("text", "vector", "error", "done")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.future: Future[np.ndarray] = Future()
+        self.vector: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
 
 
 class BatchingEmbedder:
     """Embeds concurrent single-text requests together, in one model call.
 
-    A worker takes the first waiting request and everything queued behind it (up to
-    max_batch). When the last batch had company, it waits up to max_wait_seconds for
-    more; a lone client never waits. Under load, requests queue while the model runs,
-    so batches form by themselves.
+    Leader/follower: a caller that finds the model idle runs it for every request
+    waiting (up to max_batch), its own included, so a lone client pays no thread
+    hand-off. Callers arriving meanwhile queue up and form the next batch. When
+    the last batch had company, the leader first waits up to max_wait_seconds for
+    more to arrive.
     """
 
     def __init__(self, inner: Embedder, *, max_batch: int = 32, max_wait_seconds: float = 0.001) -> None:
@@ -245,53 +246,52 @@ class BatchingEmbedder:
         self.backend = inner.backend
         self.max_batch = max_batch
         self.max_wait_seconds = max_wait_seconds
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._worker = threading.Thread(target=self._run, name="semcache-embedder", daemon=True)
-        self._worker.start()
+        self._cond = threading.Condition()
+        self._pending: list[_Request] = []
+        self._running = False
+        self._last_batch = 1
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) != 1:
             return self.inner.embed(texts)
         request = _Request(texts[0])
-        self._queue.put(request)
-        return request.future.result()[None, :]
+        with self._cond:
+            self._pending.append(request)
+            self._cond.notify_all()
+        while True:
+            with self._cond:
+                while not request.done and self._running:
+                    self._cond.wait()
+                if request.done:
+                    break
+                self._running = True
+                if self._last_batch > 1 and self.max_wait_seconds > 0 and len(self._pending) < self.max_batch:
+                    deadline = time.perf_counter() + self.max_wait_seconds
+                    while len(self._pending) < self.max_batch and (left := deadline - time.perf_counter()) > 0:
+                        self._cond.wait(left)
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+            self._run(batch)
+        if request.error is not None:
+            raise request.error
+        assert request.vector is not None
+        return request.vector[None, :]
+
+    def _run(self, batch: list[_Request]) -> None:
+        try:
+            vectors = self.inner.embed([r.text for r in batch])
+            for r, vector in zip(batch, vectors):
+                r.vector = vector
+        except BaseException as e:  # every waiter of this batch sees the failure
+            for r in batch:
+                r.error = e
+        finally:
+            with self._cond:
+                for r in batch:
+                    r.done = True
+                self._last_batch = len(batch)
+                self._running = False
+                self._cond.notify_all()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._worker.join()
-
-    def _run(self) -> None:
-        last_batch = 1
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = None
-            while len(batch) < self.max_batch:
-                try:
-                    if deadline is None:
-                        item = self._queue.get_nowait()
-                    else:
-                        remaining = deadline - time.perf_counter()
-                        if remaining <= 0:
-                            break
-                        item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    if deadline is None and last_batch > 1 and self.max_wait_seconds > 0:
-                        deadline = time.perf_counter() + self.max_wait_seconds
-                        continue
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-            last_batch = len(batch)
-            try:
-                vectors = self.inner.embed([r.text for r in batch])
-            except BaseException as e:  # every waiter sees the failure
-                for r in batch:
-                    r.future.set_exception(e)
-                continue
-            for r, vector in zip(batch, vectors):
-                r.future.set_result(vector)
+        """Nothing to stop: the callers' own threads run the model."""
