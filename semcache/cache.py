@@ -27,6 +27,7 @@ from semcache.errors import (
     StorageFullError,
 )
 from semcache.eviction import Budget, EvictionPolicy, Victim
+from semcache.guard import conflict
 from semcache.metrics import Metrics
 from semcache.normalize import normalize_query
 from semcache.partition import PartitionKey
@@ -65,6 +66,8 @@ class LookupResult:
     matched_query: str = ""
     exact: bool = False
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # On a miss: why the guard refused a candidate at or above the threshold.
+    guard_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +433,8 @@ class SemanticCache:
                 self._count_lookup(partition, "miss", now=now)
                 return LookupResult(hit=False, threshold=threshold, resolved_version=key.version)
             vector = self._embed(query)
-        return self._lookup_semantic(partition, vector, threshold, now)
+        guard_text = query if normalized and self.settings.semantic_guard_for(key.namespace) else ""
+        return self._lookup_semantic(partition, vector, threshold, now, guard_text)
 
     def _lookup_exact(self, partition: _Partition, normalized: str, threshold: float, now: float) -> LookupResult | None:
         with self._store.read() as txn:
@@ -441,27 +445,46 @@ class SemanticCache:
         self._count_lookup(partition, "exact_hits", entry_id=entry_id, record=record, now=now)
         return self._hit(partition, entry_id, record, 1.0, threshold, exact=True)
 
-    def _lookup_semantic(self, partition: _Partition, vector: np.ndarray, threshold: float, now: float) -> LookupResult:
+    def _lookup_semantic(
+        self, partition: _Partition, vector: np.ndarray, threshold: float, now: float, guard_text: str
+    ) -> LookupResult:
+        """The best live candidate at or above the threshold that the guard lets through.
+
+        guard_text: the query, when the lexical guard applies ("" turns it off).
+        """
         k = _SEARCH_K
+        best: float | None = None  # the best live candidate's similarity, for misses
+        guard_reason = ""
+        seen = 0
         while True:
             with self.metrics.search_seconds.time():
                 candidates = partition.index.search(vector, k)
             with self._store.read() as txn:
-                for entry_id, similarity in candidates:
+                for entry_id, similarity in candidates[seen:]:
                     record = self._store.get_entry(txn, entry_id)
                     if record is None or record.partition_id != partition.id or self._expired(entry_id, record, now):
                         continue
-                    if similarity >= threshold:
-                        self._count_lookup(partition, "semantic_hits", entry_id=entry_id, record=record, now=now)
-                        return self._hit(partition, entry_id, record, similarity, threshold, exact=False)
-                    self._count_lookup(partition, "miss", now=now)
-                    return LookupResult(
-                        hit=False, threshold=threshold, resolved_version=partition.key.version, similarity=similarity
-                    )
+                    if best is None:
+                        best = similarity
+                    if similarity < threshold:
+                        return self._miss(partition, threshold, best, guard_reason, now)
+                    reason = conflict(guard_text, record.query) if guard_text and record.query else None
+                    if reason is not None:
+                        guard_reason = guard_reason or reason
+                        continue
+                    self._count_lookup(partition, "semantic_hits", entry_id=entry_id, record=record, now=now)
+                    return self._hit(partition, entry_id, record, similarity, threshold, exact=False)
             if len(candidates) < k:  # every vector in the index was seen
-                self._count_lookup(partition, "miss", now=now)
-                return LookupResult(hit=False, threshold=threshold, resolved_version=partition.key.version)
+                return self._miss(partition, threshold, best, guard_reason, now)
+            seen = len(candidates)
             k *= 4
+
+    def _miss(self, partition: _Partition, threshold: float, best: float | None, guard_reason: str, now: float) -> LookupResult:
+        self._count_lookup(partition, "miss", now=now)
+        return LookupResult(
+            hit=False, threshold=threshold, resolved_version=partition.key.version, similarity=best,
+            guard_reason=guard_reason,
+        )
 
     def _expired(self, entry_id: int, record: EntryRecord, now: float) -> bool:
         if record.expires_at == 0:

@@ -105,6 +105,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             threshold=result.threshold,
             metadata=result.metadata,
             resolved_version=result.resolved_version,
+            guard_reason=result.guard_reason,
         )
 
     @_rpc

@@ -24,6 +24,7 @@ class NamespaceSettings:
     """Per-namespace overrides from the config file's [namespaces.NAME] tables; None inherits."""
 
     min_similarity: float | None = None
+    semantic_guard: bool | None = None
     default_ttl_seconds: int | None = None
     sliding_ttl: bool | None = None
     max_entries: int | None = None
@@ -51,6 +52,9 @@ class Settings:
     embed_batch_wait_seconds: float = 0.001
     # Cosine similarity (-1..1, higher is stricter) a semantic match must reach.
     min_similarity: float = 0.90
+    # Refuse semantic matches that differ from the query in negation, numbers or
+    # opposite words (see semcache/guard.py).
+    semantic_guard: bool = True
     # 0 = entries never expire unless a Store gives ttl_seconds.
     default_ttl_seconds: int = 0
     # Refresh an entry's TTL on each hit.
@@ -95,6 +99,10 @@ class Settings:
     def min_similarity_for(self, namespace: str) -> float:
         override = self.namespace(namespace).min_similarity
         return self.min_similarity if override is None else override
+
+    def semantic_guard_for(self, namespace: str) -> bool:
+        override = self.namespace(namespace).semantic_guard
+        return self.semantic_guard if override is None else override
 
     def default_ttl_seconds_for(self, namespace: str) -> int:
         override = self.namespace(namespace).default_ttl_seconds

@@ -10,7 +10,8 @@ replay: replay the stream through one partition: a hit is correct when the match
 
 In pairs mode one lookup per pair (at min_similarity -1, so the best candidate always
 comes back) decides every threshold: the partition holds only `a`, so the lookup hits
-at threshold t exactly when it was exact or its similarity is >= t. Replay depends on
+at threshold t exactly when it was exact, or its similarity is >= t and the lexical
+guard did not refuse it (the guard does not depend on the threshold). Replay depends on
 what earlier misses stored, so it is replayed once per threshold.
 """
 
@@ -88,9 +89,10 @@ class PairOutcome:
     kind: str
     exact: bool
     similarity: float
+    guarded: bool = False  # the lexical guard refused the match, at any threshold
 
     def hit_at(self, threshold: float) -> bool:
-        return self.exact or self.similarity >= threshold
+        return self.exact or (not self.guarded and self.similarity >= threshold)
 
 
 def run_pairs(target: Target, pairs: Sequence[Pair], vectors: dict[str, np.ndarray]) -> list[PairOutcome]:
@@ -99,7 +101,7 @@ def run_pairs(target: Target, pairs: Sequence[Pair], vectors: dict[str, np.ndarr
         entry_id = target.store("pairs", pair.a, b"a", vectors[pair.a])
         found = target.lookup("pairs", pair.b, vectors[pair.b], min_similarity=-1.0)
         target.delete("pairs", entry_id)
-        outcomes.append(PairOutcome(pair.label, pair.kind, found.exact, found.similarity))
+        outcomes.append(PairOutcome(pair.label, pair.kind, found.exact, found.similarity, bool(found.guard_reason)))
     return outcomes
 
 

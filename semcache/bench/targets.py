@@ -25,6 +25,7 @@ class Found:
     exact: bool
     similarity: float
     response: bytes
+    guard_reason: str = ""
 
 
 class Target(Protocol):
@@ -51,7 +52,7 @@ class InProcessTarget:
 
     def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float) -> Found:
         r = self._cache.lookup(self._key(version), query, embedding=vector, min_similarity=min_similarity)
-        return Found(r.hit, r.exact, -1.0 if r.similarity is None else r.similarity, r.response)
+        return Found(r.hit, r.exact, -1.0 if r.similarity is None else r.similarity, r.response, r.guard_reason)
 
     def delete(self, version: str, entry_id: str) -> None:
         self._cache.delete(self._key(version), entry_id)
@@ -87,7 +88,7 @@ class ServerTarget:
 
     def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float) -> Found:
         r = self._client.lookup(self._partition(version), query, embedding=vector.tolist(), min_similarity=min_similarity)
-        return Found(r.hit, r.exact, r.similarity, r.response)
+        return Found(r.hit, r.exact, r.similarity, r.response, r.guard_reason)
 
     def delete(self, version: str, entry_id: str) -> None:
         self._client.delete(self._partition(version), entry_id)

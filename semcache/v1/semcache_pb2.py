@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\"\\\n\tPartition\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\"\x8c\x01\n\rLookupRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x1b\n\x0emin_similarity\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"\x96\x02\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x15\n\rmatched_query\x18\x05 \x01(\t\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12;\n\x08metadata\x18\x08 \x03(\x0b\x32).semcache.v1.LookupResponse.MetadataEntry\x12\x18\n\x10resolved_version\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfc\x01\n\x0cStoreRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x39\n\x08metadata\x18\x06 \x03(\x0b\x32\'.semcache.v1.StoreRequest.MetadataEntry\x12\x0c\n\x04\x63ost\x18\x07 \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\rStoreResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x18\n\x10resolved_version\x18\x04 \x01(\t\"L\n\rDeleteRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xee\x01\n\x11InvalidateRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\x12\x17\n\x0fwhole_namespace\x18\x03 \x01(\x08\x12I\n\x0emetadata_match\x18\x04 \x03(\x0b\x32\x31.semcache.v1.InvalidateRequest.MetadataMatchEntry\x1a\x34\n\x12MetadataMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"9\n\x0cStatsRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\"\xad\x02\n\x0ePartitionStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x04\x12\x0f\n\x07lookups\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\x12\n\nexact_hits\x18\x07 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x08 \x01(\x04\x12\x0e\n\x06misses\x18\t \x01(\x04\x12\x12\n\nsaved_cost\x18\n \x01(\x01\x12\r\n\x05\x62ytes\x18\x0b \x01(\x04\x12\x14\n\x0clast_used_at\x18\x0c \x01(\x01\x12\x11\n\tevictions\x18\r \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\x0e \x01(\x04\x12\x15\n\rinvalidations\x18\x0f \x01(\x04\"\xc3\x02\n\rStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\x12\x0f\n\x07lookups\x18\x02 \x01(\x04\x12\x0c\n\x04hits\x18\x03 \x01(\x04\x12\x12\n\nexact_hits\x18\x04 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x05 \x01(\x04\x12\x0e\n\x06misses\x18\x06 \x01(\x04\x12\x12\n\nsaved_cost\x18\x07 \x01(\x01\x12/\n\npartitions\x18\x08 \x03(\x0b\x32\x1b.semcache.v1.PartitionStats\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\n \x01(\t\x12\x1b\n\x13\x65mbedding_dimension\x18\x0b \x01(\r\x12\x11\n\tevictions\x18\x0c \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\r \x01(\x04\x12\x15\n\rinvalidations\x18\x0e \x01(\x04\"a\n\x1cSetNamespaceThresholdRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1b\n\x0emin_similarity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"7\n\x1dSetNamespaceThresholdResponse\x12\x16\n\x0emin_similarity\x18\x01 \x01(\x02\x32\xd4\x03\n\rSemanticCache\x12\x41\n\x06Lookup\x12\x1a.semcache.v1.LookupRequest\x1a\x1b.semcache.v1.LookupResponse\x12>\n\x05Store\x12\x19.semcache.v1.StoreRequest\x1a\x1a.semcache.v1.StoreResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.semcache.v1.DeleteRequest\x1a\x1b.semcache.v1.DeleteResponse\x12M\n\nInvalidate\x12\x1e.semcache.v1.InvalidateRequest\x1a\x1f.semcache.v1.InvalidateResponse\x12>\n\x05Stats\x12\x19.semcache.v1.StatsRequest\x1a\x1a.semcache.v1.StatsResponse\x12n\n\x15SetNamespaceThreshold\x12).semcache.v1.SetNamespaceThresholdRequest\x1a*.semcache.v1.SetNamespaceThresholdResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\"\\\n\tPartition\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\"\x8c\x01\n\rLookupRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x1b\n\x0emin_similarity\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"\xac\x02\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x15\n\rmatched_query\x18\x05 \x01(\t\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12;\n\x08metadata\x18\x08 \x03(\x0b\x32).semcache.v1.LookupResponse.MetadataEntry\x12\x18\n\x10resolved_version\x18\t \x01(\t\x12\x14\n\x0cguard_reason\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfc\x01\n\x0cStoreRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x39\n\x08metadata\x18\x06 \x03(\x0b\x32\'.semcache.v1.StoreRequest.MetadataEntry\x12\x0c\n\x04\x63ost\x18\x07 \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\rStoreResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x18\n\x10resolved_version\x18\x04 \x01(\t\"L\n\rDeleteRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xee\x01\n\x11InvalidateRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\x12\x17\n\x0fwhole_namespace\x18\x03 \x01(\x08\x12I\n\x0emetadata_match\x18\x04 \x03(\x0b\x32\x31.semcache.v1.InvalidateRequest.MetadataMatchEntry\x1a\x34\n\x12MetadataMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"9\n\x0cStatsRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\"\xad\x02\n\x0ePartitionStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x04\x12\x0f\n\x07lookups\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\x12\n\nexact_hits\x18\x07 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x08 \x01(\x04\x12\x0e\n\x06misses\x18\t \x01(\x04\x12\x12\n\nsaved_cost\x18\n \x01(\x01\x12\r\n\x05\x62ytes\x18\x0b \x01(\x04\x12\x14\n\x0clast_used_at\x18\x0c \x01(\x01\x12\x11\n\tevictions\x18\r \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\x0e \x01(\x04\x12\x15\n\rinvalidations\x18\x0f \x01(\x04\"\xc3\x02\n\rStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\x12\x0f\n\x07lookups\x18\x02 \x01(\x04\x12\x0c\n\x04hits\x18\x03 \x01(\x04\x12\x12\n\nexact_hits\x18\x04 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x05 \x01(\x04\x12\x0e\n\x06misses\x18\x06 \x01(\x04\x12\x12\n\nsaved_cost\x18\x07 \x01(\x01\x12/\n\npartitions\x18\x08 \x03(\x0b\x32\x1b.semcache.v1.PartitionStats\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\n \x01(\t\x12\x1b\n\x13\x65mbedding_dimension\x18\x0b \x01(\r\x12\x11\n\tevictions\x18\x0c \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\r \x01(\x04\x12\x15\n\rinvalidations\x18\x0e \x01(\x04\"a\n\x1cSetNamespaceThresholdRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1b\n\x0emin_similarity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"7\n\x1dSetNamespaceThresholdResponse\x12\x16\n\x0emin_similarity\x18\x01 \x01(\x02\x32\xd4\x03\n\rSemanticCache\x12\x41\n\x06Lookup\x12\x1a.semcache.v1.LookupRequest\x1a\x1b.semcache.v1.LookupResponse\x12>\n\x05Store\x12\x19.semcache.v1.StoreRequest\x1a\x1a.semcache.v1.StoreResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.semcache.v1.DeleteRequest\x1a\x1b.semcache.v1.DeleteResponse\x12M\n\nInvalidate\x12\x1e.semcache.v1.InvalidateRequest\x1a\x1f.semcache.v1.InvalidateResponse\x12>\n\x05Stats\x12\x19.semcache.v1.StatsRequest\x1a\x1a.semcache.v1.StatsResponse\x12n\n\x15SetNamespaceThreshold\x12).semcache.v1.SetNamespaceThresholdRequest\x1a*.semcache.v1.SetNamespaceThresholdResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKUPREQUEST']._serialized_start=138
   _globals['_LOOKUPREQUEST']._serialized_end=278
   _globals['_LOOKUPRESPONSE']._serialized_start=281
-  _globals['_LOOKUPRESPONSE']._serialized_end=559
-  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_start=512
-  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_end=559
-  _globals['_STOREREQUEST']._serialized_start=562
-  _globals['_STOREREQUEST']._serialized_end=814
-  _globals['_STOREREQUEST_METADATAENTRY']._serialized_start=512
-  _globals['_STOREREQUEST_METADATAENTRY']._serialized_end=559
-  _globals['_STORERESPONSE']._serialized_start=816
-  _globals['_STORERESPONSE']._serialized_end=913
-  _globals['_DELETEREQUEST']._serialized_start=915
-  _globals['_DELETEREQUEST']._serialized_end=991
-  _globals['_DELETERESPONSE']._serialized_start=993
-  _globals['_DELETERESPONSE']._serialized_end=1026
-  _globals['_INVALIDATEREQUEST']._serialized_start=1029
-  _globals['_INVALIDATEREQUEST']._serialized_end=1267
-  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_start=1215
-  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_end=1267
-  _globals['_INVALIDATERESPONSE']._serialized_start=1269
-  _globals['_INVALIDATERESPONSE']._serialized_end=1306
-  _globals['_STATSREQUEST']._serialized_start=1308
-  _globals['_STATSREQUEST']._serialized_end=1365
-  _globals['_PARTITIONSTATS']._serialized_start=1368
-  _globals['_PARTITIONSTATS']._serialized_end=1669
-  _globals['_STATSRESPONSE']._serialized_start=1672
-  _globals['_STATSRESPONSE']._serialized_end=1995
-  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_start=1997
-  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_end=2094
-  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_start=2096
-  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_end=2151
-  _globals['_SEMANTICCACHE']._serialized_start=2154
-  _globals['_SEMANTICCACHE']._serialized_end=2622
+  _globals['_LOOKUPRESPONSE']._serialized_end=581
+  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_start=534
+  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_end=581
+  _globals['_STOREREQUEST']._serialized_start=584
+  _globals['_STOREREQUEST']._serialized_end=836
+  _globals['_STOREREQUEST_METADATAENTRY']._serialized_start=534
+  _globals['_STOREREQUEST_METADATAENTRY']._serialized_end=581
+  _globals['_STORERESPONSE']._serialized_start=838
+  _globals['_STORERESPONSE']._serialized_end=935
+  _globals['_DELETEREQUEST']._serialized_start=937
+  _globals['_DELETEREQUEST']._serialized_end=1013
+  _globals['_DELETERESPONSE']._serialized_start=1015
+  _globals['_DELETERESPONSE']._serialized_end=1048
+  _globals['_INVALIDATEREQUEST']._serialized_start=1051
+  _globals['_INVALIDATEREQUEST']._serialized_end=1289
+  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_start=1237
+  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_end=1289
+  _globals['_INVALIDATERESPONSE']._serialized_start=1291
+  _globals['_INVALIDATERESPONSE']._serialized_end=1328
+  _globals['_STATSREQUEST']._serialized_start=1330
+  _globals['_STATSREQUEST']._serialized_end=1387
+  _globals['_PARTITIONSTATS']._serialized_start=1390
+  _globals['_PARTITIONSTATS']._serialized_end=1691
+  _globals['_STATSRESPONSE']._serialized_start=1694
+  _globals['_STATSRESPONSE']._serialized_end=2017
+  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_start=2019
+  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_end=2116
+  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_start=2118
+  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_end=2173
+  _globals['_SEMANTICCACHE']._serialized_start=2176
+  _globals['_SEMANTICCACHE']._serialized_end=2644
 # @@protoc_insertion_point(module_scope)

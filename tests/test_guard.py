@@ -1,0 +1,55 @@
+"""The lexical guard: what it refuses, and that it runs in the real lookup path."""
+
+from __future__ import annotations
+
+import pytest
+
+from semcache.guard import conflict
+from semcache.settings import NamespaceSettings
+
+
+@pytest.mark.parametrize(
+    "query,candidate,reason",
+    [
+        ("is port 22 open", "is port 22 closed", "opposites: open/closed"),
+        ("is port 22 open", "is port 23 open", "numbers"),
+        ("set an alarm for 7am", "set an alarm for 8am", "numbers"),
+        ("how do I enable 2fa", "how do I disable 2fa", "opposites: enable/disable"),
+        ("is the store open on sunday", "is the store not open on sunday", "negation"),
+        ("the refund was approved", "the refund wasn't approved", "negation"),
+        ("transfer 1,000 dollars", "transfer 1000 dollars", None),
+        ("is port 22 open", "Is port 22 open?", None),
+        ("What is your return policy?", "How do I return an item?", None),
+        ("I still haven't got my card", "where is my new card", None),  # phrasing, not inversion
+        ("I haven't received my card", "my card has not arrived", None),
+    ],
+)
+def test_conflict(query, candidate, reason):
+    assert conflict(query, candidate) == reason
+    assert conflict(candidate, query) == (reason and reason.replace("open/closed", "closed/open")
+                                          .replace("enable/disable", "disable/enable"))
+
+
+P = {"namespace": "ops", "model": "m"}
+
+
+def test_guard_refuses_near_misses_over_grpc_and_finds_the_right_entry_below(make_server, embedder):
+    _, client = make_server(embedder=embedder, min_similarity=0.8)
+    client.store(P, "is port 22 open", "yes, 22 is open")
+    miss = client.lookup(P, "is port 22 closed")
+    assert not miss.hit and miss.similarity >= 0.8 and miss.guard_reason == "opposites: closed/open"
+    assert client.lookup(P, "is port 23 open", min_similarity=0.7).guard_reason == "numbers"
+    assert client.lookup(P, "is port 22 currently open").hit
+    # A refused best candidate does not hide a good one just below it.
+    client.store(P, "is the port 22 closed right now", "22 is closed")
+    found = client.lookup(P, "is port 22 closed")
+    assert found.hit and found.response == b"22 is closed"
+
+
+def test_guard_can_be_turned_off_per_namespace(make_server, embedder):
+    _, client = make_server(embedder=embedder, min_similarity=0.8,
+                            namespaces={"raw": NamespaceSettings(semantic_guard=False)})
+    for namespace in ("raw", "guarded"):
+        client.store({"namespace": namespace}, "is port 22 open", "yes")
+    assert client.lookup({"namespace": "raw"}, "is port 22 closed").hit
+    assert not client.lookup({"namespace": "guarded"}, "is port 22 closed").hit
