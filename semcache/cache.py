@@ -24,6 +24,7 @@ from semcache.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
+    SemcacheError,
     StorageFullError,
 )
 from semcache.eviction import Budget, EvictionPolicy, Victim
@@ -92,6 +93,19 @@ class StatsView:
     bytes: int
     totals: PartitionRecord
     partitions: list[PartitionStatsView]
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreItem:
+    """One entry of a store_batch call."""
+
+    key: PartitionKey
+    query: str
+    response: bytes
+    embedding: Sequence[float] | np.ndarray | None = None
+    ttl_seconds: int = 0
+    metadata: Mapping[str, str] | None = None
+    cost: float = 0.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -556,6 +570,89 @@ class SemanticCache:
         Evicts least-frequently-used entries first when a budget would be exceeded,
         and when LMDB is at max_map_bytes.
         """
+        job = self._prepare_store(key, query, response, embedding, ttl_seconds, metadata, cost)
+        if job.vector.size == 0:
+            job.vector = self._embed(query)
+            job.record.embedding = job.vector.tobytes()
+        self.metrics.stores.labels(key.namespace).inc()
+        return self._commit_with_room(job)
+
+    def store_batch(self, items: Sequence[StoreItem]) -> list[StoreResult | SemcacheError]:
+        """Store many entries: one model call for those without a vector, one commit for all.
+        Each item gets its own result or its own error."""
+        jobs: list[_StoreJob | SemcacheError] = []
+        for item in items:
+            try:
+                jobs.append(self._prepare_store(
+                    item.key, item.query, item.response, item.embedding, item.ttl_seconds, item.metadata, item.cost
+                ))
+            except SemcacheError as e:
+                jobs.append(e)
+        to_embed = [j for j in jobs if isinstance(j, _StoreJob) and j.vector.size == 0]
+        if to_embed:
+            if self.embedder is None:
+                error = FailedPreconditionError("this server runs without an embedding model; send an embedding")
+                jobs = [error if isinstance(j, _StoreJob) and j.vector.size == 0 else j for j in jobs]
+            else:
+                with self.metrics.embed_seconds.time():
+                    vectors = self.embedder.embed([j.record.query for j in to_embed])
+                for job, vector in zip(to_embed, vectors):
+                    job.vector = vector
+                    job.record.embedding = vector.tobytes()
+        pending = [j for j in jobs if isinstance(j, _StoreJob)]
+        for job in pending:
+            self.metrics.stores.labels(job.key.namespace).inc()
+        with self._queue_lock:
+            self._store_queue.extend(pending)
+        retired: list[_Partition] = []
+        with self._write_lock:
+            with self._queue_lock:
+                batch = [j for j in self._store_queue if not j.done]
+                self._store_queue = []
+            if batch:
+                retired = self._commit_batch(batch)
+        for old in retired:
+            self._purge_in_background(old.id)
+        results: list[StoreResult | SemcacheError] = []
+        for job in jobs:
+            if isinstance(job, SemcacheError):
+                results.append(job)
+            elif job.error is None:
+                assert job.result is not None
+                results.append(job.result)
+            elif isinstance(job.error, StorageFullError):  # retry alone, evicting for room
+                job.done, job.error = False, None
+                try:
+                    results.append(self._commit_with_room(job))
+                except SemcacheError as e:
+                    results.append(e)
+            elif isinstance(job.error, SemcacheError):
+                results.append(job.error)
+            else:
+                raise job.error
+        return results
+
+    def _commit_with_room(self, job: _StoreJob) -> StoreResult:
+        for _ in range(_FULL_RETRIES):
+            try:
+                return self._store_once(job)
+            except StorageFullError:
+                if not self._evict_for_space():
+                    raise
+                job.done, job.error = False, None
+        raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room")
+
+    def _prepare_store(
+        self,
+        key: PartitionKey,
+        query: str,
+        response: bytes,
+        embedding: Sequence[float] | np.ndarray | None,
+        ttl_seconds: int,
+        metadata: Mapping[str, str] | None,
+        cost: float,
+    ) -> _StoreJob:
+        """Validate a Store; the job's vector is empty when the model must compute it."""
         metadata = dict(metadata or {})
         vector = self._vector(embedding)
         normalized = self._check_query(query, vector is not None)
@@ -568,35 +665,29 @@ class SemanticCache:
             raise InvalidArgumentError(f"cost must be a finite number >= 0, got {cost}")
         if ttl_seconds < 0:
             raise InvalidArgumentError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
-        if vector is None:
-            vector = self._embed(query)
+        if vector is None and self.embedder is None:
+            raise FailedPreconditionError("this server runs without an embedding model; send an embedding")
         ttl = ttl_seconds or self.settings.default_ttl_seconds_for(key.namespace)
         record = EntryRecord(
             query=query,
             normalized_query=normalized,
             response=bytes(response),
-            embedding=vector.astype(np.float32).tobytes(),
+            embedding=b"" if vector is None else vector.astype(np.float32).tobytes(),
             metadata=metadata,
             cost=cost,
             ttl_seconds=ttl,
         )
-        size = entry_bytes(record)
+        # The vector's bytes count whether or not the client sent it.
+        size = entry_bytes(record) + (4 * self.dimension if vector is None else 0)
         budget_bytes = self._policy.too_large(key.namespace, size)
         if budget_bytes:
             raise ResourceExhaustedError(f"entry is {size} bytes; the byte budget of its scope is {budget_bytes}")
-        self.metrics.stores.labels(key.namespace).inc()
-        for _ in range(_FULL_RETRIES):
-            try:
-                return self._store_once(key, record, vector, size)
-            except StorageFullError:
-                if not self._evict_for_space():
-                    raise
-        raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room")
+        empty = np.empty(0, dtype=np.float32)
+        return _StoreJob(key, record, empty if vector is None else vector, size)
 
-    def _store_once(self, key: PartitionKey, record: EntryRecord, vector: np.ndarray, size: int) -> StoreResult:
+    def _store_once(self, job: _StoreJob) -> StoreResult:
         """Group commit: queue the job; whoever holds the write lock next commits every queued
         job in one LMDB transaction (one fsync), then each caller returns its own result."""
-        job = _StoreJob(key, record, vector, size)
         with self._queue_lock:
             self._store_queue.append(job)
         retired: list[_Partition] = []

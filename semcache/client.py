@@ -100,6 +100,18 @@ class Client:
         )
         return self._call(self._stub.Store, request)
 
+    def store_batch(self, items: Sequence[Mapping[str, Any]]) -> pb.StoreBatchResponse:
+        """Store many entries in one call. Each item is a dict of StoreRequest fields
+        (partition may be a dict); results come back in order, each stored or failed alone."""
+        requests = []
+        for item in items:
+            fields = dict(item)
+            fields["partition"] = as_partition(fields.get("partition"))
+            if isinstance(fields.get("response"), str):
+                fields["response"] = fields["response"].encode("utf-8")
+            requests.append(pb.StoreRequest(**fields))
+        return self._call(self._stub.StoreBatch, pb.StoreBatchRequest(items=requests))
+
     def delete(self, partition: PartitionLike, entry_id: str) -> bool:
         request = pb.DeleteRequest(partition=as_partition(partition), entry_id=entry_id)
         return self._call(self._stub.Delete, request).deleted

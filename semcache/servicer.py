@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import grpc
 
 from semcache.auth import FULL_ACCESS, Authenticator, Grant
-from semcache.cache import COUNTERS, SemanticCache
-from semcache.errors import SemcacheError, UnavailableError, grpc_status_for
+from semcache.cache import COUNTERS, SemanticCache, StoreItem, StoreResult
+from semcache.errors import ResourceExhaustedError, SemcacheError, UnavailableError, grpc_status_for
 from semcache.partition import PartitionKey
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
@@ -67,8 +67,9 @@ def _rpc(method: Handler) -> Handler:
 class CacheServicer(pb_grpc.SemanticCacheServicer):
     """Serves semcache.v1.SemanticCache; UNAVAILABLE until the cache is attached."""
 
-    def __init__(self, authenticator: Authenticator | None = None) -> None:
+    def __init__(self, authenticator: Authenticator | None = None, *, max_batch_items: int = 1000) -> None:
         self.cache: SemanticCache | None = None
+        self.max_batch_items = max_batch_items
         self._authenticator = authenticator
 
     def grant_for(self, context: grpc.ServicerContext) -> Grant:
@@ -125,6 +126,37 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             expires_at=result.expires_at,
             resolved_version=result.resolved_version,
         )
+
+    @_rpc
+    def StoreBatch(self, request: pb.StoreBatchRequest, grant: Grant) -> pb.StoreBatchResponse:
+        cache = self._ready()
+        if len(request.items) > self.max_batch_items:
+            raise ResourceExhaustedError(f"{len(request.items)} items; the limit per StoreBatch is {self.max_batch_items}")
+        items: list[StoreItem | SemcacheError] = []
+        for item in request.items:
+            try:
+                key = self._key(item.partition, grant)
+            except SemcacheError as e:
+                items.append(e)
+                continue
+            items.append(StoreItem(
+                key, item.query, item.response, embedding=item.embedding, ttl_seconds=item.ttl_seconds,
+                metadata=item.metadata, cost=item.cost,
+            ))
+        valid = [i for i in items if isinstance(i, StoreItem)]
+        stored = iter(cache.store_batch(valid))
+        results = []
+        for item in items:
+            outcome = item if isinstance(item, SemcacheError) else next(stored)
+            if isinstance(outcome, StoreResult):
+                results.append(pb.StoreBatchResult(stored=pb.StoreResponse(
+                    entry_id=outcome.entry_id, replaced=outcome.replaced, expires_at=outcome.expires_at,
+                    resolved_version=outcome.resolved_version,
+                )))
+            else:
+                code = grpc_status_for(outcome)
+                results.append(pb.StoreBatchResult(error_code=code.value[0], error_message=str(outcome)))
+        return pb.StoreBatchResponse(results=results)
 
     @_rpc
     def Delete(self, request: pb.DeleteRequest, grant: Grant) -> pb.DeleteResponse:

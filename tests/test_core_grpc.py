@@ -333,3 +333,26 @@ def test_server_without_model_rejects_text_only_semantic_requests(make_server):
     client.store(SHOP, "q", "a", embedding=unit_vector(1))
     assert client.lookup(SHOP, "q").exact  # the exact tier needs no model
     assert not client.lookup(SHOP, "another q").hit  # and without a vector it is the only tier
+
+
+def test_store_batch_stores_each_item_or_fails_it_alone(make_server, embedder):
+    _, client = make_server(embedder=embedder)
+    other = {"namespace": "other", "model": "m"}
+    items = [
+        {"partition": SHOP, "query": "How do I track my parcel?", "response": "Use the tracking link."},
+        {"partition": SHOP, "query": "", "response": "x"},  # empty, no vector
+        {"partition": other, "query": "vector item", "response": "v", "embedding": unit_vector(3, 384)},
+        {"partition": SHOP, "query": "bad vector", "response": "v", "embedding": [1.0, 2.0]},
+        {"partition": SHOP, "query": "Can I pay with PayPal?", "response": "Yes.", "ttl_seconds": 60, "cost": 0.5},
+    ]
+    results = client.store_batch(items).results
+    assert len(results) == 5
+    assert [r.HasField("stored") for r in results] == [True, False, True, False, True]
+    assert results[1].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and results[1].error_message
+    assert results[3].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert results[4].stored.expires_at > 0
+    assert client.lookup(SHOP, "How can I track my parcel?").entry_id == results[0].stored.entry_id
+    assert client.lookup(other, "vector item").hit
+    assert client.stats().entries == 3
+    code = status_of(lambda: client.store_batch([{"partition": SHOP, "query": f"q{i}", "response": "a"} for i in range(1001)]))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED

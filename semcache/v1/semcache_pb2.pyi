@@ -98,6 +98,28 @@ class StoreResponse(_message.Message):
     resolved_version: str
     def __init__(self, entry_id: _Optional[str] = ..., replaced: _Optional[bool] = ..., expires_at: _Optional[float] = ..., resolved_version: _Optional[str] = ...) -> None: ...
 
+class StoreBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[StoreRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[StoreRequest, _Mapping]]] = ...) -> None: ...
+
+class StoreBatchResult(_message.Message):
+    __slots__ = ("stored", "error_code", "error_message")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stored: StoreResponse
+    error_code: int
+    error_message: str
+    def __init__(self, stored: _Optional[_Union[StoreResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class StoreBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[StoreBatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[StoreBatchResult, _Mapping]]] = ...) -> None: ...
+
 class DeleteRequest(_message.Message):
     __slots__ = ("partition", "entry_id")
     PARTITION_FIELD_NUMBER: _ClassVar[int]

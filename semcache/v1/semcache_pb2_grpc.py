@@ -45,6 +45,11 @@ class SemanticCacheStub:
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.StoreRequest.SerializeToString,
                 response_deserializer=semcache_dot_v1_dot_semcache__pb2.StoreResponse.FromString,
                 _registered_method=True)
+        self.StoreBatch = channel.unary_unary(
+                '/semcache.v1.SemanticCache/StoreBatch',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.StoreBatchRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.StoreBatchResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/semcache.v1.SemanticCache/Delete',
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.DeleteRequest.SerializeToString,
@@ -81,6 +86,14 @@ class SemanticCacheServicer:
     def Store(self, request, context):
         """Stores a response for a query. The same normalized query in the same
         partition replaces the earlier entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StoreBatch(self, request, context):
+        """Stores many entries at once (warming a cache): one model call for the
+        text-only ones, one commit for all. Each item succeeds or fails alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +140,11 @@ def add_SemanticCacheServicer_to_server(servicer, server):
                     servicer.Store,
                     request_deserializer=semcache_dot_v1_dot_semcache__pb2.StoreRequest.FromString,
                     response_serializer=semcache_dot_v1_dot_semcache__pb2.StoreResponse.SerializeToString,
+            ),
+            'StoreBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.StoreBatch,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.StoreBatchRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.StoreBatchResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -204,6 +222,33 @@ class SemanticCache:
             '/semcache.v1.SemanticCache/Store',
             semcache_dot_v1_dot_semcache__pb2.StoreRequest.SerializeToString,
             semcache_dot_v1_dot_semcache__pb2.StoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StoreBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCache/StoreBatch',
+            semcache_dot_v1_dot_semcache__pb2.StoreBatchRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.StoreBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
