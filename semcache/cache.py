@@ -167,11 +167,11 @@ def _check_similarity(min_similarity: float) -> None:
 class _Partition:
     """In-memory state of one live partition."""
 
-    def __init__(self, partition_id: int, key: PartitionKey, record: PartitionRecord, dimension: int) -> None:
+    def __init__(self, partition_id: int, key: PartitionKey, record: PartitionRecord, settings: Settings, dimension: int) -> None:
         self.id = partition_id
         self.key = key
         self.record = record  # counters and last_used_at; mutated under the cache's stats lock
-        self.index = VectorIndex(dimension)
+        self.index = VectorIndex(dimension, ivf_min_entries=settings.ivf_min_entries, ivf_nprobe=settings.ivf_nprobe)
         self.bytes = 0
         self.dirty = False
 
@@ -297,7 +297,7 @@ class SemanticCache:
                     dropping.append(partition_id)
                     continue
                 key = PartitionKey(record.namespace, record.model, record.version)
-                self._publish(_Partition(partition_id, key, record, self.dimension))
+                self._publish(_Partition(partition_id, key, record, self.settings, self.dimension))
         for partition_id in dropping:  # an invalidation was cut off: finish it
             self._purge_partition(partition_id)
         orphans = []
@@ -827,7 +827,7 @@ class SemanticCache:
             namespace=key.namespace, model=key.model, version=key.version, created_at=now, last_used_at=now
         )
         self._store.put_partition(txn, partition_id, record)
-        partition = _Partition(partition_id, key, PartitionRecord.FromString(record.SerializeToString()), self.dimension)
+        partition = _Partition(partition_id, key, PartitionRecord.FromString(record.SerializeToString()), self.settings, self.dimension)
         return partition, True, retired
 
     # -- removal ------------------------------------------------------------------

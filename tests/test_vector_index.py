@@ -39,3 +39,33 @@ def test_empty_index_and_removing_unknown_ids():
     index = VectorIndex(4)
     assert index.search(np.ones(4, dtype=np.float32) / 2, 5) == []
     assert index.remove(np.array([1, 2], dtype=np.int64)) == 0
+
+
+def test_switches_to_ivf_in_the_background_and_keeps_every_change():
+    rng = np.random.default_rng(7)
+    dimension = 32
+    centers = _unit_rows(rng, 40, dimension)  # clustered, like real embeddings
+    vectors = centers[rng.integers(0, 40, 3000)] + 0.15 * rng.standard_normal((3000, dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(dimension, ivf_min_entries=2000, ivf_nprobe=8)
+    index.add(np.arange(3000), vectors)
+    # Changes while the IVF index may still be building.
+    index.remove(np.arange(100))
+    extra = _unit_rows(rng, 100, dimension)
+    index.add(np.arange(10_000, 10_100), extra)
+    index.wait_for_build()
+    assert index.kind == "ivf" and len(index) == 3000
+    for i in range(100):
+        assert all(entry_id >= 100 for entry_id, _ in index.search(vectors[i], 5))
+        assert index.search(extra[i], 1)[0][0] == 10_000 + i
+    probes = vectors[100:600] + 0.02 * rng.standard_normal((500, dimension)).astype(np.float32)
+    same_best = sum(index.search(p / np.linalg.norm(p), 1)[0][0] == 100 + n for n, p in enumerate(probes))
+    assert same_best >= 0.99 * 500
+    assert index.remove(np.arange(100, 200)) == 100 and len(index) == 2900
+    ids, snapshot = index.vectors()
+    assert sorted(ids.tolist()) == list(range(200, 3000)) + list(range(10_000, 10_100))
+    np.testing.assert_allclose(snapshot[np.argsort(ids)][:5], vectors[200:205], atol=1e-6)
+    # Doubling retrains in the background.
+    index.add(np.arange(20_000, 23_200), np.vstack([vectors, vectors[:200]]))
+    index.wait_for_build()
+    assert index.builds == 2 and len(index) == 6100
