@@ -25,6 +25,8 @@ from semcache.errors import ConfigError
 log = logging.getLogger("semcache")
 
 BACKENDS = ("onnx", "torch")
+# Texts per onnxruntime call: bigger batches only add padding and memory.
+_ONNX_BATCH = 64
 
 
 class Embedder(Protocol):
@@ -187,6 +189,17 @@ class OnnxEmbedder:
         return target
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts are run in batches of similar length, so padding stays small and memory bounded."""
+        if len(texts) <= _ONNX_BATCH:
+            return self._embed_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), _ONNX_BATCH):
+            chunk = order[start:start + _ONNX_BATCH]
+            out[chunk] = self._embed_batch([texts[i] for i in chunk])
+        return out
+
+    def _embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from semcache.cache import StatsView
 
 # Seconds; a semantic lookup is ~1-20 ms, an exact hit well under 1 ms.
-_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:

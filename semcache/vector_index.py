@@ -213,10 +213,11 @@ class VectorIndex:
 def train_ivf(vectors: np.ndarray, dimension: int) -> faiss.IndexIVFFlat:
     """An IVF-Flat (inner product) fitted to these vectors, empty of entries.
 
-    nlist ~ 4 sqrt(n) lists, trained on at most 32 vectors per list.
+    nlist ~ sqrt(n) lists (1,000 at a million: with nprobe 16 a query scans ~1.6% of
+    the vectors), trained on at most 32 vectors per list.
     """
     count = len(vectors)
-    nlist = int(min(4096, max(16, 4 * np.sqrt(count))))
+    nlist = int(min(4096, max(16, np.sqrt(count))))
     quantizer = faiss.IndexFlatIP(dimension)
     index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = vectors
