@@ -70,9 +70,18 @@ def _partition(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _print_message(message: Any) -> None:
+    """The message as JSON, field names as in the .proto; a UTF-8 `response` is shown as text."""
     from google.protobuf import json_format
 
-    print(json.dumps(json_format.MessageToDict(message, always_print_fields_with_no_presence=True), indent=2))
+    data = json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+    )
+    if isinstance(getattr(message, "response", None), bytes):
+        try:
+            data["response"] = message.response.decode("utf-8")
+        except UnicodeDecodeError:
+            data["response_base64"] = data.pop("response")
+    print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _metadata(pairs: Sequence[str]) -> dict[str, str]:

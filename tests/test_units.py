@@ -54,7 +54,7 @@ def test_settings_precedence_flags_over_env_over_file_over_defaults(tmp_path):
     assert settings.min_similarity_for("support") == 0.75
     assert settings.min_similarity_for("other") == 0.85
     assert settings.namespace("support").max_entries == 10
-    assert load_settings(env={}).min_similarity == 0.90
+    assert load_settings(env={}).min_similarity == 0.92
 
 
 def test_config_file_from_env(tmp_path):
