@@ -94,7 +94,7 @@ def main() -> None:
     # -- in-process: IVF search speed and agreement with exact search ---------------
     exact = VectorIndex(vectors.shape[1])
     exact.add(np.arange(args.entries), vectors)
-    ivf = VectorIndex(vectors.shape[1], ivf_min_entries=1, ivf_nprobe=16)
+    ivf = VectorIndex(vectors.shape[1], ivf_min_entries=1)  # the server's default nprobe
     ivf._ivf_trained_on = 0
     started = time.perf_counter()
     ivf.add(np.arange(args.entries), vectors)

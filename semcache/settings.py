@@ -53,8 +53,8 @@ class Settings:
     # A partition switches from exact search to IVF-Flat past this many entries
     # (flat search costs ~0.06 ms per 1,000 vectors here); 0 = always exact.
     ivf_min_entries: int = 50_000
-    # IVF lists searched per query: recall against speed.
-    ivf_nprobe: int = 16
+    # IVF lists searched per query: recall against speed (see bench/README.md).
+    ivf_nprobe: int = 8
     # Cosine similarity (-1..1, higher is stricter) a semantic match must reach.
     # 0.92 keeps false hits near or under 1% on the intent replay sets (clinc150: 2.3%);
     # see bench/README.md, and tune per namespace on your own data.
