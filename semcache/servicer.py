@@ -30,6 +30,15 @@ def partition_key(partition: pb.Partition) -> PartitionKey:
     )
 
 
+def _store_response(result: StoreResult) -> pb.StoreResponse:
+    return pb.StoreResponse(
+        entry_id=result.entry_id,
+        replaced=result.replaced,
+        expires_at=result.expires_at,
+        resolved_version=result.resolved_version,
+    )
+
+
 def _request_namespace(request: Any) -> str:
     if hasattr(request, "partition"):
         return request.partition.namespace
@@ -120,12 +129,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             metadata=request.metadata,
             cost=request.cost,
         )
-        return pb.StoreResponse(
-            entry_id=result.entry_id,
-            replaced=result.replaced,
-            expires_at=result.expires_at,
-            resolved_version=result.resolved_version,
-        )
+        return _store_response(result)
 
     @_rpc
     def StoreBatch(self, request: pb.StoreBatchRequest, grant: Grant) -> pb.StoreBatchResponse:
@@ -149,10 +153,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         for item in items:
             outcome = item if isinstance(item, SemcacheError) else next(stored)
             if isinstance(outcome, StoreResult):
-                results.append(pb.StoreBatchResult(stored=pb.StoreResponse(
-                    entry_id=outcome.entry_id, replaced=outcome.replaced, expires_at=outcome.expires_at,
-                    resolved_version=outcome.resolved_version,
-                )))
+                results.append(pb.StoreBatchResult(stored=_store_response(outcome)))
             else:
                 code = grpc_status_for(outcome)
                 results.append(pb.StoreBatchResult(error_code=code.value[0], error_message=str(outcome)))

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from semcache.client import Client
 from semcache.settings import NamespaceSettings
 from semcache.v1 import semcache_pb2 as pb
+from semcache.v1.semcache_pb2_grpc import SemanticCacheStub
 from tests.conftest import status_of, unit_vector, vector_at_similarity
 
 SHOP = {"namespace": "shop", "model": "gpt-x", "prompt_version": "v1"}
@@ -291,15 +292,21 @@ def limited(make_server, embedder):
     return make_server(embedder=embedder, max_query_bytes=4096, max_response_bytes=10_000)
 
 
+def _raw_call(server, method: str, request) -> grpc.RpcError:
+    """Send a hand-made request (one the Python client would not build) and return its error."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = SemanticCacheStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, method)(request, timeout=30)
+    return caught.value
+
+
 @pytest.mark.parametrize("name,request_,code", BAD_LOOKUPS, ids=[c[0] for c in BAD_LOOKUPS])
 def test_bad_lookup_gets_a_clear_status(limited, name, request_, code):
     server, client = limited
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = __import__("semcache.v1.semcache_pb2_grpc", fromlist=["x"]).SemanticCacheStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.Lookup(request_, timeout=30)
-    assert caught.value.code() == code
-    assert caught.value.details()  # a message a person can act on
+    error = _raw_call(server, "Lookup", request_)
+    assert error.code() == code
+    assert error.details()  # a message a person can act on
     # The server is still healthy afterwards.
     assert not client.lookup(SHOP, "still up?").hit
 
@@ -307,12 +314,9 @@ def test_bad_lookup_gets_a_clear_status(limited, name, request_, code):
 @pytest.mark.parametrize("name,request_,code", BAD_STORES, ids=[c[0] for c in BAD_STORES])
 def test_bad_store_gets_a_clear_status_and_stores_nothing(limited, name, request_, code):
     server, client = limited
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = __import__("semcache.v1.semcache_pb2_grpc", fromlist=["x"]).SemanticCacheStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.Store(request_, timeout=30)
-    assert caught.value.code() == code
-    assert caught.value.details()
+    error = _raw_call(server, "Store", request_)
+    assert error.code() == code
+    assert error.details()
     assert client.stats().entries == 0
 
 
