@@ -3,7 +3,8 @@
 Sentence embeddings put "is port 22 open" and "is port 22 closed" (cosine ~0.90),
 or "alarm at 7" and "alarm at 8", next to each other. No threshold separates those
 from true paraphrases, so a semantic match is refused when the two texts disagree
-on negation, on the numbers they contain, or on a pair of opposite words. Pure:
+on negation, on the numbers they contain (digits or words), or on a pair of
+opposite words. Pure:
 text in, reason out.
 """
 
@@ -13,6 +14,13 @@ import re
 from collections import Counter
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,:]\d+)*")
+# Spelled-out numbers count as numbers: "alarm at two pm" is not "alarm at three pm".
+# "one" is left out: it is as often a pronoun ("which one", "one of my lights").
+_NUMBER_WORDS = frozenset(
+    "zero two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
+    "hundred thousand million billion half quarter".split()
+)
 _NEGATIONS = frozenset(
     "not no never none nobody nothing nowhere neither nor cannot without n't".split()
 )
@@ -32,6 +40,7 @@ _OPPOSITES = [
     ("safe", "unsafe"), ("public", "private"), ("subscribe", "unsubscribe"), ("install", "uninstall"),
     ("include", "exclude"), ("minimum", "maximum"), ("over", "under"), ("above", "below"),
     ("positive", "negative"), ("plus", "minus"), ("asc", "desc"), ("ascending", "descending"),
+    ("am", "pm"), ("morning", "evening"), ("morning", "night"), ("weekday", "weekend"),
 ]
 # Share of (non-negation) words two texts must have in common for a negation flip to count.
 _NEGATION_OVERLAP = 0.5
@@ -52,7 +61,7 @@ def _tokens(text: str) -> list[str]:
 
 
 def _numbers(tokens: list[str]) -> Counter[str]:
-    return Counter(t.replace(",", "") for t in tokens if t[0].isdigit())
+    return Counter(t.replace(",", "") for t in tokens if t[0].isdigit() or t in _NUMBER_WORDS)
 
 
 def conflict(query: str, candidate: str) -> str | None:
