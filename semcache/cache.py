@@ -1081,8 +1081,3 @@ class SemanticCache:
             if self._policy.entries != sum(stored.values()):
                 problems.append(f"{self._policy.entries} entries tracked for eviction, {sum(stored.values())} in LMDB")
         return problems
-
-    def lfu_frequency(self, entry_id: str) -> float | None:
-        """The entry's decayed hit frequency now (1.0 for a new entry); None if unknown."""
-        with self._stats_lock:
-            return self._policy.frequency(parse_entry_id(entry_id), self.clock())

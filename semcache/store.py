@@ -109,10 +109,6 @@ class Store:
                 "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
             ) from None
 
-    def used_bytes(self) -> int:
-        info = self._env.info()
-        return (info["last_pgno"] + 1) * self._env.stat()["psize"]
-
     # -- meta ---------------------------------------------------------------
 
     def get_meta(self, txn: lmdb.Transaction, name: str) -> str | None:
