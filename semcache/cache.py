@@ -48,6 +48,7 @@ _DELETE_CHUNK = 2000
 # When LMDB is at max_map_bytes: evict this share of entries (at least one) and retry.
 _FULL_EVICT_FRACTION = 0.01
 _FULL_RETRIES = 8
+_NO_MODEL = "this server runs without an embedding model; send an embedding"
 # PartitionRecord counters, summed for totals and shown in Stats.
 COUNTERS = (
     "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost",
@@ -391,10 +392,13 @@ class SemanticCache:
         return self.namespace_threshold(namespace)
 
     def _embed(self, query: str) -> np.ndarray:
+        return self._embed_many([query])[0]
+
+    def _embed_many(self, texts: Sequence[str]) -> np.ndarray:
         if self.embedder is None:
-            raise FailedPreconditionError("this server runs without an embedding model; send an embedding")
+            raise FailedPreconditionError(_NO_MODEL)
         with self.metrics.embed_seconds.time():
-            return self.embedder.embed([query])[0]
+            return self.embedder.embed(texts)
 
     def _check_metadata(self, metadata: Mapping[str, str]) -> None:
         if len(metadata) > self.settings.max_metadata_entries:
@@ -588,31 +592,16 @@ class SemanticCache:
                 ))
             except SemcacheError as e:
                 jobs.append(e)
+        # _prepare_store already refused text-only jobs on a server without a model.
         to_embed = [j for j in jobs if isinstance(j, _StoreJob) and j.vector.size == 0]
         if to_embed:
-            if self.embedder is None:
-                error = FailedPreconditionError("this server runs without an embedding model; send an embedding")
-                jobs = [error if isinstance(j, _StoreJob) and j.vector.size == 0 else j for j in jobs]
-            else:
-                with self.metrics.embed_seconds.time():
-                    vectors = self.embedder.embed([j.record.query for j in to_embed])
-                for job, vector in zip(to_embed, vectors):
-                    job.vector = vector
-                    job.record.embedding = vector.tobytes()
+            for job, vector in zip(to_embed, self._embed_many([j.record.query for j in to_embed])):
+                job.vector = vector
+                job.record.embedding = vector.tobytes()
         pending = [j for j in jobs if isinstance(j, _StoreJob)]
         for job in pending:
             self.metrics.stores.labels(job.key.namespace).inc()
-        with self._queue_lock:
-            self._store_queue.extend(pending)
-        retired: list[_Partition] = []
-        with self._write_lock:
-            with self._queue_lock:
-                batch = [j for j in self._store_queue if not j.done]
-                self._store_queue = []
-            if batch:
-                retired = self._commit_batch(batch)
-        for old in retired:
-            self._purge_in_background(old.id)
+        self._group_commit(pending)
         results: list[StoreResult | SemcacheError] = []
         for job in jobs:
             if isinstance(job, SemcacheError):
@@ -666,7 +655,7 @@ class SemanticCache:
         if ttl_seconds < 0:
             raise InvalidArgumentError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
         if vector is None and self.embedder is None:
-            raise FailedPreconditionError("this server runs without an embedding model; send an embedding")
+            raise FailedPreconditionError(_NO_MODEL)
         ttl = ttl_seconds or self.settings.default_ttl_seconds_for(key.namespace)
         record = EntryRecord(
             query=query,
@@ -686,23 +675,26 @@ class SemanticCache:
         return _StoreJob(key, record, empty if vector is None else vector, size)
 
     def _store_once(self, job: _StoreJob) -> StoreResult:
-        """Group commit: queue the job; whoever holds the write lock next commits every queued
-        job in one LMDB transaction (one fsync), then each caller returns its own result."""
+        self._group_commit([job])
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _group_commit(self, jobs: list[_StoreJob]) -> None:
+        """Queue the jobs; whoever holds the write lock next commits every queued job in one
+        LMDB transaction (one fsync). Returns when all of these jobs are done."""
         with self._queue_lock:
-            self._store_queue.append(job)
+            self._store_queue.extend(jobs)
         retired: list[_Partition] = []
         with self._write_lock:
-            if not job.done:
+            if not all(job.done for job in jobs):  # no leader took them yet: lead
                 with self._queue_lock:
                     batch, self._store_queue = self._store_queue, []
                 retired = self._commit_batch(batch)
         for old in retired:
             log.info("retiring partition %s: over max_versions_per_model", old.key)
             self._purge_in_background(old.id)
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
 
     def _commit_batch(self, batch: list[_StoreJob]) -> list[_Partition]:
         """Apply each job in a nested transaction (a failing job fails alone), commit once,
