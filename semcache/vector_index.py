@@ -21,12 +21,19 @@ import threading
 import faiss
 import numpy as np
 
-# One OpenMP thread per search: faster than two for single queries, and the
-# gRPC workers already run searches in parallel.
-faiss.omp_set_num_threads(1)
-
 _INITIAL_CAPACITY = 64
 log = logging.getLogger("semcache")
+_thread_state = threading.local()
+
+
+def _one_omp_thread() -> None:
+    """One OpenMP thread per search: faster than two for single queries, the gRPC
+    workers already search in parallel, and idle OpenMP workers spin on the core the
+    embedding model needs. OpenMP keeps this setting per calling thread (a thread
+    starts from OMP_NUM_THREADS), so each thread that calls FAISS sets it once."""
+    if not getattr(_thread_state, "omp_single", False):
+        faiss.omp_set_num_threads(1)
+        _thread_state.omp_single = True
 
 
 class VectorIndex:
@@ -72,6 +79,7 @@ class VectorIndex:
         """Add vectors under new ids (an id already present is overwritten in place)."""
         ids = np.ascontiguousarray(entry_ids, dtype=np.int64).reshape(-1)
         data = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dimension)
+        _one_omp_thread()
         with self._lock:
             if self._changes is not None:
                 self._changes.append(("add", ids.copy(), data.copy()))
@@ -104,6 +112,7 @@ class VectorIndex:
     def remove(self, entry_ids: np.ndarray) -> int:
         """Remove these ids (unknown ones are ignored); returns how many were removed."""
         ids = np.ascontiguousarray(entry_ids, dtype=np.int64).reshape(-1)
+        _one_omp_thread()
         with self._lock:
             if self._changes is not None:
                 self._changes.append(("remove", ids.copy(), None))
@@ -130,6 +139,7 @@ class VectorIndex:
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to k (entry_id, similarity) pairs, best first."""
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dimension)
+        _one_omp_thread()
         with self._lock:
             if self._ivf is not None:
                 similarities, found = self._ivf.search(query, k)

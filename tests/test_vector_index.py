@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import faiss
 import numpy as np
 import pytest
 
@@ -69,3 +72,22 @@ def test_switches_to_ivf_in_the_background_and_keeps_every_change():
     index.add(np.arange(20_000, 23_200), np.vstack([vectors, vectors[:200]]))
     index.wait_for_build()
     assert index.builds == 2 and len(index) == 6100
+
+
+def test_searches_run_one_openmp_thread_in_every_calling_thread():
+    # OpenMP keeps the thread count per thread: a gRPC worker thread starts from the
+    # process default (all cores), and idle OpenMP workers would spin on the cores the
+    # embedding model needs.
+    index = VectorIndex(8)
+    rng = np.random.default_rng(1)
+    index.add(np.arange(4), _unit_rows(rng, 4, 8))
+    seen = []
+
+    def search_in_new_thread():
+        index.search(_unit_rows(rng, 1, 8)[0], 2)
+        seen.append(faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=search_in_new_thread)
+    worker.start()
+    worker.join()
+    assert seen == [1]
