@@ -32,6 +32,10 @@ class Metrics:
         self.embed_seconds = Histogram(
             "semcache_embed_seconds", "Embedding model calls.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )
+        self.embed_batch_size = Histogram(
+            "semcache_embed_batch_size", "Texts per embedding model call made for concurrent requests.",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry,
+        )
         self.search_seconds = Histogram(
             "semcache_search_seconds", "FAISS searches.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )

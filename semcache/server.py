@@ -32,7 +32,9 @@ def load_embedder(settings: Settings) -> Embedder | None:
     """The embedder the settings ask for; None when clients supply every embedding."""
     if settings.embedding_model == NO_EMBEDDING_MODEL:
         return None
-    return load_model(settings.embedding_model, settings.embedding_backend, settings.model_cache_dir)
+    return load_model(
+        settings.embedding_model, settings.embedding_backend, settings.model_cache_dir, settings.embed_threads
+    )
 
 
 class SemcacheServer:
@@ -99,6 +101,7 @@ class SemcacheServer:
                 embedder,  # type: ignore[arg-type]
                 max_batch=self.settings.embed_batch_size,
                 max_wait_seconds=self.settings.embed_batch_wait_seconds,
+                observe_batch=self.metrics.embed_batch_size.observe,
             )
             embedder = self._batcher
         self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)  # type: ignore[arg-type]

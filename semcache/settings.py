@@ -50,6 +50,9 @@ class Settings:
     # most this long for company (only once concurrency has been seen).
     embed_batch_size: int = 32
     embed_batch_wait_seconds: float = 0.001
+    # Cores the embedding model uses; 0 = the CPUs this process may use, capped by the
+    # container's CPU limit (cgroup v2 cpu.max).
+    embed_threads: int = 0
     # A partition switches from exact search to IVF-Flat past this many entries
     # (flat search costs ~0.06 ms per 1,000 vectors here); 0 = always exact.
     ivf_min_entries: int = 50_000
@@ -282,6 +285,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"embedding_backend must be onnx or torch, got {s.embedding_backend!r}")
     if s.ivf_nprobe <= 0:
         raise ConfigError(f"ivf_nprobe must be > 0, got {s.ivf_nprobe}")
+    if s.embed_threads < 0:
+        raise ConfigError("embed_threads must be >= 0 (0 = every available core)")
     if s.embed_batch_size <= 0 or s.embed_batch_wait_seconds < 0:
         raise ConfigError("embed_batch_size must be > 0 and embed_batch_wait_seconds >= 0")
     if s.embedding_model == NO_EMBEDDING_MODEL and s.embedding_dimension <= 0:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 import pytest
 
-from semcache.embedder import BatchingEmbedder, TorchEmbedder
+from semcache.embedder import BatchingEmbedder, TorchEmbedder, available_cores
 
 SAMPLE = [
     "How do I return an item?",
@@ -33,40 +34,94 @@ def test_onnx_backend_matches_torch(embedder):
 
 
 class CountingEmbedder:
-    def __init__(self, inner):
+    """Records every model call: (which path, how many texts)."""
+
+    def __init__(self, inner, parallel_calls=2):
         self.inner, self.name, self.dimension, self.backend = inner, inner.name, inner.dimension, "test"
-        self.batch_sizes: list[int] = []
+        self.parallel_calls = parallel_calls
+        self.calls: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most_running = 0
+
+    def _call(self, path, texts):
+        with self._lock:
+            self.calls.append((path, len(texts)))
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            if "boom" in texts:
+                raise RuntimeError("model failure")
+            return self.inner.embed(texts)
+        finally:
+            with self._lock:
+                self.running -= 1
 
     def embed(self, texts):
-        self.batch_sizes.append(len(texts))
-        if "boom" in texts:
-            raise RuntimeError("model failure")
-        return self.inner.embed(texts)
+        return self._call("all_cores", texts)
+
+    def embed_on_one_core(self, texts):
+        return self._call("one_core", texts)
 
 
-def test_batcher_batches_concurrent_requests_and_keeps_each_vector(embedder):
-    counting = CountingEmbedder(embedder)
-    batcher = BatchingEmbedder(counting, max_batch=16, max_wait_seconds=0.002)
-    texts = [f"question number {i} about my order" for i in range(64)]
-    expected = embedder.embed(texts)
+def _hammer(batcher, texts, threads):
     got: dict[int, np.ndarray] = {}
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(threads)
 
     def worker(n: int) -> None:
         barrier.wait()
-        for i in range(n, 64, 16):
+        for i in range(n, len(texts), threads):
             got[i] = batcher.embed([texts[i]])[0]
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-    for t in threads:
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
-    for i in range(64):
+    return got
+
+
+@pytest.mark.parametrize("parallel_calls", [1, 2])
+def test_batcher_batches_concurrent_requests_and_keeps_each_vector(embedder, parallel_calls):
+    counting = CountingEmbedder(embedder, parallel_calls)
+    batcher = BatchingEmbedder(counting, max_batch=16, max_wait_seconds=0.002)
+    texts = [f"question number {i} about my order" for i in range(96)]
+    expected = embedder.embed(texts)
+    got = _hammer(batcher, texts, 24)
+    for i in range(96):  # each caller gets its own text's vector back
         assert float(got[i] @ expected[i]) >= 0.9999
-    assert sum(counting.batch_sizes) == 64
-    assert max(counting.batch_sizes) > 1 and len(counting.batch_sizes) < 64
+    sizes = [n for _, n in counting.calls]
+    assert sum(sizes) == 96
+    assert max(sizes) > 1 and len(sizes) < 96 and max(sizes) <= 16
+    assert counting.most_running <= parallel_calls
+    if parallel_calls == 2:  # concurrent runs go one core each
+        assert "one_core" in {path for path, _ in counting.calls}
+    # every run slot was given back: a lone caller now runs at once, on every core
+    assert batcher._runs == 0 and not batcher._pending
+    counting.calls.clear()
+    assert batcher.embed(["alone"]).shape == (1, 384)
+    assert counting.calls == [("all_cores", 1)]
+
+
+def test_batcher_model_failure_reaches_the_caller_and_frees_the_run_slot(embedder):
+    counting = CountingEmbedder(embedder)
+    batcher = BatchingEmbedder(counting, max_batch=8, max_wait_seconds=0.002)
     with pytest.raises(RuntimeError, match="model failure"):
         batcher.embed(["boom"])
     assert batcher.embed(["still works"]).shape == (1, 384)
+    assert batcher._runs == 0
     batcher.close()
+
+
+def test_onnx_one_core_path_and_parallel_bulk_path_give_the_same_vectors(embedder):
+    texts = [f"how do I change setting {i} of my account" for i in range(150)]  # 3 chunks of 64
+    bulk = embedder.embed(texts)
+    one_core = embedder.embed_on_one_core(texts)
+    singles = np.vstack([embedder.embed([t]) for t in texts[:5]])
+    np.testing.assert_allclose(bulk, one_core, atol=1e-5)
+    np.testing.assert_allclose(bulk[:5], singles, atol=1e-5)
+
+
+def test_available_cores_is_at_least_one_and_at_most_the_affinity():
+    cores = available_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
