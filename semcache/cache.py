@@ -724,6 +724,7 @@ class SemanticCache:
                 done.job.error, done.job.done = e, True
             return []
         self.store_commits += 1
+        self.metrics.store_commits.inc()
         retired: list[_Partition] = []
         for done in applied:
             self._after_commit(done, now)

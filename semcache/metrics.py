@@ -26,6 +26,10 @@ class Metrics:
             ["namespace", "result"], registry=self.registry,
         )
         self.stores = Counter("semcache_stores", "Stores by namespace.", ["namespace"], registry=self.registry)
+        self.store_commits = Counter(
+            "semcache_store_commits", "LMDB transactions that committed Stores (stores / commits = group-commit size).",
+            registry=self.registry,
+        )
         self.lookup_seconds = Histogram(
             "semcache_lookup_seconds", "Whole Lookup inside the server.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )

@@ -45,8 +45,19 @@ def test_metrics_change_after_lookups(make_server):
     assert _metric(after, "semcache_entries") == 1 and _metric(after, "semcache_bytes") > 0
     assert _metric(after, "semcache_saved_cost_total") == 1.0
     assert _metric(after, "semcache_stores_total", namespace="ops") == 1
+    assert _metric(after, "semcache_store_commits_total") == 1
     for name in ("semcache_evictions_total", "semcache_expirations_total", "semcache_invalidations_total"):
         assert f"\n{name} " in after
+
+
+def test_metrics_count_texts_per_embedding_call(make_server, embedder):
+    server, client = make_server(embedder=embedder, metrics_listen="127.0.0.1:0")
+    client.store(P, "where is my parcel", "tracking page")
+    client.lookup(P, "how do I reset my password")  # the partition exists now: embedded
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert _metric(text, "semcache_embed_batch_size_count") == 2
+    assert _metric(text, "semcache_embed_batch_size_sum") == 2
+    assert _metric(text, "semcache_embed_batch_size_bucket", le="1.0") == 2
 
 
 def test_health_watch_sees_not_serving_while_draining(make_server):
