@@ -162,6 +162,11 @@ class OnnxEmbedder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # The pool's threads spin between operators (fast), but stop as soon as Run
+        # returns: spinning on after it took the cores the gRPC reply and, in a
+        # sidecar, the application need (measured: a neighbour process's embedding
+        # went from ~9 to ~6.5 ms when this server's threads stopped spinning).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         return onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     @staticmethod
