@@ -48,15 +48,15 @@ class Embedder(Protocol):
         ...
 
 
-def available_cores() -> int:
+def available_cores(cpu_max_path: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
     """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
-    (a container's CPU limit), at least 1."""
+    (a container's CPU limit, rounded down), at least 1."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = Path(cpu_max_path).read_text().split()
         if quota != "max":
             cores = min(cores, max(1, int(int(quota) / int(period))))
     except (OSError, ValueError):

@@ -122,6 +122,46 @@ def test_onnx_one_core_path_and_parallel_bulk_path_give_the_same_vectors(embedde
     np.testing.assert_allclose(bulk[:5], singles, atol=1e-5)
 
 
-def test_available_cores_is_at_least_one_and_at_most_the_affinity():
-    cores = available_cores()
-    assert 1 <= cores <= len(os.sched_getaffinity(0))
+@pytest.mark.parametrize("cpu_max,limit", [
+    (None, None),  # no cgroup v2 file: the affinity
+    ("max 100000\n", None),  # no quota
+    ("150000 100000\n", 1),  # 1.5 CPUs: one model call at a time
+    ("50000 100000\n", 1),  # under one CPU: still one
+    ("6400000 100000\n", None),  # 64 CPUs: the affinity is lower
+    ("garbage\n", None),
+])
+def test_available_cores_follows_affinity_and_the_container_cpu_limit(tmp_path, cpu_max, limit):
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(path) == (min(limit, affinity) if limit else affinity)
+
+
+def test_batcher_under_concurrent_failures_answers_everyone_and_frees_every_slot(embedder):
+    counting = CountingEmbedder(embedder, parallel_calls=2)
+    batcher = BatchingEmbedder(counting, max_batch=4, max_wait_seconds=0.001)
+    outcomes: dict[int, str] = {}
+    barrier = threading.Barrier(12)
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        for i in range(6):
+            text = "boom" if (n + i) % 5 == 0 else f"question {n} {i}"
+            try:
+                vector = batcher.embed([text])[0]
+                outcomes[n * 6 + i] = "ok" if vector.shape == (384,) else "bad shape"
+            except RuntimeError:
+                outcomes[n * 6 + i] = "boom" if text == "boom" else "failed with a boom in its batch"
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in workers), "a caller never got an answer"
+    assert len(outcomes) == 72
+    assert set(outcomes.values()) <= {"ok", "boom", "failed with a boom in its batch"}
+    assert "ok" in outcomes.values()
+    assert sum(v == "boom" for v in outcomes.values()) == sum((n + i) % 5 == 0 for n in range(12) for i in range(6))
+    assert batcher._runs == 0 and not batcher._pending
