@@ -8,8 +8,9 @@ Starts `semcache serve` (fsync on) in a child process, loads the entries through
 StoreBatch with ~1 KB responses while a probe thread measures Lookup latency, then
 reports process memory per entry outside the LMDB map (RssAnon, after the IVF
 swap), LMDB bytes per entry, and the restart time. Separately, in this process, it
-times IVF search on the same vectors and checks its best match against exact search
-for probes whose exact best match is at or above the threshold.
+times IVF search on the same vectors (a first pass right after the 1.5 GB exact scan,
+cache-cold, and a second, warm pass over the same probes) and checks its best match
+against exact search for probes whose exact best match is at or above the threshold.
 """
 
 from __future__ import annotations
@@ -100,20 +101,31 @@ def main() -> None:
     ivf.add(np.arange(args.entries), vectors)
     ivf.wait_for_build()
     result["ivf_build_seconds"] = round(time.perf_counter() - started, 1)
+    # Each index in a loop of its own: an exact scan of 1.5 GB between two IVF searches
+    # would leave every IVF search cache-cold, which a serving partition is not.
     exact_ms, ivf_ms, agree, considered = [], [], 0, 0
+    best_exact = []
     for probe in probes:
         t = time.perf_counter()
-        best_exact = exact.search(probe, 1)[0]
+        best_exact.append(exact.search(probe, 1)[0])
         exact_ms.append((time.perf_counter() - t) * 1000)
+    for probe, (best_id, best_similarity) in zip(probes, best_exact):
         t = time.perf_counter()
         got = ivf.search(probe, 8)
         ivf_ms.append((time.perf_counter() - t) * 1000)
-        if best_exact[1] >= THRESHOLD:
+        if best_similarity >= THRESHOLD:
             considered += 1
-            agree += bool(got) and got[0][0] == best_exact[0]
+            agree += bool(got) and got[0][0] == best_id
+    warm_ms = []  # the same probes again: the partition as it is while serving
+    for probe in probes:
+        t = time.perf_counter()
+        ivf.search(probe, 8)
+        warm_ms.append((time.perf_counter() - t) * 1000)
     result["search_ms"] = {
         "exact_p50": round(float(np.percentile(exact_ms, 50)), 3), "exact_p99": round(float(np.percentile(exact_ms, 99)), 3),
         "ivf_p50": round(float(np.percentile(ivf_ms, 50)), 3), "ivf_p99": round(float(np.percentile(ivf_ms, 99)), 3),
+        "ivf_warm_p50": round(float(np.percentile(warm_ms, 50)), 3),
+        "ivf_warm_p99": round(float(np.percentile(warm_ms, 99)), 3),
     }
     result["ivf_same_best_as_exact"] = {"probes_with_exact_best_at_or_above_threshold": considered,
                                         "share": round(agree / max(considered, 1), 4), "threshold": THRESHOLD}
