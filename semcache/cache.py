@@ -177,6 +177,35 @@ class _Partition:
         self.dirty = False
 
 
+class _IndexUpdates:
+    """The index changes of one commit, applied in order, with consecutive adds to one index
+    made in one call. Adding a StoreBatch's vectors one by one held an IVF index's lock for
+    a coarse-quantizer pass per vector (~0.3 ms each, ~150 ms per 500), and every Lookup of
+    that partition waited; one call assigns them all in one matrix product."""
+
+    def __init__(self) -> None:
+        self._adds: dict[VectorIndex, tuple[list[int], list[np.ndarray]]] = {}
+
+    def add(self, index: VectorIndex, entry_id: int, vector: np.ndarray) -> None:
+        ids, vectors = self._adds.setdefault(index, ([], []))
+        ids.append(entry_id)
+        vectors.append(vector.reshape(-1))
+
+    def remove(self, index: VectorIndex, entry_ids: Sequence[int]) -> None:
+        self._flush(index)  # an entry added earlier in this commit may be the one removed
+        index.remove(np.asarray(entry_ids, dtype=np.int64))
+
+    def flush(self) -> None:
+        for index in list(self._adds):
+            self._flush(index)
+
+    def _flush(self, index: VectorIndex) -> None:
+        pending = self._adds.pop(index, None)
+        if pending is not None:
+            ids, vectors = pending
+            index.add(np.asarray(ids, dtype=np.int64), np.vstack(vectors))
+
+
 class SemanticCache:
     """Thread-safe: lookups never wait for writers; writes are serialized by one lock.
 
@@ -726,9 +755,12 @@ class SemanticCache:
         self.store_commits += 1
         self.metrics.store_commits.inc()
         retired: list[_Partition] = []
+        updates = _IndexUpdates()
         for done in applied:
-            self._after_commit(done, now)
+            self._after_commit(done, now, updates)
             retired.extend(done.retired)
+        updates.flush()  # every vector is searchable before any Store of the batch is acknowledged
+        for done in applied:
             done.job.done = True
         return retired
 
@@ -768,18 +800,19 @@ class SemanticCache:
             raise
         return done
 
-    def _after_commit(self, done: _Applied, now: float) -> None:
-        """Make a committed Store visible: partitions, index rows, byte counts. Needs _write_lock."""
+    def _after_commit(self, done: _Applied, now: float, updates: _IndexUpdates) -> None:
+        """Make a committed Store visible: partitions, index rows (through `updates`), byte
+        counts. Needs _write_lock."""
         partition, job = done.partition, done.job
         if done.is_new:
             self._publish(partition)
         for old in done.retired:
             self._unpublish(old)
         if done.replaced is not None:
-            partition.index.remove(np.array([done.replaced_id], dtype=np.int64))
+            updates.remove(partition.index, [done.replaced_id])
             partition.bytes -= entry_bytes(done.replaced)
-        self._forget(done.evicted, "evictions")
-        partition.index.add(np.array([done.entry_id], dtype=np.int64), job.vector.reshape(1, -1))
+        self._forget(done.evicted, "evictions", updates)
+        updates.add(partition.index, done.entry_id, job.vector)
         partition.bytes += job.size
         with self._stats_lock:
             partition.record.last_used_at = now
@@ -825,9 +858,12 @@ class SemanticCache:
 
     # -- removal ------------------------------------------------------------------
 
-    def _forget(self, removed: Sequence[tuple[int, EntryRecord]], reason: str | None) -> None:
-        """After a commit that deleted these entries: drop them from indexes, policy and byte counts,
-        and count them under `reason` ("evictions", "expirations", "invalidations"). Needs _write_lock."""
+    def _forget(
+        self, removed: Sequence[tuple[int, EntryRecord]], reason: str | None, updates: _IndexUpdates | None = None
+    ) -> None:
+        """After a commit that deleted these entries: drop them from indexes (now, or through
+        `updates`), policy and byte counts, and count them under `reason` ("evictions",
+        "expirations", "invalidations"). Needs _write_lock."""
         by_partition: dict[int, list[int]] = {}
         with self._stats_lock:
             for entry_id, record in removed:
@@ -844,7 +880,10 @@ class SemanticCache:
                     setattr(partition.record, reason, getattr(partition.record, reason) + 1)
                     partition.dirty = True
         for partition_id, ids in by_partition.items():
-            self._by_id[partition_id].index.remove(np.asarray(ids, dtype=np.int64))
+            if updates is not None:
+                updates.remove(self._by_id[partition_id].index, ids)
+            else:
+                self._by_id[partition_id].index.remove(np.asarray(ids, dtype=np.int64))
 
     def _delete_entry_ids(
         self,

@@ -115,3 +115,35 @@ def test_eviction_budget_holds_under_concurrency(tmp_path, threads):
     assert cache.stats().entries == 50
     assert cache.check_consistency() == []
     cache.close()
+
+
+@pytest.mark.parametrize("ivf", [False, True])
+def test_one_batch_that_replaces_and_evicts_its_own_entries_leaves_indexes_exact(tmp_path, ivf):
+    # A commit's vectors reach the index in one call; an entry added earlier in the same
+    # commit and then replaced or evicted must not stay searchable.
+    from semcache.cache import StoreItem
+
+    cache = _cache(tmp_path, max_entries=30, ivf_min_entries=20 if ivf else 0)
+    key = PartitionKey("ns", "m", "v1")
+    cache.store_batch([StoreItem(key, f"old {i}", b"r", embedding=unit_vector(1000 + i)) for i in range(30)])
+    index = cache._by_key[key].index
+    index.wait_for_build()
+    assert index.kind == ("ivf" if ivf else "flat")
+    items = [StoreItem(key, f"new {i}", b"first", embedding=unit_vector(i)) for i in range(40)]
+    items.append(StoreItem(key, "new 39", b"second", embedding=unit_vector(5000)))  # replaces this batch's "new 39"
+    results = cache.store_batch(items)
+    assert all(not isinstance(r, Exception) for r in results)
+    assert results[-1].replaced
+    index.wait_for_build()
+    assert cache.check_consistency() == []
+    stats = cache.stats()
+    assert stats.entries == 30 and stats.totals.evictions == 40  # the 30 old ones and 10 of this batch
+    live = {results[i].entry_id for i in range(40)} - {results[39].entry_id}
+    for i in range(40):
+        found = cache.lookup(key, "", embedding=unit_vector(i), min_similarity=0.99)
+        if i < 10 or i == 39:  # evicted or replaced within this very commit: never served
+            assert not found.hit, (i, found.entry_id)
+        else:  # the rest is searchable as soon as store_batch returned
+            assert found.hit and found.entry_id == results[i].entry_id and found.entry_id in live
+    assert cache.lookup(key, "", embedding=unit_vector(5000)).response == b"second"
+    cache.close()
