@@ -68,10 +68,18 @@ def test_switches_to_ivf_in_the_background_and_keeps_every_change():
     ids, snapshot = index.vectors()
     assert sorted(ids.tolist()) == list(range(200, 3000)) + list(range(10_000, 10_100))
     np.testing.assert_allclose(snapshot[np.argsort(ids)][:5], vectors[200:205], atol=1e-6)
+    # Adds into the IVF index (lists found before the lock is taken); an id added again moves.
+    late = _unit_rows(rng, 20, dimension)
+    index.add(np.arange(30_000, 30_020), late)
+    index.add(np.array([30_000]), late[1:2])
+    assert len(index) == 2920
+    assert all(index.search(late[i], 1)[0][0] == 30_000 + i for i in range(2, 20))
+    assert {entry_id for entry_id, _ in index.search(late[1], 2)} == {30_000, 30_001}
+    assert all(entry_id != 30_000 for entry_id, _ in index.search(late[0], 3))
     # Doubling retrains in the background.
     index.add(np.arange(20_000, 23_200), np.vstack([vectors, vectors[:200]]))
     index.wait_for_build()
-    assert index.builds == 2 and len(index) == 6100
+    assert index.builds == 2 and len(index) == 6120
 
 
 def test_searches_run_one_openmp_thread_in_every_calling_thread():
