@@ -879,11 +879,9 @@ class SemanticCache:
                 if reason:
                     setattr(partition.record, reason, getattr(partition.record, reason) + 1)
                     partition.dirty = True
+        updates = updates or _IndexUpdates()  # nothing pending: its removals apply at once
         for partition_id, ids in by_partition.items():
-            if updates is not None:
-                updates.remove(self._by_id[partition_id].index, ids)
-            else:
-                self._by_id[partition_id].index.remove(np.asarray(ids, dtype=np.int64))
+            updates.remove(self._by_id[partition_id].index, ids)
 
     def _delete_entry_ids(
         self,

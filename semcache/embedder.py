@@ -240,22 +240,21 @@ class OnnxEmbedder:
         if len(texts) <= _ONNX_BATCH:
             with self._lock:
                 return self._embed_batch(texts, self._session)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.parallel_calls, thread_name_prefix="semcache-embed")
+        return self._embed_chunks(texts, self._pool.map)
+
+    def embed_on_one_core(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed_chunks(texts, map)
+
+    def _embed_chunks(self, texts: Sequence[str], mapper: Callable) -> np.ndarray:  # type: ignore[type-arg]
+        """Texts sorted by length, in chunks of _ONNX_BATCH run on the one-core session by `mapper`."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = [order[start:start + _ONNX_BATCH] for start in range(0, len(order), _ONNX_BATCH)]
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.parallel_calls, thread_name_prefix="semcache-embed")
-        vectors = self._pool.map(lambda chunk: self._embed_batch([texts[i] for i in chunk], self._one_core), chunks)
+        vectors = mapper(lambda chunk: self._embed_batch([texts[i] for i in chunk], self._one_core), chunks)
         for chunk, chunk_vectors in zip(chunks, vectors):
             out[chunk] = chunk_vectors
-        return out
-
-    def embed_on_one_core(self, texts: Sequence[str]) -> np.ndarray:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(order), _ONNX_BATCH):
-            chunk = order[start:start + _ONNX_BATCH]
-            out[chunk] = self._embed_batch([texts[i] for i in chunk], self._one_core)
         return out
 
     def _embed_batch(self, texts: Sequence[str], session) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -88,9 +88,10 @@ class VectorIndex:
             if self._changes is not None:
                 self._changes.append(("add", ids.copy(), data.copy()))
             if self._ivf is not None:
-                if self._ivf is not ivf or lists is None:  # swapped for a retrained index meanwhile
+                if self._ivf is not ivf:  # built or retrained and swapped in meanwhile
                     lists = _nearest_lists(self._ivf, data)
                 self._ivf.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
+                assert lists is not None
                 self._ivf.add_core(len(ids), faiss.swig_ptr(data), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
                 self._maybe_build()
                 return
