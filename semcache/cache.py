@@ -123,6 +123,16 @@ class _StoreJob:
 
 
 @dataclasses.dataclass(eq=False)
+class _StoreCall:
+    """One caller's jobs in the group-commit queue; `wake` is set when they are done or
+    when the caller is made the next leader."""
+
+    jobs: list[_StoreJob]
+    lead: bool = False
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+@dataclasses.dataclass(eq=False)
 class _Applied:
     """What one Store changed inside the batch transaction, to finish or undo it."""
 
@@ -210,7 +220,7 @@ class SemanticCache:
     """Thread-safe: lookups never wait for writers; writes are serialized by one lock.
 
     Locks, always taken in this order: _write_lock (LMDB write transactions and the
-    index and partition changes that follow them), then _queue_lock (Stores waiting
+    index and partition changes that follow them), then _queue_lock (Store calls waiting
     for a group commit) or _stats_lock (counters, pending hit counts, the eviction
     policy).
     """
@@ -240,9 +250,10 @@ class SemanticCache:
         )
         self._write_lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        # Stores waiting for the next group commit; see _store_once.
+        # Store calls waiting for the next group commit, and whether one leads; see _group_commit.
         self._queue_lock = threading.Lock()
-        self._store_queue: list[_StoreJob] = []
+        self._store_queue: list[_StoreCall] = []
+        self._committing = False
         self.store_commits = 0  # LMDB transactions that committed Stores (for group-commit figures)
         self._by_key: dict[PartitionKey, _Partition] = {}
         self._by_id: dict[int, _Partition] = {}
@@ -711,16 +722,55 @@ class SemanticCache:
         return job.result
 
     def _group_commit(self, jobs: list[_StoreJob]) -> None:
-        """Queue the jobs; whoever holds the write lock next commits every queued job in one
-        LMDB transaction (one fsync). Returns when all of these jobs are done."""
+        """Commit these jobs together with every other queued one in one LMDB transaction
+        (one fsync). Returns when all of these jobs are done.
+
+        Leader/follower: one call at a time leads, taking the whole queue into one commit;
+        calls arriving meanwhile queue up and sleep on their own Event. The leader wakes
+        exactly the calls it committed and makes the oldest queued call the next leader.
+        (Followers used to wait on the write lock itself: one whose Store was already
+        committed could lose the lock to a new leader and wait out another whole sync.)
+        """
+        if not jobs:
+            return
+        call = _StoreCall(jobs)
         with self._queue_lock:
-            self._store_queue.extend(jobs)
+            self._store_queue.append(call)
+            if not self._committing:
+                self._committing = True
+                call.lead = True
+        while True:
+            if call.lead:
+                self._lead_commit(call)
+            elif all(job.done for job in jobs):
+                return
+            else:
+                call.wake.wait()
+                call.wake.clear()
+
+    def _lead_commit(self, leader: _StoreCall) -> None:
+        """Commit every queued call (the leader's own among them), wake them, pass the lead on."""
+        calls: list[_StoreCall] = []
         retired: list[_Partition] = []
-        with self._write_lock:
-            if not all(job.done for job in jobs):  # no leader took them yet: lead
+        try:
+            with self._write_lock:
                 with self._queue_lock:
-                    batch, self._store_queue = self._store_queue, []
-                retired = self._commit_batch(batch)
+                    calls, self._store_queue = self._store_queue, []
+                retired = self._commit_batch([job for queued in calls for job in queued.jobs])
+        finally:
+            with self._queue_lock:
+                leader.lead = False
+                for queued in calls:
+                    for job in queued.jobs:
+                        if not job.done:  # _commit_batch raised: never leave a caller waiting
+                            job.error, job.done = SemcacheError("the commit failed; see the server log"), True
+                    queued.wake.set()
+                if self._store_queue:
+                    successor = self._store_queue[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._committing = False
         for old in retired:
             log.info("retiring partition %s: over max_versions_per_model", old.key)
             self._purge_in_background(old.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -146,4 +147,40 @@ def test_one_batch_that_replaces_and_evicts_its_own_entries_leaves_indexes_exact
         else:  # the rest is searchable as soon as store_batch returned
             assert found.hit and found.entry_id == results[i].entry_id and found.entry_id in live
     assert cache.lookup(key, "", embedding=unit_vector(5000)).response == b"second"
+    cache.close()
+
+
+def test_a_committed_store_returns_without_waiting_for_the_next_commit(tmp_path):
+    """Each commit is made slow (a 50 ms sleep after it, as on a disk with slow syncs). A
+    caller whose Store is committed must be woken then, not sit out the commit that the
+    next leader starts. Counted, not timed: commits that finished after the caller's own
+    and before it returned."""
+    cache = _cache(tmp_path)
+    key = PartitionKey("ns", "m", "v1")
+    commit_of: dict[str, int] = {}  # query -> number of the commit that stored it
+    commit_batch = cache._commit_batch
+    finished = [0]
+
+    def slow_commit_batch(batch):
+        retired = commit_batch(batch)
+        time.sleep(0.05)
+        finished[0] += 1
+        commit_of.update((job.record.query, finished[0]) for job in batch)
+        return retired
+
+    cache._commit_batch = slow_commit_batch
+    waited_through: list[int] = []
+
+    def work(n: int) -> None:
+        for i in range(5):
+            query = f"t{n} q{i}"
+            cache.store(key, query, b"a", embedding=unit_vector(n * 100 + i))
+            waited_through.append(finished[0] - commit_of[query])
+
+    assert _in_threads(12, work) == []
+    assert len(waited_through) == 60
+    # A woken caller needs the GIL for microseconds, the next commit takes 50 ms: allow
+    # one slow wake-up on a loaded machine, not a pattern.
+    assert sum(waited_through) <= 1, waited_through
+    assert cache.check_consistency() == []
     cache.close()
