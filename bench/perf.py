@@ -1,6 +1,7 @@
 """Speed ratios of issue targets 1-4, measured in one run on one machine.
 
     python bench/perf.py [--json bench/results/perf.json] [--seconds 8]
+    python bench/perf.py --stores-only --sync-delay-ms 5 [--json ...]
 
 Starts `semcache serve` (ONNX backend, fsync on, metrics on) in a child process on a
 free loopback port and measures:
@@ -17,12 +18,20 @@ free loopback port and measures:
   semantic_lookups_32_qps     32 clients, semantic Lookups per second
   batcher_32_threads_in_process_qps   32 threads of this process through the server's
                               batcher, no gRPC (what batching alone achieves)
-  one_commit_per_store_per_s  in-process, on the same filesystem, fsync on: Stores
-                              with client vectors, each in its own commit
+  disk_sync_p50_ms            this disk: one 4 KB write + fdatasync, as a commit makes
+  one_commit_per_store_per_s  in-process (a child process, on the same filesystem and
+                              under the same --sync-delay-ms), fsync on: Stores with
+                              client vectors, each in its own commit
   store_1_client_per_s        one gRPC client, Stores with client vectors
   store_32_clients_per_s      32 gRPC clients, Stores with client vectors (group commit)
   stores_per_commit_32        semcache_store_commits_total over those Stores
 and prints the ratios the targets name.
+
+--sync-delay-ms N makes every fsync/fdatasync of the server and of the one-commit
+baseline wait N ms first (bench/slow_sync.c, LD_PRELOAD; LMDB makes one fdatasync per
+commit), to measure group commit on a disk whose syncs cost what a network volume's
+or a consumer SSD's do. The data still reaches this disk as without it. --stores-only
+skips the embedding and lookup figures, which do not depend on the disk.
 """
 
 from __future__ import annotations
@@ -138,6 +147,51 @@ def one_commit_per_store_rate(data_dir: str, vectors: list[list[float]], seconds
         cache.close()
 
 
+def disk_sync_p50_ms(directory: str, count: int = 200) -> float:
+    """p50 of one 4 KB write followed by fdatasync in `directory`: what a commit's sync costs."""
+    path = Path(directory) / "sync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    samples = []
+    try:
+        for i in range(count):
+            started = time.perf_counter()
+            os.pwrite(fd, os.urandom(4096), 4096 * (i % 64))
+            os.fdatasync(fd)
+            samples.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return p50_ms(samples)
+
+
+def commit_baseline(data_dir: str, seconds: float, env: dict[str, str]) -> dict[str, float]:
+    """disk_sync_p50_ms and one_commit_per_store_per_s, measured in a child process that
+    sees the same disk as the server (including a --sync-delay-ms shim)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--commit-baseline", data_dir, "--seconds", str(seconds)],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def run_commit_baseline(data_dir: str, seconds: float) -> None:
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    vectors = np.random.default_rng(0).standard_normal((4096, 384)).astype(np.float32).tolist()
+    print(json.dumps({
+        "disk_sync_p50_ms": disk_sync_p50_ms(data_dir),
+        "one_commit_per_store_per_s": one_commit_per_store_rate(f"{data_dir}/db", vectors, seconds),
+    }))
+
+
+def slow_sync_env(build_dir: str, delay_ms: float) -> dict[str, str]:
+    """The environment that makes every sync wait delay_ms first (bench/slow_sync.c)."""
+    library = Path(build_dir) / "slow_sync.so"
+    source = Path(__file__).with_name("slow_sync.c")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"], check=True)
+    preload = " ".join(filter(None, [str(library), os.environ.get("LD_PRELOAD", "")]))
+    return {**os.environ, "LD_PRELOAD": preload, "SEMCACHE_BENCH_SYNC_DELAY_US": str(int(delay_ms * 1000))}
+
+
 def metric(address: str, name: str) -> float:
     text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
     values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
@@ -174,11 +228,94 @@ def concurrent_rate(address: str, clients: int, seconds: float, work) -> float:
     return sum(counts) / (time.perf_counter() - window[0])
 
 
+def lookup_figures(address: str, metrics_address: str, seconds: float) -> dict[str, float]:
+    """Targets 1-3: single-client latencies, 32-client semantic Lookups, the embedder's rates."""
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+    embedder = load_embedder()
+    r: dict[str, float] = {}
+    batch = texts(32 * 20, offset=20_000)
+    for t in batch[:20]:
+        embedder.embed([t])
+    batch_qps = [embedder_batch_qps(embedder, batch)]
+
+    partition = {"namespace": "perf", "model": "m"}
+    with Client(address) as client:
+        stored = texts(200)
+        for t in stored:
+            client.store(partition, t, "answer")
+        probe = texts(2000, offset=10_000)
+        for t in probe[:20]:
+            client.lookup(partition, t + " warm")
+        embed_before = [metric(metrics_address, f"semcache_embed_seconds_{k}") for k in ("sum", "count")]
+        single = interleaved({
+            "embed_p50_ms": lambda i: embedder.embed([probe[i]]),
+            "semantic_lookup_p50_ms": lambda i: client.lookup(partition, probe[i]),
+            "exact_hit_p50_ms": lambda i: client.lookup(partition, stored[i % 200]),
+            "health_p50_ms": lambda i: health.Check(health_pb2.HealthCheckRequest()),
+        })
+        r.update({name: p50_ms(samples) for name, samples in single.items()})
+        embed_after = [metric(metrics_address, f"semcache_embed_seconds_{k}") for k in ("sum", "count")]
+        r["server_embed_mean_ms"] = 1000 * (embed_after[0] - embed_before[0]) / max(1.0, embed_after[1] - embed_before[1])
+    channel.close()
+    lookups = texts(200_000, offset=100_000)
+    r["semantic_lookups_32_qps"] = concurrent_rate(
+        address, 32, seconds, lambda c, t, i: c.lookup(partition, lookups[(t * 6000 + i) % len(lookups)])
+    )
+    batch_qps.append(embedder_batch_qps(embedder, batch))
+    r["embedder_batch_qps"] = sum(batch_qps) / 2
+    r["batcher_32_threads_in_process_qps"] = batcher_rate(embedder, lookups, 32, seconds)
+    return r
+
+
+def store_figures(
+    address: str, metrics_address: str, seconds: float, baseline: Callable[[], dict[str, float]]
+) -> dict[str, float]:
+    """Target 4: Stores with client vectors from 1 and 32 gRPC clients against one commit per Store."""
+    r = baseline()
+    vectors = np.random.default_rng(0).standard_normal((4096, 384)).astype(np.float32).tolist()
+    store_partition = {"namespace": "perf-store", "model": "m"}
+    r["store_1_client_per_s"] = concurrent_rate(
+        address, 1, seconds, lambda c, t, i: c.store(store_partition, f"s1 {i}", "x" * 1000, embedding=vectors[i % 4096])
+    )
+    stores_before = metric(metrics_address, 'semcache_stores_total{namespace="perf-store"}')
+    commits_before = metric(metrics_address, "semcache_store_commits_total")
+    r["store_32_clients_per_s"] = concurrent_rate(
+        address, 32, seconds,
+        lambda c, t, i: c.store(store_partition, f"s32 {t} {i}", "x" * 1000, embedding=vectors[(t * 131 + i) % 4096]),
+    )
+    r["stores_per_commit_32"] = (
+        (metric(metrics_address, 'semcache_stores_total{namespace="perf-store"}') - stores_before)
+        / max(1.0, metric(metrics_address, "semcache_store_commits_total") - commits_before)
+    )
+    return r
+
+
+def wait_serving(address: str, seconds: float = 180) -> None:
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise SystemExit(f"the server at {address} did not report SERVING within {seconds} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json")
     parser.add_argument("--seconds", type=float, default=8.0, help="per concurrent measurement")
+    parser.add_argument("--sync-delay-ms", type=float, default=0.0, help="emulate a disk whose syncs take this much longer")
+    parser.add_argument("--stores-only", action="store_true", help="only the Store figures (target 4)")
+    parser.add_argument("--commit-baseline", metavar="DIR", help=argparse.SUPPRESS)  # the child of commit_baseline()
     args = parser.parse_args()
+    if args.commit_baseline:
+        run_commit_baseline(args.commit_baseline, args.seconds)
+        return
 
     ports = []
     for _ in range(2):
@@ -187,86 +324,37 @@ def main() -> None:
             ports.append(sock.getsockname()[1])
     address, metrics_address = (f"127.0.0.1:{port}" for port in ports)
     data_dir = tempfile.mkdtemp(prefix="semcache-perf-")
+    env = slow_sync_env(data_dir, args.sync_delay_ms) if args.sync_delay_ms > 0 else dict(os.environ)
     log = open(Path(data_dir) / "server.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", f"{data_dir}/d",
          "--metrics-listen", metrics_address],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     try:
-        channel = grpc.insecure_channel(address)
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        embedder = load_embedder()
+        wait_serving(address)
         r: dict[str, float] = {}
-        batch = texts(32 * 20, offset=20_000)
-        for t in batch[:20]:
-            embedder.embed([t])
-        batch_qps = [embedder_batch_qps(embedder, batch)]
-
-        partition = {"namespace": "perf", "model": "m"}
-        with Client(address) as client:
-            stored = texts(200)
-            for t in stored:
-                client.store(partition, t, "answer")
-            probe = texts(2000, offset=10_000)
-            for t in probe[:20]:
-                client.lookup(partition, t + " warm")
-            embed_before = [metric(metrics_address, f"semcache_embed_seconds_{k}") for k in ("sum", "count")]
-            single = interleaved({
-                "embed_p50_ms": lambda i: embedder.embed([probe[i]]),
-                "semantic_lookup_p50_ms": lambda i: client.lookup(partition, probe[i]),
-                "exact_hit_p50_ms": lambda i: client.lookup(partition, stored[i % 200]),
-                "health_p50_ms": lambda i: health.Check(health_pb2.HealthCheckRequest()),
+        ratios: dict[str, float] = {}
+        if not args.stores_only:
+            r.update(lookup_figures(address, metrics_address, args.seconds))
+            ratios.update({
+                "semantic_lookup_over_embed (target <= 1.25)": r["semantic_lookup_p50_ms"] / r["embed_p50_ms"],
+                "lookups_32_over_embedder_batch (target >= 0.8)": r["semantic_lookups_32_qps"] / r["embedder_batch_qps"],
+                "batcher_in_process_over_embedder_batch": r["batcher_32_threads_in_process_qps"] / r["embedder_batch_qps"],
+                "exact_hit_over_health (target <= 1.3)": r["exact_hit_p50_ms"] / r["health_p50_ms"],
             })
-            r.update({name: p50_ms(samples) for name, samples in single.items()})
-            embed_after = [metric(metrics_address, f"semcache_embed_seconds_{k}") for k in ("sum", "count")]
-            r["server_embed_mean_ms"] = 1000 * (embed_after[0] - embed_before[0]) / max(1.0, embed_after[1] - embed_before[1])
-        lookups = texts(200_000, offset=100_000)
-        r["semantic_lookups_32_qps"] = concurrent_rate(
-            address, 32, args.seconds, lambda c, t, i: c.lookup(partition, lookups[(t * 6000 + i) % len(lookups)])
-        )
-        batch_qps.append(embedder_batch_qps(embedder, batch))
-        r["embedder_batch_qps"] = sum(batch_qps) / 2
-        r["batcher_32_threads_in_process_qps"] = batcher_rate(embedder, lookups, 32, args.seconds)
-        del embedder
-
-        rng = np.random.default_rng(0)
-        vectors = rng.standard_normal((4096, 384)).astype(np.float32).tolist()
-        r["one_commit_per_store_per_s"] = one_commit_per_store_rate(f"{data_dir}/inproc", vectors, args.seconds / 2)
-        store_partition = {"namespace": "perf-store", "model": "m"}
-        r["store_1_client_per_s"] = concurrent_rate(
-            address, 1, args.seconds, lambda c, t, i: c.store(store_partition, f"s1 {i}", "x" * 1000, embedding=vectors[i % 4096])
-        )
-        stores_before = metric(metrics_address, 'semcache_stores_total{namespace="perf-store"}')
-        commits_before = metric(metrics_address, "semcache_store_commits_total")
-        r["store_32_clients_per_s"] = concurrent_rate(
-            address, 32, args.seconds,
-            lambda c, t, i: c.store(store_partition, f"s32 {t} {i}", "x" * 1000, embedding=vectors[(t * 131 + i) % 4096]),
-        )
-        r["stores_per_commit_32"] = (
-            (metric(metrics_address, 'semcache_stores_total{namespace="perf-store"}') - stores_before)
-            / max(1.0, metric(metrics_address, "semcache_store_commits_total") - commits_before)
-        )
-        ratios = {
-            "semantic_lookup_over_embed (target <= 1.25)": r["semantic_lookup_p50_ms"] / r["embed_p50_ms"],
-            "lookups_32_over_embedder_batch (target >= 0.8)": r["semantic_lookups_32_qps"] / r["embedder_batch_qps"],
-            "batcher_in_process_over_embedder_batch": r["batcher_32_threads_in_process_qps"] / r["embedder_batch_qps"],
-            "exact_hit_over_health (target <= 1.3)": r["exact_hit_p50_ms"] / r["health_p50_ms"],
+        r.update(store_figures(
+            address, metrics_address, args.seconds,
+            lambda: commit_baseline(f"{data_dir}/inproc", args.seconds / 2, env),
+        ))
+        ratios.update({
             "stores_32_over_one_commit_per_store (target >= 5)": r["store_32_clients_per_s"] / r["one_commit_per_store_per_s"],
             "stores_32_over_1_client": r["store_32_clients_per_s"] / r["store_1_client_per_s"],
-        }
+        })
         result = {
             "figures": {k: round(v, 3) for k, v in r.items()},
             "ratios": {k: round(v, 3) for k, v in ratios.items()},
-            "machine": {"cpus": os.cpu_count()},
+            "machine": {"cpus": os.cpu_count(), "sync_delay_ms": args.sync_delay_ms},
         }
         print(json.dumps(result, indent=2))
         if args.json:
