@@ -268,6 +268,7 @@ BAD_LOOKUPS = [
     ("wrong dimension", pb.LookupRequest(embedding=[1.0, 0.0]), grpc.StatusCode.INVALID_ARGUMENT),
     ("NaN", pb.LookupRequest(embedding=[math.nan] + [0.1] * 383), grpc.StatusCode.INVALID_ARGUMENT),
     ("infinity", pb.LookupRequest(embedding=[math.inf] + [0.1] * 383), grpc.StatusCode.INVALID_ARGUMENT),
+    ("infinities of both signs", pb.LookupRequest(embedding=[math.inf, -math.inf] + [0.1] * 382), grpc.StatusCode.INVALID_ARGUMENT),
     ("all zeros", pb.LookupRequest(embedding=[0.0] * 384), grpc.StatusCode.INVALID_ARGUMENT),
     ("threshold above 1", pb.LookupRequest(query="q", min_similarity=1.5), grpc.StatusCode.INVALID_ARGUMENT),
     ("threshold NaN", pb.LookupRequest(query="q", min_similarity=math.nan), grpc.StatusCode.INVALID_ARGUMENT),
@@ -280,6 +281,7 @@ BAD_STORES = [
     ("response over max bytes", pb.StoreRequest(query="q", response=b"x" * 20_000), grpc.StatusCode.RESOURCE_EXHAUSTED),
     ("wrong dimension", pb.StoreRequest(query="q", embedding=[1.0] * 385), grpc.StatusCode.INVALID_ARGUMENT),
     ("all zeros", pb.StoreRequest(query="q", embedding=[0.0] * 384), grpc.StatusCode.INVALID_ARGUMENT),
+    ("NaN embedding", pb.StoreRequest(query="q", embedding=[0.1] * 383 + [math.nan]), grpc.StatusCode.INVALID_ARGUMENT),
     ("negative cost", pb.StoreRequest(query="q", cost=-1.0), grpc.StatusCode.INVALID_ARGUMENT),
     ("NaN cost", pb.StoreRequest(query="q", cost=math.nan), grpc.StatusCode.INVALID_ARGUMENT),
     ("too many metadata entries", pb.StoreRequest(query="q", metadata={str(i): "v" for i in range(40)}), grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -360,3 +362,12 @@ def test_store_batch_stores_each_item_or_fails_it_alone(make_server, embedder):
     assert client.stats().entries == 3
     code = status_of(lambda: client.store_batch([{"partition": SHOP, "query": f"q{i}", "response": "a"} for i in range(1001)]))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_largest_float_components_are_a_valid_embedding(limited):
+    """Normalizing squares every component: float32's largest values must not overflow."""
+    server, client = limited
+    huge = [3.4e38] * 384
+    client.store({"namespace": "huge"}, "q", "a", embedding=huge)
+    result = client.lookup({"namespace": "huge"}, "", embedding=[1.0] * 384)
+    assert result.hit and result.similarity == pytest.approx(1.0, abs=1e-5)
