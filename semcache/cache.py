@@ -344,7 +344,7 @@ class SemanticCache:
         orphans = []
         vectors: dict[int, list[bytes]] = {}
         ids: dict[int, list[int]] = {}
-        with self._store.read() as txn:
+        with self._store.read() as txn, self._policy.bulk():
             for entry_id, record in self._store.iter_entries(txn):
                 partition = self._by_id.get(record.partition_id)
                 if partition is None:

@@ -136,3 +136,22 @@ def test_the_heap_always_yields_what_a_full_scan_would(seed):
         assert len(queue) == len(live) == len(queue._heap)
         if live:
             assert queue.peek() == min((e.score, e.last_used_at, i) for i, e in queue._entries.items())
+
+
+def test_a_bulk_restore_orders_once_and_then_behaves_like_adds_one_by_one():
+    rng = random.Random(7)
+    rows = [(rng.choice("ab"), entry_id, rng.uniform(0, 50), rng.uniform(0, 100)) for entry_id in range(500)]
+    bulk = EvictionPolicy(DAY, Budget(), {})
+    single = EvictionPolicy(DAY, Budget(), {})
+    with bulk.bulk():
+        for namespace, entry_id, score, last_used_at in rows:
+            bulk.add(namespace, entry_id, 1, 0.0, score=score, last_used_at=last_used_at)
+        bulk.hit(3, now=200.0)  # an operation inside the block orders that queue first
+        bulk.add("a", 3, 1, 0.0, score=1.0, last_used_at=1.0)  # re-adding a tracked id replaces it
+    for namespace, entry_id, score, last_used_at in rows:
+        single.add(namespace, entry_id, 1, 0.0, score=score, last_used_at=last_used_at)
+    single.hit(3, now=200.0)
+    single.add("a", 3, 1, 0.0, score=1.0, last_used_at=1.0)
+    order = [v.entry_id for v in bulk.lowest(500)]
+    assert order == [v.entry_id for v in single.lowest(500)]
+    assert len(order) == 500 and bulk.entries == 0
