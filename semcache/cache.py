@@ -34,7 +34,7 @@ from semcache.normalize import normalize_query
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
 from semcache.store import Store
-from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
+from semcache.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
 from semcache.vector_index import VectorIndex
 
 log = logging.getLogger("semcache")
@@ -354,9 +354,10 @@ class SemanticCache:
                 ids.setdefault(partition.id, []).append(entry_id)
                 size = entry_bytes(record)
                 partition.bytes += size
+                hits = self._store.get_hits(txn, entry_id) or record  # the record's: written before entry_hits
                 self._policy.add(
                     partition.key.namespace, entry_id, size, record.created_at,
-                    score=record.lfu_score or None, last_used_at=max(record.created_at, record.last_hit_at),
+                    score=hits.lfu_score or None, last_used_at=max(record.created_at, hits.last_hit_at),
                 )
         for partition_id, partition_vectors in vectors.items():
             matrix = np.frombuffer(b"".join(partition_vectors), dtype=np.float32).reshape(-1, self.dimension)
@@ -1081,19 +1082,21 @@ class SemanticCache:
             return
         with self._write_lock:
             with self._store.write() as txn:
-                for entry_id in pending.keys() | expiries.keys():
+                for entry_id, (count, last_hit_at, score) in pending.items():
+                    hits = self._entry_hits(txn, entry_id)
+                    if hits is None:  # deleted since
+                        continue
+                    hits.hit_count += count
+                    hits.last_hit_at = last_hit_at
+                    if score is not None:
+                        hits.lfu_score = score
+                    self._store.put_hits(txn, entry_id, hits)
+                for entry_id, expiry in expiries.items():  # the expiry index moves too: rewrite the entry
                     old = self._store.get_entry(txn, entry_id)
-                    if old is None:
+                    if old is None or not old.expires_at or old.expires_at >= expiry:
                         continue
                     new = EntryRecord.FromString(old.SerializeToString())
-                    if entry_id in pending:
-                        count, last_hit_at, score = pending[entry_id]
-                        new.hit_count += count
-                        new.last_hit_at = last_hit_at
-                        if score is not None:
-                            new.lfu_score = score
-                    if entry_id in expiries and new.expires_at:
-                        new.expires_at = max(new.expires_at, expiries[entry_id])
+                    new.expires_at = expiry
                     self._store.update_entry(txn, entry_id, old, new)
                 for partition_id, counters in snapshots:
                     stored = self._store.get_partition(txn, partition_id)
@@ -1106,6 +1109,17 @@ class SemanticCache:
             for entry_id, expiry in expiries.items():
                 if self._pending_expiry.get(entry_id) == expiry:
                     del self._pending_expiry[entry_id]
+
+    def _entry_hits(self, txn, entry_id: int) -> EntryHits | None:  # type: ignore[no-untyped-def]
+        """The entry's hit statistics; seeded from its record when a version before the
+        entry_hits table stored them there. None when the entry is gone."""
+        hits = self._store.get_hits(txn, entry_id)
+        if hits is not None:
+            return hits
+        record = self._store.get_entry(txn, entry_id)
+        if record is None:
+            return None
+        return EntryHits(hit_count=record.hit_count, last_hit_at=record.last_hit_at, lfu_score=record.lfu_score)
 
     # -- stats ---------------------------------------------------------------------
 
@@ -1164,4 +1178,7 @@ class SemanticCache:
                     problems.append(f"{count} entries in LMDB belong to no live partition {partition_id}")
             if self._policy.entries != sum(stored.values()):
                 problems.append(f"{self._policy.entries} entries tracked for eviction, {sum(stored.values())} in LMDB")
+            orphan_hits = self._store.count_orphan_hits(txn)
+            if orphan_hits:
+                problems.append(f"{orphan_hits} hit-statistics rows belong to no entry")
         return problems

@@ -6,6 +6,7 @@ Named databases (ids are 8-byte big-endian, so keys sort by id):
     partitions     partition_id               -> PartitionRecord
     partition_names sha256(namespace,model,version) -> partition_id
     entries        entry_id                   -> EntryRecord
+    entry_hits     entry_id                   -> EntryHits (hit count, last hit, LFU score)
     exact          partition_id + sha256(normalized query) -> entry_id
     by_partition   partition_id + entry_id    -> ""
     expiry         expires_at_ms + entry_id   -> ""
@@ -23,7 +24,7 @@ import lmdb
 
 from semcache.errors import ConfigError, StorageFullError
 from semcache.partition import PartitionKey
-from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
+from semcache.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
 
 SCHEMA_VERSION = b"1"
 _U64 = struct.Struct(">Q")
@@ -57,7 +58,7 @@ class Store:
             str(path / "cache.lmdb"),
             map_size=max_map_bytes,
             subdir=True,
-            max_dbs=8,
+            max_dbs=16,
             max_readers=512,
             sync=sync_writes,
             metasync=sync_writes,
@@ -67,6 +68,7 @@ class Store:
         self._partitions = self._env.open_db(b"partitions")
         self._partition_names = self._env.open_db(b"partition_names")
         self._entries = self._env.open_db(b"entries")
+        self._entry_hits = self._env.open_db(b"entry_hits")
         self._exact = self._env.open_db(b"exact")
         self._by_partition = self._env.open_db(b"by_partition")
         self._expiry = self._env.open_db(b"expiry")
@@ -170,6 +172,20 @@ class Store:
         raw = txn.get(pack_id(entry_id), db=self._entries)
         return None if raw is None else EntryRecord.FromString(raw)
 
+    def get_hits(self, txn: lmdb.Transaction, entry_id: int) -> EntryHits | None:
+        raw = txn.get(pack_id(entry_id), db=self._entry_hits)
+        return None if raw is None else EntryHits.FromString(raw)
+
+    def put_hits(self, txn: lmdb.Transaction, entry_id: int, hits: EntryHits) -> None:
+        txn.put(pack_id(entry_id), hits.SerializeToString(), db=self._entry_hits)
+
+    def count_orphan_hits(self, txn: lmdb.Transaction) -> int:
+        """entry_hits rows whose entry is gone (for consistency checks)."""
+        return sum(
+            1 for key in txn.cursor(db=self._entry_hits).iternext(keys=True, values=False)
+            if txn.get(key, db=self._entries) is None
+        )
+
     def find_exact(self, txn: lmdb.Transaction, partition_id: int, normalized_query: str) -> int | None:
         raw = txn.get(_exact_key(partition_id, normalized_query), db=self._exact)
         return None if raw is None else unpack_id(raw)
@@ -185,7 +201,7 @@ class Store:
             txn.put(_expiry_key(record.expires_at, entry_id), b"", db=self._expiry)
 
     def update_entry(self, txn: lmdb.Transaction, entry_id: int, old: EntryRecord, new: EntryRecord) -> None:
-        """Rewrite an entry in place (hit counts, expiry); partition and query must not change."""
+        """Rewrite an entry in place (a sliding expiry); partition and query must not change."""
         if old.expires_at != new.expires_at:
             if old.expires_at:
                 txn.delete(_expiry_key(old.expires_at, entry_id), db=self._expiry)
@@ -197,6 +213,7 @@ class Store:
         """Remove an entry and every index row that points at it."""
         packed = pack_id(entry_id)
         txn.delete(packed, db=self._entries)
+        txn.delete(packed, db=self._entry_hits)
         txn.delete(pack_id(record.partition_id) + packed, db=self._by_partition)
         if record.normalized_query:
             exact_key = _exact_key(record.partition_id, record.normalized_query)

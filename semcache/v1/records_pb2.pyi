@@ -43,6 +43,16 @@ class EntryRecord(_message.Message):
     lfu_score: float
     def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ...) -> None: ...
 
+class EntryHits(_message.Message):
+    __slots__ = ("hit_count", "last_hit_at", "lfu_score")
+    HIT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_HIT_AT_FIELD_NUMBER: _ClassVar[int]
+    LFU_SCORE_FIELD_NUMBER: _ClassVar[int]
+    hit_count: int
+    last_hit_at: float
+    lfu_score: float
+    def __init__(self, hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., lfu_score: _Optional[float] = ...) -> None: ...
+
 class PartitionRecord(_message.Message):
     __slots__ = ("namespace", "model", "version", "created_at", "last_used_at", "dropping", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "evictions", "expirations", "invalidations")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,104 @@
+"""Hit statistics live in LMDB's entry_hits table: counting hits must not rewrite
+entries, and the counts must survive restarts and steer eviction."""
+
+from __future__ import annotations
+
+from semcache.cache import SemanticCache
+from semcache.partition import PartitionKey
+from semcache.settings import Settings
+from semcache.store import pack_id
+from tests.conftest import POLICY_DIMENSION, unit_vector
+
+KEY = PartitionKey("ns", "m", "v1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _cache(tmp_path, clock: Clock, **overrides) -> SemanticCache:
+    settings = Settings(
+        data_dir=str(tmp_path / "data"), embedding_model="none", embedding_dimension=POLICY_DIMENSION, **overrides
+    )
+    return SemanticCache(settings, None, clock=clock)
+
+
+def _raw_entry(cache: SemanticCache, entry_id: int) -> bytes:
+    with cache._store.read() as txn:
+        return bytes(txn.get(pack_id(entry_id), db=cache._store._entries))
+
+
+def test_counting_hits_writes_the_hits_row_and_leaves_the_entry_as_it_was(tmp_path):
+    clock = Clock()
+    cache = _cache(tmp_path, clock)
+    entry_id = int(cache.store(KEY, "q", b"r" * 50_000, embedding=unit_vector(1)).entry_id)
+    before = _raw_entry(cache, entry_id)
+    for _ in range(3):
+        clock.now += 1
+        assert cache.lookup(KEY, "q").hit
+    cache.flush_stats()
+    assert _raw_entry(cache, entry_id) == before
+    with cache._store.read() as txn:
+        hits = cache._store.get_hits(txn, entry_id)
+    assert hits.hit_count == 3 and hits.last_hit_at == clock.now and hits.lfu_score > 0
+    cache.close()
+
+
+def test_hit_statistics_survive_a_restart_and_steer_eviction(tmp_path):
+    clock = Clock()
+    cache = _cache(tmp_path, clock, max_entries=3)
+    for n, query in enumerate(("a", "b", "c")):
+        clock.now += 1
+        cache.store(KEY, query, b"x", embedding=unit_vector(n))
+    for _ in range(4):
+        clock.now += 1
+        assert cache.lookup(KEY, "a").hit and cache.lookup(KEY, "c").hit
+    cache.close()  # flushes
+    cache = _cache(tmp_path, clock, max_entries=3)
+    clock.now += 1
+    cache.store(KEY, "d", b"x", embedding=unit_vector(3))
+    # Without the persisted hits, "a" (the oldest) would go first.
+    assert [cache.lookup(KEY, q).hit for q in ("a", "b", "c", "d")] == [True, False, True, True]
+    assert cache.check_consistency() == []
+    cache.close()
+
+
+def test_an_entry_stored_before_the_hits_table_keeps_its_counts(tmp_path):
+    clock = Clock()
+    cache = _cache(tmp_path, clock, max_entries=2)
+    old_id = int(cache.store(KEY, "old", b"x", embedding=unit_vector(1)).entry_id)
+    clock.now += 1
+    cache.store(KEY, "new", b"x", embedding=unit_vector(2))
+    with cache._store.write() as txn:  # as an earlier version left it: the counts inside the record
+        record = cache._store.get_entry(txn, old_id)
+        updated = type(record).FromString(record.SerializeToString())
+        updated.hit_count, updated.last_hit_at = 7, clock.now
+        updated.lfu_score = cache._policy.queue("ns").new_score(clock.now) + 3  # as if hit 7 times
+        cache._store.update_entry(txn, old_id, record, updated)
+    cache.close()
+    cache = _cache(tmp_path, clock, max_entries=2)
+    clock.now += 1
+    assert cache.lookup(KEY, "old").hit
+    cache.flush_stats()
+    with cache._store.read() as txn:
+        assert cache._store.get_hits(txn, old_id).hit_count == 8
+    cache.store(KEY, "third", b"x", embedding=unit_vector(3))
+    assert cache.lookup(KEY, "old").hit and not cache.lookup(KEY, "new").hit
+    cache.close()
+
+
+def test_removing_an_entry_removes_its_hits_row(tmp_path):
+    clock = Clock()
+    cache = _cache(tmp_path, clock)
+    entry_id = cache.store(KEY, "q", b"x", embedding=unit_vector(1)).entry_id
+    assert cache.lookup(KEY, "q").hit
+    cache.flush_stats()
+    assert cache.delete(KEY, entry_id)
+    with cache._store.read() as txn:
+        assert cache._store.get_hits(txn, int(entry_id)) is None
+    assert cache.check_consistency() == []
+    cache.close()
