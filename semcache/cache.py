@@ -49,6 +49,7 @@ _DELETE_CHUNK = 2000
 _FULL_EVICT_FRACTION = 0.01
 _FULL_RETRIES = 8
 _NO_MODEL = "this server runs without an embedding model; send an embedding"
+_ENTRY_ID_COUNTER = "next_entry_id"
 # PartitionRecord counters, summed for totals and shown in Stats.
 COUNTERS = (
     "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost",
@@ -327,6 +328,13 @@ class SemanticCache:
                     f"{stored_model!r} ({stored_dimension} dims); this server uses {self.embedding_model!r} "
                     f"({self.dimension} dims). Use another data_dir, or delete this one."
                 )
+            # Entries from this id on were stored by a version that keeps hit counts in
+            # entry_hits only; older ones may still carry them in their record.
+            first = self._store.get_meta(txn, "hits_table_from_entry_id")
+            if first is None:
+                first = str(self._store.last_id(txn, _ENTRY_ID_COUNTER) + 1)
+                self._store.put_meta(txn, "hits_table_from_entry_id", first)
+            self._hits_table_from_entry_id = int(first)
             totals = self._store.get_meta(txn, "totals")
             if totals is not None:
                 self._totals = PartitionRecord.FromString(bytes.fromhex(totals))
@@ -845,7 +853,7 @@ class SemanticCache:
                 if victim_record is not None:
                     self._store.delete_entry(txn, victim.entry_id, victim_record)
                     done.evicted.append((victim.entry_id, victim_record))
-            done.entry_id = self._store.next_id(txn, "next_entry_id")
+            done.entry_id = self._store.next_id(txn, _ENTRY_ID_COUNTER)
             self._store.put_entry(txn, done.entry_id, record)
             with self._stats_lock:
                 self._policy.add(job.key.namespace, done.entry_id, job.size, now)
@@ -1116,6 +1124,8 @@ class SemanticCache:
         hits = self._store.get_hits(txn, entry_id)
         if hits is not None:
             return hits
+        if entry_id >= self._hits_table_from_entry_id:  # its record never held counts: skip reading it
+            return EntryHits() if self._store.has_entry(txn, entry_id) else None
         record = self._store.get_entry(txn, entry_id)
         if record is None:
             return None

@@ -120,6 +120,11 @@ class Store:
     def put_meta(self, txn: lmdb.Transaction, name: str, value: str) -> None:
         txn.put(name.encode(), value.encode(), db=self._meta)
 
+    def last_id(self, txn: lmdb.Transaction, counter: str) -> int:
+        """The last id next_id() gave out from this counter (0: none yet)."""
+        raw = txn.get(counter.encode(), db=self._meta)
+        return 0 if raw is None else unpack_id(raw)
+
     def next_id(self, txn: lmdb.Transaction, counter: str) -> int:
         """A new id from a persistent counter; ids start at 1 and are never reused."""
         key = counter.encode()
@@ -171,6 +176,10 @@ class Store:
     def get_entry(self, txn: lmdb.Transaction, entry_id: int) -> EntryRecord | None:
         raw = txn.get(pack_id(entry_id), db=self._entries)
         return None if raw is None else EntryRecord.FromString(raw)
+
+    def has_entry(self, txn: lmdb.Transaction, entry_id: int) -> bool:
+        """Whether the entry exists, without copying its record out of the map."""
+        return txn.cursor(db=self._entries).set_key(pack_id(entry_id))
 
     def get_hits(self, txn: lmdb.Transaction, entry_id: int) -> EntryHits | None:
         raw = txn.get(pack_id(entry_id), db=self._entry_hits)

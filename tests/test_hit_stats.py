@@ -79,6 +79,7 @@ def test_an_entry_stored_before_the_hits_table_keeps_its_counts(tmp_path):
         updated.hit_count, updated.last_hit_at = 7, clock.now
         updated.lfu_score = cache._policy.queue("ns").new_score(clock.now) + 3  # as if hit 7 times
         cache._store.update_entry(txn, old_id, record, updated)
+        txn.delete(b"hits_table_from_entry_id", db=cache._store._meta)  # nor did it know the table
     cache.close()
     cache = _cache(tmp_path, clock, max_entries=2)
     clock.now += 1
@@ -101,4 +102,27 @@ def test_removing_an_entry_removes_its_hits_row(tmp_path):
     with cache._store.read() as txn:
         assert cache._store.get_hits(txn, int(entry_id)) is None
     assert cache.check_consistency() == []
+    cache.close()
+
+
+def test_entries_stored_with_the_table_are_counted_without_reading_their_record(tmp_path):
+    """The first id stored with entry_hits is kept across restarts; an entry from then on
+    whose record has counts (which this version never writes) is not read for them."""
+    clock = Clock()
+    cache = _cache(tmp_path, clock)
+    first = cache._hits_table_from_entry_id
+    entry_id = int(cache.store(KEY, "q", b"x", embedding=unit_vector(1)).entry_id)
+    assert entry_id >= first
+    with cache._store.write() as txn:  # a record this version would never write
+        record = cache._store.get_entry(txn, entry_id)
+        updated = type(record).FromString(record.SerializeToString())
+        updated.hit_count = 1000
+        cache._store.update_entry(txn, entry_id, record, updated)
+    assert cache.lookup(KEY, "q").hit
+    cache.flush_stats()
+    with cache._store.read() as txn:
+        assert cache._store.get_hits(txn, entry_id).hit_count == 1
+    cache.close()
+    cache = _cache(tmp_path, clock)
+    assert cache._hits_table_from_entry_id == first
     cache.close()
