@@ -174,9 +174,14 @@ def commit_baseline(data_dir: str, seconds: float, env: dict[str, str]) -> dict[
     return json.loads(out.splitlines()[-1])
 
 
+def store_vectors() -> list[list[float]]:
+    """The client vectors of every Store measurement, the same in this process and the child."""
+    return np.random.default_rng(0).standard_normal((4096, 384)).astype(np.float32).tolist()
+
+
 def run_commit_baseline(data_dir: str, seconds: float) -> None:
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    vectors = np.random.default_rng(0).standard_normal((4096, 384)).astype(np.float32).tolist()
+    vectors = store_vectors()
     print(json.dumps({
         "disk_sync_p50_ms": disk_sync_p50_ms(data_dir),
         "one_commit_per_store_per_s": one_commit_per_store_rate(f"{data_dir}/db", vectors, seconds),
@@ -273,7 +278,7 @@ def store_figures(
 ) -> dict[str, float]:
     """Target 4: Stores with client vectors from 1 and 32 gRPC clients against one commit per Store."""
     r = baseline()
-    vectors = np.random.default_rng(0).standard_normal((4096, 384)).astype(np.float32).tolist()
+    vectors = store_vectors()
     store_partition = {"namespace": "perf-store", "model": "m"}
     r["store_1_client_per_s"] = concurrent_rate(
         address, 1, seconds, lambda c, t, i: c.store(store_partition, f"s1 {i}", "x" * 1000, embedding=vectors[i % 4096])
