@@ -574,7 +574,7 @@ class SemanticCache:
             similarity=similarity,
             matched_query=record.query,
             exact=exact,
-            metadata=dict(record.metadata),
+            metadata=record.metadata,  # the record is this lookup's own copy: no need for another
         )
 
     def _count_lookup(

@@ -43,9 +43,15 @@ class Metrics:
         self.search_seconds = Histogram(
             "semcache_search_seconds", "FAISS searches.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )
+        # labels() takes a lock and builds a key per call (~2 us); every Lookup counts
+        # one, so the labelled children are kept here, one per (namespace, result).
+        self._lookup_counters: dict[tuple[str, str], Counter] = {}
 
     def observe_lookup(self, namespace: str, result: str, seconds: float) -> None:
-        self.lookups.labels(namespace, result).inc()
+        counter = self._lookup_counters.get((namespace, result))
+        if counter is None:
+            counter = self._lookup_counters[(namespace, result)] = self.lookups.labels(namespace, result)
+        counter.inc()
         self.lookup_seconds.observe(seconds)
 
     def watch(self, stats: Callable[[], StatsView]) -> None:

@@ -105,7 +105,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             embedding=request.embedding,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
         )
-        return pb.LookupResponse(
+        response = pb.LookupResponse(
             hit=result.hit,
             entry_id=result.entry_id,
             response=result.response,
@@ -113,10 +113,12 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             matched_query=result.matched_query,
             exact=result.exact,
             threshold=result.threshold,
-            metadata=result.metadata,
             resolved_version=result.resolved_version,
             guard_reason=result.guard_reason,
         )
+        if result.metadata:  # a map field copies item by item in Python, even when empty (~2 us)
+            response.metadata.update(result.metadata)
+        return response
 
     @_rpc
     def Store(self, request: pb.StoreRequest, grant: Grant) -> pb.StoreResponse:

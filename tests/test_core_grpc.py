@@ -124,6 +124,19 @@ def test_client_supplied_embeddings(make_server, embedder):
     assert client.lookup(SHOP, "SOME TEXT", embedding=unit_vector(5, 384)).exact
 
 
+def test_a_hit_returns_the_entrys_metadata_and_a_miss_none(make_server, embedder):
+    _, client = make_server(embedder=embedder, min_similarity=0.9)
+    base = unit_vector(6, 384)
+    client.store(SHOP, "tagged", "answer", embedding=base, metadata={"source": "faq", "lang": "en"})
+    client.store(SHOP, "untagged", "other", embedding=unit_vector(7, 384))
+    exact = client.lookup(SHOP, "Tagged?")
+    semantic = client.lookup(SHOP, "", embedding=vector_at_similarity(base, 0.95, seed=8))
+    assert exact.exact and dict(exact.metadata) == {"source": "faq", "lang": "en"}
+    assert semantic.hit and not semantic.exact and dict(semantic.metadata) == {"source": "faq", "lang": "en"}
+    assert client.lookup(SHOP, "untagged").hit and not client.lookup(SHOP, "untagged").metadata
+    assert not client.lookup(SHOP, "", embedding=unit_vector(9, 384)).metadata  # a miss
+
+
 def test_threshold_precedence(make_server):
     _, client = make_server(
         embedder=None, min_similarity=0.95, namespaces={"loose": NamespaceSettings(min_similarity=0.7)}
