@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 @dataclasses.dataclass
 class TrackedEntry:
+    """What the policy knows of one entry (as returned by remove, pop and tracked)."""
+
     score: float
     last_used_at: float
     size_bytes: int
@@ -32,28 +34,35 @@ class TrackedEntry:
 class LfuQueue:
     """The entries of one eviction scope (a namespace), cheapest to lose first.
 
-    `_heap` is a binary min-heap of [score, last_used_at, entry_id] nodes and
-    `_position` maps an entry to its node's index, so a hit re-sorts that one node.
-    (It used to push a new tuple per hit and rebuild the heap when stale tuples
-    outnumbered the entries: at a million entries one hit in a million took ~0.7 s,
-    holding the lock every Lookup and Store needs.)
+    `_heap` is a binary min-heap of (score, last_used_at, entry_id) tuples, the only
+    place an entry's score and last use are kept; `_position` maps an entry to its
+    node's index, so a hit replaces that one node and re-sorts it. (It used to push
+    a new tuple per hit and rebuild the heap when stale tuples outnumbered the
+    entries: at a million entries one hit in a million took ~0.7 s, holding the
+    lock every Lookup and Store needs.)
+
+    Nothing here is an object the cyclic garbage collector scans per entry: tuples
+    of numbers are untracked after their first collection, and dicts of ints never
+    are tracked. (Mutable [score, last_used_at, id] lists plus a TrackedEntry per
+    entry made each full collection walk two objects per entry: ~300 ms with the
+    GIL held at a million entries, and during a bulk load one every few seconds.)
     """
 
     def __init__(self, half_life_seconds: float) -> None:
         if half_life_seconds <= 0:
             raise ValueError("half_life_seconds must be > 0")
         self.half_life_seconds = half_life_seconds
-        self._entries: dict[int, TrackedEntry] = {}
-        self._heap: list[list] = []  # [score, last_used_at, entry_id]; entry ids are unique, so no two compare equal
+        self._heap: list[tuple[float, float, int]] = []  # entry ids are unique: no two nodes compare equal
         self._position: dict[int, int] = {}
-        self._bulk = False  # between begin_bulk() and end_bulk(): _heap is unordered
+        self._size_bytes: dict[int, int] = {}
+        self._bulk = False  # between begin_bulk() and end_bulk(): _heap is unordered, _position unset
         self.total_bytes = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._size_bytes)
 
     def __contains__(self, entry_id: int) -> bool:
-        return entry_id in self._entries
+        return entry_id in self._size_bytes
 
     def score_after_hit(self, score: float, now: float) -> float:
         """The score of an entry with `score` that is hit once more at `now`."""
@@ -65,25 +74,35 @@ class LfuQueue:
         """Score of an entry stored at `now` (frequency 1)."""
         return now / self.half_life_seconds
 
+    def tracked(self, entry_id: int) -> TrackedEntry | None:
+        """The entry's score, last use and size (None when it is not tracked)."""
+        size_bytes = self._size_bytes.get(entry_id)
+        if size_bytes is None:
+            return None
+        self.end_bulk()
+        score, last_used_at, _ = self._heap[self._position[entry_id]]
+        return TrackedEntry(score, last_used_at, size_bytes)
+
     def frequency(self, entry_id: int, now: float) -> float:
         """The entry's decayed hit frequency at `now` (for stats and tests)."""
-        return 2.0 ** (self._entries[entry_id].score - now / self.half_life_seconds)
+        entry = self.tracked(entry_id)
+        if entry is None:
+            raise KeyError(entry_id)
+        return 2.0 ** (entry.score - now / self.half_life_seconds)
 
     def add(self, entry_id: int, size_bytes: int, now: float, score: float | None = None, last_used_at: float | None = None) -> None:
         """Track an entry; score and last_used_at restore a persisted state."""
-        if entry_id in self._entries:
-            self.end_bulk()
+        if entry_id in self._size_bytes:
             self.remove(entry_id)
-        entry = TrackedEntry(
-            score=self.new_score(now) if score is None else score,
-            last_used_at=now if last_used_at is None else last_used_at,
-            size_bytes=size_bytes,
-        )
-        self._entries[entry_id] = entry
+        self._size_bytes[entry_id] = size_bytes
         self.total_bytes += size_bytes
         heap = self._heap
         index = len(heap)
-        node = [entry.score, entry.last_used_at, entry_id]
+        node = (
+            self.new_score(now) if score is None else score,
+            now if last_used_at is None else last_used_at,
+            entry_id,
+        )
         heap.append(node)
         if self._bulk:  # ordered once, by end_bulk()
             return
@@ -105,49 +124,44 @@ class LfuQueue:
 
     def hit(self, entry_id: int, now: float) -> float | None:
         """Record a hit; returns the new score (None if the entry is not tracked)."""
-        self.end_bulk()
-        entry = self._entries.get(entry_id)
-        if entry is None:
+        if entry_id not in self._size_bytes:
             return None
-        entry.score = self.score_after_hit(entry.score, now)
-        entry.last_used_at = now
+        self.end_bulk()
         index = self._position[entry_id]
-        node = self._heap[index]
-        node[0], node[1] = entry.score, now
+        score = self.score_after_hit(self._heap[index][0], now)
+        self._heap[index] = (score, now, entry_id)
         self._resift(index)
-        return entry.score
+        return score
 
     def remove(self, entry_id: int) -> TrackedEntry | None:
-        self.end_bulk()
-        entry = self._entries.pop(entry_id, None)
-        if entry is None:
+        size_bytes = self._size_bytes.pop(entry_id, None)
+        if size_bytes is None:
             return None
-        self.total_bytes -= entry.size_bytes
+        self.end_bulk()
+        self.total_bytes -= size_bytes
         index = self._position.pop(entry_id)
-        last = self._heap.pop()
-        if index < len(self._heap):  # the removed node was not the last: the last takes its place
-            self._heap[index] = last
+        heap = self._heap
+        score, last_used_at, _ = heap[index]
+        last = heap.pop()
+        if index < len(heap):  # the removed node was not the last: the last takes its place
+            heap[index] = last
             self._position[last[2]] = index
             self._resift(index)
-        return entry
+        return TrackedEntry(score, last_used_at, size_bytes)
 
     def peek(self) -> tuple[float, float, int] | None:
         """(score, last_used_at, entry_id) of the next victim, or None when empty."""
         self.end_bulk()
-        if not self._heap:
-            return None
-        score, last_used_at, entry_id = self._heap[0]
-        return score, last_used_at, entry_id
+        return self._heap[0] if self._heap else None
 
     def pop(self) -> tuple[int, TrackedEntry] | None:
         """Remove and return the entry to evict next."""
-        self.end_bulk()
-        if not self._heap:
+        top = self.peek()
+        if top is None:
             return None
-        entry_id = self._heap[0][2]
-        entry = self.remove(entry_id)
+        entry = self.remove(top[2])
         assert entry is not None
-        return entry_id, entry
+        return top[2], entry
 
     def _resift(self, index: int) -> None:
         """Move the node at index to where its (changed) key belongs."""

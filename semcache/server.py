@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -185,6 +186,11 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     server.start()
+    # What start() made (modules, the model, the recovered partitions) lives as long as
+    # the process: keep it out of every later full collection, which holds the GIL for
+    # as long as it walks objects.
+    gc.collect()
+    gc.freeze()
     while not stop_requested.wait(1.0):
         pass
     server.stop()
