@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -174,8 +175,16 @@ def create_server(
     return server, server.start()
 
 
+# How long a Python thread may hold the GIL while another waits (Python's default is
+# 5 ms). A Lookup passes the GIL between gRPC's threads several times, so behind a
+# StoreBatch it could wait 5 ms at each pass: loading 300k entries, probe Lookups p99
+# 50-55 ms at 5 ms, 33-36 ms at 0.5 ms (load rate within noise).
+_GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    sys.setswitchinterval(_GIL_SWITCH_INTERVAL_SECONDS)
     server = SemcacheServer(settings)
     stop_requested = threading.Event()
 
