@@ -14,8 +14,9 @@ free loopback port and measures:
     server_embed_mean_ms      the same lookups' embedding inside the server (its metrics)
   embedder_batch_qps          the embedder's own batched throughput: the best of
                               32-text calls on all cores and one 640-text call (one-core
-                              runs side by side), before and after the concurrent runs
-  semantic_lookups_32_qps     32 clients, semantic Lookups per second
+                              runs side by side), before, between and after the 32-client runs
+  semantic_lookups_32_qps     32 clients, semantic Lookups per second (two runs, each
+                              between two of the embedder's measurements)
   batcher_32_threads_in_process_qps   32 threads of this process through the server's
                               batcher, no gRPC (what batching alone achieves)
   disk_sync_p50_ms            this disk: one 4 KB write + fdatasync, as a commit makes
@@ -25,6 +26,11 @@ free loopback port and measures:
   store_1_client_per_s        one gRPC client, Stores with client vectors
   store_32_clients_per_s      32 gRPC clients, Stores with client vectors (group commit)
   stores_per_commit_32        semcache_store_commits_total over those Stores
+  *_client_cpu_ms, *_server_cpu_ms   CPU time (user + system) per call of this process
+                              (the load generator) and of the server, during the 32-client runs
+  cores_for_5x_stores_*       what 5x the one-commit rate would take of the 2 cores: that many
+                              Stores/s at the measured CPU per Store, for the load generator
+                              and for the server
 and prints the ratios the targets name.
 
 --sync-delay-ms N makes every fsync/fdatasync of the server and of the one-commit
@@ -47,6 +53,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -203,12 +210,28 @@ def metric(address: str, name: str) -> float:
     return values[0] if values else 0.0
 
 
-def concurrent_rate(address: str, clients: int, seconds: float, work) -> float:
-    """Calls per second of `work(client, thread_index, i)` from `clients` threads."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Rate:
+    per_second: float
+    client_cpu_ms: float  # per call, this process (the load generator)
+    server_cpu_ms: float  # per call, the server process
+
+
+def concurrent_rate(address: str, clients: int, seconds: float, work, server_pid: int) -> Rate:
+    """Calls per second of `work(client, thread_index, i)` from `clients` threads, and the
+    CPU time each call cost this process and the server's."""
     counts = [0] * clients
     window = [0.0, 0.0]
+    cpu = [0.0, 0.0]
 
     def open_window() -> None:
+        cpu[:] = cpu_seconds(os.getpid()), cpu_seconds(server_pid)
         window[0] = time.perf_counter()
         window[1] = window[0] + seconds
 
@@ -230,10 +253,16 @@ def concurrent_rate(address: str, clients: int, seconds: float, work) -> float:
     barrier.wait()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - window[0])
+    elapsed = time.perf_counter() - window[0]
+    calls = max(1, sum(counts))
+    return Rate(
+        per_second=sum(counts) / elapsed,
+        client_cpu_ms=1000 * (cpu_seconds(os.getpid()) - cpu[0]) / calls,
+        server_cpu_ms=1000 * (cpu_seconds(server_pid) - cpu[1]) / calls,
+    )
 
 
-def lookup_figures(address: str, metrics_address: str, seconds: float) -> dict[str, float]:
+def lookup_figures(address: str, metrics_address: str, seconds: float, server_pid: int) -> dict[str, float]:
     """Targets 1-3: single-client latencies, 32-client semantic Lookups, the embedder's rates."""
     channel = grpc.insecure_channel(address)
     health = health_pb2_grpc.HealthStub(channel)
@@ -264,31 +293,48 @@ def lookup_figures(address: str, metrics_address: str, seconds: float) -> dict[s
         r["server_embed_mean_ms"] = 1000 * (embed_after[0] - embed_before[0]) / max(1.0, embed_after[1] - embed_before[1])
     channel.close()
     lookups = texts(200_000, offset=100_000)
-    r["semantic_lookups_32_qps"] = concurrent_rate(
-        address, 32, seconds, lambda c, t, i: c.lookup(partition, lookups[(t * 6000 + i) % len(lookups)])
-    )
-    batch_qps.append(embedder_batch_qps(embedder, batch))
-    r["embedder_batch_qps"] = sum(batch_qps) / 2
+    runs = []
+    for run in range(2):  # alternated with the embedder's own rate: this machine drifts
+        runs.append(concurrent_rate(
+            address, 32, seconds,
+            lambda c, t, i, run=run: c.lookup(partition, lookups[(t * 6000 + run * 3000 + i) % len(lookups)]),
+            server_pid,
+        ))
+        batch_qps.append(embedder_batch_qps(embedder, batch))
+    r["semantic_lookups_32_qps"] = sum(x.per_second for x in runs) / len(runs)
+    r["semantic_lookup_32_client_cpu_ms"] = sum(x.client_cpu_ms for x in runs) / len(runs)
+    r["semantic_lookup_32_server_cpu_ms"] = sum(x.server_cpu_ms for x in runs) / len(runs)
+    r["embedder_batch_qps"] = sum(batch_qps) / len(batch_qps)
     r["batcher_32_threads_in_process_qps"] = batcher_rate(embedder, lookups, 32, seconds)
     return r
 
 
 def store_figures(
-    address: str, metrics_address: str, seconds: float, baseline: Callable[[], dict[str, float]]
+    address: str, metrics_address: str, seconds: float, baseline: Callable[[], dict[str, float]], server_pid: int
 ) -> dict[str, float]:
     """Target 4: Stores with client vectors from 1 and 32 gRPC clients against one commit per Store."""
     r = baseline()
     vectors = store_vectors()
     store_partition = {"namespace": "perf-store", "model": "m"}
     r["store_1_client_per_s"] = concurrent_rate(
-        address, 1, seconds, lambda c, t, i: c.store(store_partition, f"s1 {i}", "x" * 1000, embedding=vectors[i % 4096])
-    )
+        address, 1, seconds, lambda c, t, i: c.store(store_partition, f"s1 {i}", "x" * 1000, embedding=vectors[i % 4096]),
+        server_pid,
+    ).per_second
     stores_before = metric(metrics_address, 'semcache_stores_total{namespace="perf-store"}')
     commits_before = metric(metrics_address, "semcache_store_commits_total")
-    r["store_32_clients_per_s"] = concurrent_rate(
+    stores = concurrent_rate(
         address, 32, seconds,
         lambda c, t, i: c.store(store_partition, f"s32 {t} {i}", "x" * 1000, embedding=vectors[(t * 131 + i) % 4096]),
+        server_pid,
     )
+    r["store_32_clients_per_s"] = stores.per_second
+    r["store_32_client_cpu_ms"] = stores.client_cpu_ms
+    r["store_32_server_cpu_ms"] = stores.server_cpu_ms
+    # 5x the one-commit rate, at the CPU each Store costs now: cores the load generator
+    # alone, and the server alone, would need (the machine has os.cpu_count()).
+    target_per_s = 5 * r["one_commit_per_store_per_s"]
+    r["cores_for_5x_stores_load_generator"] = target_per_s * stores.client_cpu_ms / 1000
+    r["cores_for_5x_stores_server"] = target_per_s * stores.server_cpu_ms / 1000
     r["stores_per_commit_32"] = (
         (metric(metrics_address, 'semcache_stores_total{namespace="perf-store"}') - stores_before)
         / max(1.0, metric(metrics_address, "semcache_store_commits_total") - commits_before)
@@ -341,7 +387,7 @@ def main() -> None:
         r: dict[str, float] = {}
         ratios: dict[str, float] = {}
         if not args.stores_only:
-            r.update(lookup_figures(address, metrics_address, args.seconds))
+            r.update(lookup_figures(address, metrics_address, args.seconds, server.pid))
             ratios.update({
                 "semantic_lookup_over_embed (target <= 1.25)": r["semantic_lookup_p50_ms"] / r["embed_p50_ms"],
                 "lookups_32_over_embedder_batch (target >= 0.8)": r["semantic_lookups_32_qps"] / r["embedder_batch_qps"],
@@ -350,7 +396,7 @@ def main() -> None:
             })
         r.update(store_figures(
             address, metrics_address, args.seconds,
-            lambda: commit_baseline(f"{data_dir}/inproc", args.seconds / 2, env),
+            lambda: commit_baseline(f"{data_dir}/inproc", args.seconds / 2, env), server.pid,
         ))
         ratios.update({
             "stores_32_over_one_commit_per_store (target >= 5)": r["store_32_clients_per_s"] / r["one_commit_per_store_per_s"],
