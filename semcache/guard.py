@@ -4,8 +4,10 @@ Sentence embeddings put "is port 22 open" and "is port 22 closed" (cosine ~0.90)
 or "alarm at 7" and "alarm at 8", next to each other. No threshold separates those
 from true paraphrases, so a semantic match is refused when the two texts disagree
 on negation, on the numbers they contain (digits or words), or on a pair of
-opposite words. Pure:
-text in, reason out.
+opposite words. Negation is counted as polarity: each negation word and each
+prefix that negates a word the other text has plain ("unhealthy" against
+"healthy") turns the sentence over once, so "not healthy" matches "unhealthy"
+but not "not unhealthy". Pure: text in, reason out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ _NUMBER_WORDS = frozenset(
 _NEGATIONS = frozenset(
     "not no never none nobody nothing nowhere neither nor cannot without n't".split()
 )
+# A word made of one of these and a word of the other text negates that word.
+_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non")
+_MIN_NEGATED_STEM = 4  # "unit" is not "un" + "it"
 # Each pair: the words of one side never paraphrase the other's.
 _OPPOSITES = [
     ("open", "closed"), ("open", "close"), ("on", "off"), ("enable", "disable"), ("enabled", "disabled"),
@@ -41,6 +46,21 @@ _OPPOSITES = [
     ("include", "exclude"), ("minimum", "maximum"), ("over", "under"), ("above", "below"),
     ("positive", "negative"), ("plus", "minus"), ("asc", "desc"), ("ascending", "descending"),
     ("am", "pm"), ("morning", "evening"), ("morning", "night"), ("weekday", "weekend"),
+    ("same", "different"), ("similar", "different"), ("identical", "different"), ("common", "rare"),
+    ("major", "minor"), ("single", "multiple"), ("most", "least"), ("more", "fewer"), ("many", "few"),
+    ("increase", "reduce"), ("increased", "decreased"), ("increases", "decreases"), ("high", "low"),
+    ("highest", "lowest"), ("large", "small"), ("big", "small"), ("larger", "smaller"), ("long", "short"),
+    ("longer", "shorter"), ("old", "new"), ("old", "young"), ("older", "newer"), ("fast", "slow"),
+    ("faster", "slower"), ("easy", "hard"), ("easy", "difficult"), ("good", "bad"), ("best", "worst"),
+    ("better", "worse"), ("full", "empty"), ("rich", "poor"), ("strong", "weak"), ("male", "female"),
+    ("men", "women"), ("man", "woman"), ("present", "absent"), ("agree", "disagree"), ("appear", "disappear"),
+    ("approve", "reject"), ("approved", "rejected"), ("support", "oppose"), ("rise", "fall"),
+    ("enter", "exit"), ("arrival", "departure"), ("arrive", "depart"), ("internal", "external"),
+    ("domestic", "international"), ("pass", "fail"), ("passed", "failed"),
+    ("borrow", "lend"), ("buyer", "seller"), ("bought", "sold"), ("employer", "employee"), ("past", "future"),
+    ("previous", "next"), ("last", "next"), ("begin", "end"), ("start", "end"), ("top", "bottom"),
+    ("upper", "lower"), ("permanent", "temporary"), ("natural", "artificial"), ("real", "fake"),
+    ("sometimes", "always"), ("rarely", "often"), ("never", "often"),
 ]
 # Share of (non-negation) words two texts must have in common for a negation flip to count.
 _NEGATION_OVERLAP = 0.5
@@ -68,18 +88,38 @@ def conflict(query: str, candidate: str) -> str | None:
     """Why `candidate`'s answer must not serve `query` although their embeddings are close,
     or None when nothing lexical speaks against it."""
     a, b = _tokens(query), _tokens(candidate)
-    if any(t in _NEGATIONS for t in a) != any(t in _NEGATIONS for t in b):
-        # A negation flip in an otherwise near-identical sentence inverts it; between
-        # differently worded sentences ("still haven't got my card" / "where is my
-        # card") it is only phrasing, and the embedding judges better.
-        rest_a, rest_b = set(a) - _NEGATIONS, set(b) - _NEGATIONS
+    words_a, words_b = set(a), set(b)
+    stems_a, prefixed_a = _without_negating_prefixes(words_a, words_b)
+    stems_b, prefixed_b = _without_negating_prefixes(words_b, words_a)
+    if (sum(t in _NEGATIONS for t in a) + sum(t in _NEGATIONS for t in b) + prefixed_a + prefixed_b) % 2:
+        # Opposite polarity. Flipped in an otherwise near-identical sentence, it inverts
+        # the sentence; between differently worded sentences ("still haven't got my
+        # card" / "where is my card") it is only phrasing, and the embedding judges better.
+        rest_a, rest_b = stems_a - _NEGATIONS, stems_b - _NEGATIONS
         if len(rest_a & rest_b) >= _NEGATION_OVERLAP * len(rest_a | rest_b):
             return "negation"
     if _numbers(a) != _numbers(b):
         return "numbers"
-    words_a, words_b = set(a), set(b)
     for word in words_a - words_b:
         for opposite in _OPPOSITE_OF.get(word, ()):
             if opposite in words_b and opposite not in words_a:
                 return f"opposites: {word}/{opposite}"
     return None
+
+
+def _without_negating_prefixes(words: set[str], other: set[str]) -> tuple[set[str], int]:
+    """`words` with each negating prefix on a word of `other` taken off ("unfair" -> "fair"
+    when the other text says "fair"), and how many were taken off."""
+    stems, taken = set(), 0
+    for word in words:
+        stem = next(
+            (
+                word[len(prefix):] for prefix in _NEGATING_PREFIXES
+                if word.startswith(prefix) and len(word) - len(prefix) >= _MIN_NEGATED_STEM
+                and word[len(prefix):] in other and word not in other
+            ),
+            None,
+        )
+        stems.add(stem or word)
+        taken += stem is not None
+    return stems, taken

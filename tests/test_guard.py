@@ -26,6 +26,15 @@ from semcache.settings import NamespaceSettings
         ("What is your return policy?", "How do I return an item?", None),
         ("I still haven't got my card", "where is my new card", None),  # phrasing, not inversion
         ("I haven't received my card", "my card has not arrived", None),
+        # Polarity: negation words and negating prefixes each turn a sentence over once.
+        ("it's not healthy", "it's unhealthy", None),  # two ways to say one thing
+        ("it's not healthy", "it's not unhealthy", "negation"),
+        ("that's unfair", "that's fair", "negation"),
+        ("how do I unlock my card", "how do I lock my card", "negation"),
+        ("support didn't help and none of it worked", "support helped and none of it worked", "negation"),
+        ("is the unit working", "is it working", None),  # "unit" is not un + it
+        ("what is the highest rate", "what is the lowest rate", "opposites: highest/lowest"),
+        ("is my old card still valid", "is my new card still valid", "opposites: old/new"),
     ],
 )
 def test_conflict(query, candidate, reason):
