@@ -1,0 +1,196 @@
+"""Where one Lookup's time goes over gRPC, leg by leg, in both processes.
+
+    python bench/lookup_legs.py [--rounds 16] [--json FILE]
+
+Starts `semcache serve` in a child process whose request path is stamped with
+time.perf_counter (CLOCK_MONOTONIC: one clock for both processes on Linux) where gRPC
+hands a new Lookup to Python (grpc._server._handle_call, a private function: the
+stamp is skipped if it is gone), where the servicer's Lookup starts and returns, and
+around the batcher and the model call. This process stamps each call's start and
+end. One client, in alternating blocks of 25 (as bench/perf.py does): semantic
+Lookups (each a new text, the model runs), exact hits, and the bare in-process
+embedding of the same kind of text. Prints the median of each leg:
+
+  send -> gRPC hand-off   client serializes and sends; the server's gRPC reads it and
+                          wakes its Python poller thread
+  hand-off -> handler     the poller hands the call to a worker thread, which asks for
+                          the request message and waits for the poller to deliver it
+  handler, before model   auth, partition, exact-tier probe, batcher
+  model                   OnnxEmbedder._embed_batch (tokenize, onnxruntime, pooling)
+  handler, after model    batcher exit, vector search, LMDB reads, guard, metrics
+  handler -> client       the response serialized, sent, and read by the client
+
+The stamps cost a few microseconds per call; the ratio of the semantic total to the
+bare embedding here is within noise of bench/perf.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 25
+STAMPS = ("call", "enter", "batcher0", "model0", "model1", "batcher1", "exit")
+
+
+def serve_stamped(stamps_path: str, serve_args: list[str]) -> int:
+    """The child: `semcache serve` with the request path stamped; the stamps are
+    written to stamps_path when it exits (SIGTERM drains and returns normally)."""
+    import grpc._server
+
+    import semcache.embedder
+    import semcache.servicer
+    from semcache.cli import main
+
+    stamps: dict[str, list[float]] = {name: [] for name in STAMPS}
+    clock = time.perf_counter
+
+    def stamped(owner: object, attribute: str, before: str, after: str | None = None) -> None:
+        original = getattr(owner, attribute, None)
+        if original is None:
+            return
+        start, end = stamps[before], stamps[after] if after else None
+
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start.append(clock())
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if end is not None:
+                    end.append(clock())
+
+        setattr(owner, attribute, call)
+
+    handle_call = getattr(grpc._server, "_handle_call", None)
+    if handle_call is not None:
+        def stamped_handle_call(rpc_event, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if rpc_event.success and str(method.name() or "").endswith("/Lookup"):  # not Stores, nor shutdown's unanswered requests
+                stamps["call"].append(clock())
+            return handle_call(rpc_event, method, *args, **kwargs)
+
+        grpc._server._handle_call = stamped_handle_call
+    stamped(semcache.servicer.CacheServicer, "Lookup", "enter", "exit")
+    stamped(semcache.embedder.BatchingEmbedder, "embed", "batcher0", "batcher1")
+    stamped(semcache.embedder.OnnxEmbedder, "_embed_batch", "model0", "model1")
+    atexit.register(lambda: Path(stamps_path).write_text(json.dumps(stamps)))
+    return main(["serve", *serve_args])
+
+
+def median_ms(values: np.ndarray) -> float:
+    return round(float(np.median(values)) * 1000, 3)
+
+
+def measure(rounds: int) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import perf
+
+    from semcache.client import Client
+    from semcache.embedder import load_embedder
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    work = tempfile.mkdtemp(prefix="semcache-legs-")
+    stamps_path = f"{work}/stamps.json"
+    log = open(f"{work}/server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve-stamped", stamps_path, "--listen", address, "--data-dir", f"{work}/d"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    partition = {"namespace": "legs", "model": "m"}
+    semantic = perf.texts(rounds * BLOCK + 40, offset=10_000)
+    bare = perf.texts(rounds * BLOCK + 40, offset=50_000)
+    stored = perf.texts(200)
+    client_stamps: dict[str, list[tuple[float, float]]] = {"semantic": [], "exact": []}
+    embed_seconds: list[float] = []
+    try:
+        perf.wait_serving(address)
+        embedder = load_embedder()
+        with Client(address) as client:
+            for text in stored:
+                client.store(partition, text, "answer")
+            for text in semantic[-40:]:  # warm-up, also of the stamps' order: dropped below
+                client.lookup(partition, text)
+                embedder.embed([text])
+            order: list[str] = []
+            i = 0
+            for _ in range(rounds):
+                for _ in range(BLOCK):
+                    started = time.perf_counter()
+                    client.lookup(partition, semantic[i])
+                    client_stamps["semantic"].append((started, time.perf_counter()))
+                    order.append("semantic")
+                    i += 1
+                for j in range(BLOCK):
+                    started = time.perf_counter()
+                    client.lookup(partition, stored[(i + j) % len(stored)])
+                    client_stamps["exact"].append((started, time.perf_counter()))
+                    order.append("exact")
+                for j in range(BLOCK):
+                    started = time.perf_counter()
+                    embedder.embed([bare[i + j]])
+                    embed_seconds.append(time.perf_counter() - started)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        log.close()
+    stamps = json.loads(Path(stamps_path).read_text())
+    # The measured Lookups were the server's last: take each stamp's tail. Only the
+    # semantic ones ran the model (Stores and warm-up Lookups did too, earlier).
+    n, n_semantic = len(order), order.count("semantic")
+    tail = {k: np.array(v[len(v) - (n_semantic if k.startswith(("model", "batcher")) else n):]) for k, v in stamps.items()}
+    calls = tail["call"] if len(stamps["call"]) >= n else None
+    kinds = np.array(order)
+    result: dict = {"bare_embed_p50_ms": median_ms(np.array(embed_seconds))}
+    for kind in ("semantic", "exact"):
+        mask = kinds == kind
+        sent = np.array([s for s, _ in client_stamps[kind]])
+        received = np.array([e for _, e in client_stamps[kind]])
+        enter, leave = tail["enter"][mask], tail["exit"][mask]
+        legs: dict[str, float] = {}
+        if calls is not None:
+            legs["send -> gRPC hand-off"] = median_ms(calls[mask] - sent)
+            legs["hand-off -> handler"] = median_ms(enter - calls[mask])
+        else:
+            legs["send -> handler"] = median_ms(enter - sent)
+        if kind == "semantic":
+            legs["handler, before model"] = median_ms(tail["model0"] - enter)
+            legs["model"] = median_ms(tail["model1"] - tail["model0"])
+            legs["handler, after model"] = median_ms(leave - tail["model1"])
+        else:
+            legs["handler"] = median_ms(leave - enter)
+        legs["handler -> client"] = median_ms(received - leave)
+        legs["total"] = median_ms(received - sent)
+        legs["gRPC legs (total - handler)"] = median_ms((received - sent) - (leave - enter))
+        result[kind] = legs
+    result["semantic_total_over_bare_embed"] = round(result["semantic"]["total"] / result["bare_embed_p50_ms"], 3)
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-stamped":
+        sys.exit(serve_stamped(sys.argv[2], sys.argv[3:]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=16, help=f"blocks of {BLOCK} calls of each kind")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = measure(args.rounds)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Two servers that differ only in environment variables, measured side by side.
+
+    python bench/server_env_ab.py --b-env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 [--rounds 16] [--json FILE]
+
+Starts `semcache serve` twice (A: this environment; B: this environment plus each
+--b-env KEY=VALUE), both running while one client measures, in blocks of 25 whose
+order rotates every round: the bare in-process embedding of a new text, a semantic
+Lookup (a new text) on A, and one on B. This machine drifts by 10-20% between
+processes started minutes apart; interleaving makes the drift hit A and B alike, so
+"B / A" is the figure to read. Prints p50s and each server's Lookup p50 over the bare
+embedding (the single-client ratio of bench/perf.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 25
+
+
+def anon_huge_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE", required=True)
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import perf
+
+    from semcache.client import Client
+    from semcache.embedder import load_embedder
+
+    b_env = dict(item.split("=", 1) for item in args.b_env)
+    servers: dict[str, tuple[str, subprocess.Popen]] = {}
+    clients: dict[str, Client] = {}
+    try:
+        for name, extra in (("A", {}), ("B", b_env)):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                address = f"127.0.0.1:{sock.getsockname()[1]}"
+            work = tempfile.mkdtemp(prefix=f"semcache-ab-{name}-")
+            log = open(f"{work}/server.log", "wb")
+            servers[name] = (address, subprocess.Popen(
+                [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", f"{work}/d"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra},
+            ))
+        for address, _ in servers.values():
+            perf.wait_serving(address)
+        embedder = load_embedder()
+        partition = {"namespace": "ab", "model": "m"}
+        for name, (address, _) in servers.items():
+            clients[name] = Client(address)
+            for text in perf.texts(200):
+                clients[name].store(partition, text, "answer")
+        queries = perf.texts(3 * args.rounds * BLOCK + 40, offset=10_000)
+        for text in queries[:40]:
+            embedder.embed([text])
+            for client in clients.values():
+                client.lookup(partition, text)
+        calls = {
+            "bare_embed": lambda text: embedder.embed([text]),
+            "A": lambda text: clients["A"].lookup(partition, text),
+            "B": lambda text: clients["B"].lookup(partition, text),
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in calls}
+        i = 40
+        for round_index in range(args.rounds):
+            names = list(calls)
+            names = names[round_index % 3:] + names[:round_index % 3]
+            for name in names:
+                for _ in range(BLOCK):
+                    started = time.perf_counter()
+                    calls[name](queries[i])
+                    seconds[name].append(time.perf_counter() - started)
+                    i += 1
+        p50 = {name: round(float(np.median(values)) * 1000, 3) for name, values in seconds.items()}
+        result = {
+            "b_env": b_env,
+            "p50_ms": p50,
+            "A_over_bare": round(p50["A"] / p50["bare_embed"], 3),
+            "B_over_bare": round(p50["B"] / p50["bare_embed"], 3),
+            "B_over_A": round(p50["B"] / p50["A"], 3),
+            "anon_huge_pages_kb": {name: anon_huge_kb(process.pid) for name, (_, process) in servers.items()},
+        }
+    finally:
+        for client in clients.values():
+            client.close()
+        for _, process in servers.values():
+            process.terminate()
+            process.wait(60)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
