@@ -75,7 +75,8 @@ def serve_stamped(stamps_path: str, serve_args: list[str]) -> int:
     handle_call = getattr(grpc._server, "_handle_call", None)
     if handle_call is not None:
         def stamped_handle_call(rpc_event, method, *args, **kwargs):  # type: ignore[no-untyped-def]
-            if rpc_event.success and str(method.name() or "").endswith("/Lookup"):  # not Stores, nor shutdown's unanswered requests
+            # Lookups only: not Stores, nor the unanswered requests that shutdown fails.
+            if rpc_event.success and str(method.name() or "").endswith("/Lookup"):
                 stamps["call"].append(clock())
             return handle_call(rpc_event, method, *args, **kwargs)
 
