@@ -6,7 +6,7 @@ Starts `semcache serve` in a child process whose request path is stamped with
 time.perf_counter (CLOCK_MONOTONIC: one clock for both processes on Linux) where gRPC
 hands a new Lookup to Python (grpc._server._handle_call, a private function: the
 stamp is skipped if it is gone), where the servicer's Lookup starts and returns, and
-around the batcher and the model call. This process stamps each call's start and
+around the model call. This process stamps each call's start and
 end. One client, in alternating blocks of 25 (as bench/perf.py does): semantic
 Lookups (each a new text, the model runs), exact hits, and the bare in-process
 embedding of the same kind of text. Prints the median of each leg:
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 BLOCK = 25
-STAMPS = ("call", "enter", "batcher0", "model0", "model1", "batcher1", "exit")
+STAMPS = ("call", "enter", "model0", "model1", "exit")
 
 
 def serve_stamped(stamps_path: str, serve_args: list[str]) -> int:
@@ -82,19 +82,17 @@ def serve_stamped(stamps_path: str, serve_args: list[str]) -> int:
 
         grpc._server._handle_call = stamped_handle_call
     stamped(semcache.servicer.CacheServicer, "Lookup", "enter", "exit")
-    stamped(semcache.embedder.BatchingEmbedder, "embed", "batcher0", "batcher1")
     stamped(semcache.embedder.OnnxEmbedder, "_embed_batch", "model0", "model1")
     atexit.register(lambda: Path(stamps_path).write_text(json.dumps(stamps)))
     return main(["serve", *serve_args])
 
 
-def median_ms(values: np.ndarray) -> float:
-    return round(float(np.median(values)) * 1000, 3)
-
-
 def measure(rounds: int) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     import perf
+
+    def median_ms(seconds: np.ndarray) -> float:
+        return round(perf.p50_ms(seconds), 3)
 
     from semcache.client import Client
     from semcache.embedder import load_embedder
@@ -150,7 +148,7 @@ def measure(rounds: int) -> dict:
     # The measured Lookups were the server's last: take each stamp's tail. Only the
     # semantic ones ran the model (Stores and warm-up Lookups did too, earlier).
     n, n_semantic = len(order), order.count("semantic")
-    tail = {k: np.array(v[len(v) - (n_semantic if k.startswith(("model", "batcher")) else n):]) for k, v in stamps.items()}
+    tail = {k: np.array(v[len(v) - (n_semantic if k.startswith("model") else n):]) for k, v in stamps.items()}
     calls = tail["call"] if len(stamps["call"]) >= n else None
     kinds = np.array(order)
     result: dict = {"bare_embed_p50_ms": median_ms(np.array(embed_seconds))}

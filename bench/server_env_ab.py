@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 BLOCK = 25
 
 
@@ -91,7 +89,7 @@ def main() -> None:
                     calls[name](queries[i])
                     seconds[name].append(time.perf_counter() - started)
                     i += 1
-        p50 = {name: round(float(np.median(values)) * 1000, 3) for name, values in seconds.items()}
+        p50 = {name: round(perf.p50_ms(values), 3) for name, values in seconds.items()}
         result = {
             "b_env": b_env,
             "p50_ms": p50,
