@@ -1,6 +1,7 @@
 """Two servers that differ only in environment variables, measured side by side.
 
-    python bench/server_env_ab.py --b-env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 [--rounds 16] [--json FILE]
+    python bench/server_env_ab.py --b-env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 [--rounds 16]
+        [--concurrent-rounds 0] [--json FILE]
 
 Starts `semcache serve` twice (A: this environment; B: this environment plus each
 --b-env KEY=VALUE), both running while one client measures, in blocks of 25 whose
@@ -9,6 +10,11 @@ Lookup (a new text) on A, and one on B. This machine drifts by 10-20% between
 processes started minutes apart; interleaving makes the drift hit A and B alike, so
 "B / A" is the figure to read. Prints p50s and each server's Lookup p50 over the bare
 embedding (the single-client ratio of bench/perf.py).
+
+--concurrent-rounds N then measures 32 clients' semantic Lookups/s (bench/perf.py's
+second figure) N times on each server in turn, A-B then B-A, and the embedder's own
+batched rate between them: "B_over_A_32_clients" is the ratio of the two servers'
+mean rates.
 """
 
 from __future__ import annotations
@@ -33,10 +39,38 @@ def anon_huge_kb(pid: int) -> int:
     return 0
 
 
+def concurrent_rates(perf, embedder, servers, partition, rounds: int, seconds: float) -> dict:  # type: ignore[no-untyped-def]
+    """32 clients' semantic Lookups/s on A and B in alternating windows, and the
+    embedder's own batched rate (texts/s) after each pair of windows."""
+    if rounds <= 0:
+        return {}
+    lookups = perf.texts(200_000, offset=100_000)
+    batch = perf.texts(32 * 20, offset=20_000)
+    rates: dict[str, list[float]] = {"A": [], "B": [], "embedder": []}
+    for round_index in range(rounds):
+        for name in ("A", "B") if round_index % 2 == 0 else ("B", "A"):
+            address, process = servers[name]
+            rates[name].append(perf.concurrent_rate(
+                address, 32, seconds,
+                lambda c, t, i, r=round_index: c.lookup(partition, lookups[(t * 6000 + r * 300 + i) % len(lookups)]),
+                process.pid,
+            ).per_second)
+        rates["embedder"].append(perf.embedder_batch_qps(embedder, batch))
+    mean = {name: sum(values) / len(values) for name, values in rates.items()}
+    return {
+        "lookups_32_per_s": {name: [round(v, 1) for v in values] for name, values in rates.items()},
+        "A_32_over_embedder": round(mean["A"] / mean["embedder"], 3),
+        "B_32_over_embedder": round(mean["B"] / mean["embedder"], 3),
+        "B_over_A_32_clients": round(mean["B"] / mean["A"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE", required=True)
     parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--concurrent-rounds", type=int, default=0, help="32-client windows per server")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per 32-client window")
     parser.add_argument("--json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,12 +124,14 @@ def main() -> None:
                     seconds[name].append(time.perf_counter() - started)
                     i += 1
         p50 = {name: round(perf.p50_ms(values), 3) for name, values in seconds.items()}
+        concurrent = concurrent_rates(perf, embedder, servers, partition, args.concurrent_rounds, args.seconds)
         result = {
             "b_env": b_env,
             "p50_ms": p50,
             "A_over_bare": round(p50["A"] / p50["bare_embed"], 3),
             "B_over_bare": round(p50["B"] / p50["bare_embed"], 3),
             "B_over_A": round(p50["B"] / p50["A"], 3),
+            **concurrent,
             "anon_huge_pages_kb": {name: anon_huge_kb(process.pid) for name, (_, process) in servers.items()},
         }
     finally:
