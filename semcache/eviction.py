@@ -67,8 +67,13 @@ class LfuQueue:
     def score_after_hit(self, score: float, now: float) -> float:
         """The score of an entry with `score` that is hit once more at `now`."""
         age = now / self.half_life_seconds
-        frequency_now = 2.0 ** (score - age) if score - age > -1000 else 0.0
-        return math.log2(frequency_now + 1.0) + age
+        log_frequency = score - age  # log2 of the decayed frequency at `now`
+        # log2(2 ** log_frequency + 1) + age, with 2 ** x only for x <= 0: a clock that
+        # reads far earlier than when the score was made (a host booting with its clock
+        # unset) would put 2 ** log_frequency past a float's range.
+        if log_frequency > 0:
+            return score + math.log2(1.0 + 2.0 ** -log_frequency)
+        return age + math.log2(2.0 ** log_frequency + 1.0)
 
     def new_score(self, now: float) -> float:
         """Score of an entry stored at `now` (frequency 1)."""
@@ -88,7 +93,10 @@ class LfuQueue:
         entry = self.tracked(entry_id)
         if entry is None:
             raise KeyError(entry_id)
-        return 2.0 ** (entry.score - now / self.half_life_seconds)
+        try:
+            return 2.0 ** (entry.score - now / self.half_life_seconds)
+        except OverflowError:  # `now` is far earlier than the entry's last hit
+            return math.inf
 
     def add(self, entry_id: int, size_bytes: int, now: float, score: float | None = None, last_used_at: float | None = None) -> None:
         """Track an entry; score and last_used_at restore a persisted state."""

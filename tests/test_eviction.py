@@ -186,3 +186,20 @@ def test_a_bulk_restore_orders_once_and_then_behaves_like_adds_one_by_one():
     order = [v.entry_id for v in bulk.lowest(500)]
     assert order == [v.entry_id for v in single.lowest(500)]
     assert len(order) == 500 and bulk.entries == 0
+
+
+def test_a_clock_that_steps_back_by_years_never_breaks_a_hit():
+    """Scores are log2(frequency) + t / half_life: a hit when the clock reads far earlier
+    than when an entry was scored (a host booting with its clock unset, then restoring
+    the cache) puts 2 ** (score - age) past a float's range. The hit must still count."""
+    queue = LfuQueue(half_life_seconds=60.0)
+    stored_at = 1.8e9  # 2027
+    queue.add(1, 100, now=stored_at)
+    queue.add(2, 100, now=stored_at)
+    for _ in range(3):
+        queue.hit(1, now=0.0)  # the epoch: 30 million half-lives earlier
+    assert math.isfinite(queue.tracked(1).score)
+    assert queue.tracked(1).score >= queue.tracked(2).score  # a hit never lowers a score
+    assert queue.frequency(1, 0.0) == math.inf
+    assert queue.score_after_hit(queue.new_score(0.0), 0.0) == pytest.approx(1.0)  # log2(1 + 1)
+    assert queue.score_after_hit(-1e9, 0.0) == pytest.approx(0.0)  # long idle: frequency 0, then 1
