@@ -17,6 +17,8 @@ from semcache.errors import ConfigError
 ENV_PREFIX = "SEMCACHE_"
 # The embedding model value that means "no model: clients supply every embedding".
 NO_EMBEDDING_MODEL = "none"
+# Smallest LMDB map the server opens: its tables and a few entries fit in 256 pages.
+MIN_MAP_BYTES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -268,6 +270,17 @@ def _check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{name} must be >= 0, got {value}")
 
 
+def _check_address(name: str, address: str, *, unix_ok: bool) -> None:
+    """HOST:PORT with a port gRPC and the OS accept (0 = any free port), or, where
+    gRPC serves, unix:PATH. gRPC itself would take port 99999 as 34463 (mod 65536)."""
+    if unix_ok and address.startswith(("unix:", "unix-abstract:")):
+        return
+    _, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        shape = "HOST:PORT (port 0-65535) or unix:PATH" if unix_ok else "HOST:PORT (port 0-65535)"
+        raise ConfigError(f"{name} must be {shape}, got {address!r}")
+
+
 def _validate(s: Settings) -> None:
     _check_ranges(s)
     positive = (
@@ -293,10 +306,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("embedding_dimension must be > 0 when embedding_model is 'none'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")
-    if ":" not in s.listen:
-        raise ConfigError(f"listen must be HOST:PORT, got {s.listen!r}")
-    if s.metrics_listen and ":" not in s.metrics_listen:
-        raise ConfigError(f"metrics_listen must be HOST:PORT, got {s.metrics_listen!r}")
+    _check_address("listen", s.listen, unix_ok=True)
+    if s.metrics_listen:
+        _check_address("metrics_listen", s.metrics_listen, unix_ok=False)
+    if s.max_map_bytes < MIN_MAP_BYTES:
+        raise ConfigError(f"max_map_bytes must be at least {MIN_MAP_BYTES} (1 MiB), got {s.max_map_bytes}")
     if s.log_format not in ("console", "json"):
         raise ConfigError(f"log_format must be console or json, got {s.log_format!r}")
     if bool(s.tls_cert_file) != bool(s.tls_key_file):

@@ -72,11 +72,21 @@ def test_config_file_from_env(tmp_path):
         ({"env": {"SEMCACHE_MAX_ENTRIES": "-1"}}, "max_entries"),
         ({"env": {"SEMCACHE_GRPC_WORKERS": "2.5"}}, "SEMCACHE_GRPC_WORKERS"),
         ({"flags": {"data_dirr": "x"}, "env": {}}, "data_dirr"),
+        ({"env": {"SEMCACHE_LISTEN": "127.0.0.1:99999"}}, "listen"),  # gRPC would serve on 34463
+        ({"env": {"SEMCACHE_LISTEN": "localhost"}}, "listen"),
+        ({"env": {"SEMCACHE_METRICS_LISTEN": "0.0.0.0:metrics"}}, "metrics_listen"),
+        ({"env": {"SEMCACHE_METRICS_LISTEN": "unix:/tmp/m.sock"}}, "metrics_listen"),  # HTTP over TCP only
+        ({"env": {"SEMCACHE_MAX_MAP_BYTES": "10"}}, "max_map_bytes"),
     ],
 )
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         load_settings(**kwargs)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "0.0.0.0:65535", "[::1]:50051", ":50051", "unix:/run/semcache.sock"])
+def test_listen_addresses_grpc_serves_on_are_accepted(listen):
+    assert load_settings(env={"SEMCACHE_LISTEN": listen}).listen == listen
 
 
 @pytest.mark.parametrize(
