@@ -15,7 +15,9 @@ Named databases (ids are 8-byte big-endian, so keys sort by id):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,43 +48,77 @@ def _expiry_key(expires_at: float, entry_id: int) -> bytes:
     return pack_id(int(expires_at * 1000)) + pack_id(entry_id)
 
 
+def _lock_data_dir(path: Path) -> int:
+    """Hold an exclusive lock on the data dir (semcache.lock, which names the holder's
+    pid) until close or process exit; the kernel drops it when the process dies,
+    kill -9 included, so a crash leaves nothing stale. Two servers on one data dir
+    would each keep their own indexes, budgets and counters over one LMDB file and
+    disagree about what is stored: the second is refused at start."""
+    fd = os.open(path / "semcache.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"data dir {str(path)!r} is in use by another semcache server (pid {holder}); "
+            "each server needs a data dir of its own"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Store:
     """An LMDB environment with semcache's schema. Transactions are used from one thread each."""
 
     def __init__(self, data_dir: str | Path, *, max_map_bytes: int, sync_writes: bool = True) -> None:
         path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        # The map is only address space: the file grows as data is written, up to
-        # max_map_bytes, so the ceiling can be mapped from the start.
-        self._env = lmdb.open(
-            str(path / "cache.lmdb"),
-            map_size=max_map_bytes,
-            subdir=True,
-            max_dbs=16,
-            max_readers=512,
-            sync=sync_writes,
-            metasync=sync_writes,
-            readahead=False,
-        )
-        self._meta = self._env.open_db(b"meta")
-        self._partitions = self._env.open_db(b"partitions")
-        self._partition_names = self._env.open_db(b"partition_names")
-        self._entries = self._env.open_db(b"entries")
-        self._entry_hits = self._env.open_db(b"entry_hits")
-        self._exact = self._env.open_db(b"exact")
-        self._by_partition = self._env.open_db(b"by_partition")
-        self._expiry = self._env.open_db(b"expiry")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock_data_dir(path)
+        except OSError as e:
+            raise ConfigError(f"cannot use data dir {str(path)!r}: {e}") from None
+        try:
+            # The map is only address space: the file grows as data is written, up to
+            # max_map_bytes, so the ceiling can be mapped from the start.
+            self._env = lmdb.open(
+                str(path / "cache.lmdb"),
+                map_size=max_map_bytes,
+                subdir=True,
+                max_dbs=16,
+                max_readers=512,
+                sync=sync_writes,
+                metasync=sync_writes,
+                readahead=False,
+            )
+            self._meta = self._env.open_db(b"meta")
+            self._partitions = self._env.open_db(b"partitions")
+            self._partition_names = self._env.open_db(b"partition_names")
+            self._entries = self._env.open_db(b"entries")
+            self._entry_hits = self._env.open_db(b"entry_hits")
+            self._exact = self._env.open_db(b"exact")
+            self._by_partition = self._env.open_db(b"by_partition")
+            self._expiry = self._env.open_db(b"expiry")
+        except (OSError, lmdb.Error) as e:
+            os.close(self._lock_fd)
+            raise ConfigError(f"cannot open the LMDB store in data dir {str(path)!r}: {e}") from None
         with self.write() as txn:
             schema = txn.get(b"schema_version", db=self._meta)
             if schema is None:
                 txn.put(b"schema_version", SCHEMA_VERSION, db=self._meta)
-            elif schema != SCHEMA_VERSION:
-                raise ConfigError(
-                    f"data dir {str(path)!r} has schema {schema.decode()!r}; this server reads {SCHEMA_VERSION.decode()!r}"
-                )
+        if schema is not None and schema != SCHEMA_VERSION:
+            self.close()
+            raise ConfigError(
+                f"data dir {str(path)!r} has schema {schema.decode()!r}; this server reads {SCHEMA_VERSION.decode()!r}"
+            )
 
     def close(self) -> None:
         self._env.close()
+        os.close(self._lock_fd)  # the data dir is free for another server
 
     # -- transactions -----------------------------------------------------
 

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from semcache.client import Client
-from tests.conftest import free_port, health_status, start_server_process, status_of, unit_vector
+from tests.conftest import POLICY_DIMENSION, free_port, health_status, start_server_process, status_of, unit_vector
 
 P = {"namespace": "ops", "model": "m"}
 
@@ -253,12 +253,38 @@ def _semcache(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         ((), {"SEMCACHE_AUTH_TOKENS": "tokenwithoutnamespaces"}, "auth_tokens"),
         (("--tls-cert-file", "/nonexistent.pem", "--tls-key-file", "/nonexistent.key"), {}, "tls_cert_file"),
         (("--log-format", "xml"), {}, "log_format"),
+        (("--listen", "127.0.0.1:99999"), {}, "listen"),
+        (("--max-map-bytes", "10"), {}, "max_map_bytes"),
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_key(tmp_path, args, env, key):
     result = _semcache("serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", *args, env=env)
     assert result.returncode == 2
     assert key in result.stderr
+
+
+def test_a_data_dir_that_cannot_be_created_fails_at_start_without_a_traceback(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    result = _semcache("serve", "--data-dir", str(tmp_path / "a-file" / "data"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "cannot use data dir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(make_server, tmp_path):
+    """Two servers over one LMDB file would each keep their own index, budgets and
+    counters; the second must not start. The lock goes with the first server."""
+    server, client = make_server(embedder=None)
+    client.store({"namespace": "a"}, "q", "r", embedding=unit_vector(1))
+    second = _semcache(
+        "serve", "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+        "--embedding-model", "none", "--embedding-dimension", str(POLICY_DIMENSION),
+    )
+    assert second.returncode == 2
+    assert f"in use by another semcache server (pid {os.getpid()})" in second.stderr
+    assert client.lookup({"namespace": "a"}, "q").hit
+    server.stop(grace_seconds=1)
+    _, reopened = make_server(embedder=None)  # the same data dir, free again
+    assert reopened.lookup({"namespace": "a"}, "q").hit
 
 
 def test_unknown_config_file_key_fails_at_start(tmp_path):
