@@ -45,7 +45,8 @@ _SEARCH_K = 8
 # Entries removed per write transaction by invalidation and sweeps, so other
 # writers get the lock between chunks.
 _DELETE_CHUNK = 2000
-# When LMDB is at max_map_bytes: evict this share of entries (at least one) and retry.
+# When LMDB is at max_map_bytes or its volume is full: evict this share of entries
+# (at least one) and retry.
 _FULL_EVICT_FRACTION = 0.01
 _FULL_RETRIES = 8
 _NO_MODEL = "this server runs without an embedding model; send an embedding"
@@ -977,7 +978,7 @@ class SemanticCache:
             victims = self._policy.lowest(count)
         if not victims:
             return False
-        log.warning("storage full at max_map_bytes: evicting %d entries", len(victims))
+        log.warning("storage full (max_map_bytes or the data volume): evicting %d entries", len(victims))
         return self._delete_entry_ids([v.entry_id for v in victims], reason="evictions") > 0
 
     def delete(self, key: PartitionKey, entry_id_text: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import struct
 from collections.abc import Iterator
@@ -29,6 +30,11 @@ from semcache.partition import PartitionKey
 from semcache.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
 
 SCHEMA_VERSION = b"1"
+# A failed LMDB write while the data volume has less free space than this is taken for
+# a full volume: LMDB reports the ENOSPC of its page writes as EIO.
+_VOLUME_FULL_BYTES = 16 << 20
+_MAP_FULL = "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
+log = logging.getLogger("semcache")
 _U64 = struct.Struct(">Q")
 
 
@@ -77,6 +83,7 @@ class Store:
 
     def __init__(self, data_dir: str | Path, *, max_map_bytes: int, sync_writes: bool = True) -> None:
         path = Path(data_dir)
+        self._path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock_data_dir(path)
@@ -106,6 +113,7 @@ class Store:
         except (OSError, lmdb.Error) as e:
             os.close(self._lock_fd)
             raise ConfigError(f"cannot open the LMDB store in data dir {str(path)!r}: {e}") from None
+        self._warn_if_map_exceeds_volume(max_map_bytes)
         with self.write() as txn:
             schema = txn.get(b"schema_version", db=self._meta)
             if schema is None:
@@ -127,13 +135,22 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction, committed (and fsynced, with sync_writes) on success."""
+        """A write transaction, committed (and fsynced, with sync_writes) on success.
+        StorageFullError when the map is at max_map_bytes or the data volume is full:
+        either way nothing of the transaction is stored, and evicting makes room
+        (LMDB reuses the pages it frees)."""
         try:
             with self._env.begin(write=True) as txn:
                 yield txn
         except lmdb.MapFullError:
+            raise StorageFullError(_MAP_FULL) from None
+        except lmdb.Error as e:
+            free_bytes = self.volume_free_bytes()
+            if free_bytes >= _VOLUME_FULL_BYTES:
+                raise
             raise StorageFullError(
-                "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
+                f"storage is full: the data volume has {free_bytes} bytes free ({e}); give it more space, "
+                "or set max_map_bytes below its size so that the cache evicts before the volume fills"
             ) from None
 
     @contextlib.contextmanager
@@ -143,9 +160,23 @@ class Store:
             with self._env.begin(write=True, parent=parent) as txn:
                 yield txn
         except lmdb.MapFullError:
-            raise StorageFullError(
-                "storage is full (max_map_bytes reached); raise max_map_bytes or lower the budgets"
-            ) from None
+            raise StorageFullError(_MAP_FULL) from None
+
+    def volume_free_bytes(self) -> int:
+        """Bytes an unprivileged process may still write on the data volume."""
+        stat = os.statvfs(self._path)
+        return stat.f_bavail * stat.f_frsize
+
+    def _warn_if_map_exceeds_volume(self, max_map_bytes: int) -> None:
+        stat = os.statvfs(self._path)
+        volume_bytes = stat.f_blocks * stat.f_frsize
+        if max_map_bytes > volume_bytes:
+            log.warning(
+                "max_map_bytes (%d) is larger than the data volume (%d bytes): the cache will evict "
+                "when the volume fills, leaving no room for anything else on it; set max_map_bytes "
+                "below the volume's size",
+                max_map_bytes, volume_bytes,
+            )
 
     # -- meta ---------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import grpc
 import pytest
 
@@ -250,6 +252,38 @@ def test_lmdb_map_ceiling_evicts_then_refuses_and_never_corrupts(policy_server):
     server.stop()
     server, client = policy_server(**settings)
     assert client.lookup(P, "q59").hit
+    assert_consistent(server)
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A 4 MiB tmpfs, a data volume that fills up. Mounting needs root: skipped without."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(volume)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield volume
+    subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def test_a_full_data_volume_evicts_like_the_map_ceiling_and_never_corrupts(policy_server, small_volume, caplog):
+    """max_map_bytes (16 GiB by default) far over the volume: when the volume fills, LMDB's
+    commit fails (as EIO); the Store evicts and retries as at the map ceiling, instead of
+    failing with INTERNAL from then on."""
+    settings = dict(data_dir=str(small_volume / "data"))
+    with caplog.at_level("WARNING", logger="semcache"):
+        server, client = policy_server(**settings)
+    assert "larger than the data volume" in caplog.text
+    for i in range(100):  # ~10 MB of responses onto 4 MiB: every Store is acknowledged
+        client.store(P, f"q{i}", bytes([i]) * 100_000, embedding=unit_vector(i))
+    stats = client.stats()
+    assert 0 < stats.entries < 100 and stats.evictions == 100 - stats.entries
+    assert client.lookup(P, "q99").response == bytes([99]) * 100_000
+    assert_consistent(server)
+    server.stop()
+    server, client = policy_server(**settings)
+    assert client.lookup(P, "q99").hit and client.stats().entries == stats.entries
     assert_consistent(server)
 
 
