@@ -259,6 +259,8 @@ class SemanticCache:
         self.store_commits = 0  # LMDB transactions that committed Stores (for group-commit figures)
         self._by_key: dict[PartitionKey, _Partition] = {}
         self._by_id: dict[int, _Partition] = {}
+        # The live versions of each namespace + model, for max_versions_per_model.
+        self._versions: dict[tuple[str, str], dict[int, _Partition]] = {}
         self._totals = PartitionRecord()
         # Thresholds set at run time (SetNamespaceThreshold); persisted in LMDB meta.
         self._namespace_thresholds: dict[str, float] = {}
@@ -381,10 +383,15 @@ class SemanticCache:
     def _publish(self, partition: _Partition) -> None:
         self._by_key[partition.key] = partition
         self._by_id[partition.id] = partition
+        self._versions.setdefault((partition.key.namespace, partition.key.model), {})[partition.id] = partition
 
     def _unpublish(self, partition: _Partition) -> None:
         self._by_key.pop(partition.key, None)
         self._by_id.pop(partition.id, None)
+        versions = self._versions.get((partition.key.namespace, partition.key.model), {})
+        versions.pop(partition.id, None)
+        if not versions:
+            self._versions.pop((partition.key.namespace, partition.key.model), None)
 
     # -- validation -----------------------------------------------------------
 
@@ -903,10 +910,9 @@ class SemanticCache:
         retired: list[_Partition] = []
         limit = self.settings.max_versions_per_model
         if limit:
-            siblings = [
-                p for p in itertools.chain(self._by_id.values(), new_partitions.values())
-                if (p.key.namespace, p.key.model) == (key.namespace, key.model) and p.id not in retired_ids
-            ]
+            published = self._versions.get((key.namespace, key.model), {}).values()
+            created = [p for p in new_partitions.values() if (p.key.namespace, p.key.model) == (key.namespace, key.model)]
+            siblings = [p for p in itertools.chain(published, created) if p.id not in retired_ids]
             if len(siblings) >= limit:
                 siblings.sort(key=lambda p: p.record.last_used_at)
                 retired = siblings[: len(siblings) - limit + 1]

@@ -199,7 +199,94 @@ def test_a_clock_that_steps_back_by_years_never_breaks_a_hit():
     for _ in range(3):
         queue.hit(1, now=0.0)  # the epoch: 30 million half-lives earlier
     assert math.isfinite(queue.tracked(1).score)
-    assert queue.tracked(1).score >= queue.tracked(2).score  # a hit never lowers a score
+    # A hit never makes an entry look less valuable (its last use does not move back).
+    assert queue.tracked(1).score >= queue.tracked(2).score
+    assert queue.tracked(1).last_used_at == stored_at
     assert queue.frequency(1, 0.0) == math.inf
     assert queue.score_after_hit(queue.new_score(0.0), 0.0) == pytest.approx(1.0)  # log2(1 + 1)
     assert queue.score_after_hit(-1e9, 0.0) == pytest.approx(0.0)  # long idle: frequency 0, then 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_least_valuable_entry_of_any_namespace_is_what_a_full_scan_would_give(seed):
+    """Congruence with brute force across many namespaces: after any mix of adds,
+    restores (scores below every top), hits, removes, namespace-budget pops, bulk
+    restores and server-wide victims, lowest() gives the smallest (score, last_used_at,
+    id) of all entries, and total_bytes their sum."""
+    rng = random.Random(seed)
+    policy = EvictionPolicy(100.0, Budget(), {"capped": Budget(max_entries=5)})
+    model: dict[int, tuple[str, float, float, int]] = {}  # id -> (namespace, score, last_used_at, bytes)
+    namespaces = ["capped"] + [f"tenant-{i}" for i in range(30)]
+
+    def scan() -> tuple[float, float, int]:
+        return min((score, last_used_at, i) for i, (_, score, last_used_at, _) in model.items())
+
+    def sync_from_policy(entry_id: int, namespace: str, size: int) -> None:
+        entry = policy._queues[namespace].tracked(entry_id)
+        model[entry_id] = (namespace, entry.score, entry.last_used_at, size)
+
+    now = 0.0
+    for step in range(4000):
+        now += rng.random()
+        action = rng.random()
+        if action < 0.35 or not model:
+            namespace, entry_id, size = rng.choice(namespaces), rng.randrange(600), rng.randrange(1, 50)
+            for victim in policy.choose_victims(namespace, size):
+                assert victim.namespace == "capped" and model.pop(victim.entry_id)[0] == "capped"
+            restored = rng.random() < 0.3
+            score = rng.uniform(-5, now / 100) if restored else None
+            model.pop(entry_id, None)
+            policy.add(namespace, entry_id, size, now, score=score, last_used_at=rng.uniform(0, now) if restored else None)
+            sync_from_policy(entry_id, namespace, size)
+        elif action < 0.7:
+            entry_id = rng.choice(sorted(model))
+            policy.hit(entry_id, now if rng.random() < 0.95 else -1e6)  # sometimes a clock far behind
+            sync_from_policy(entry_id, model[entry_id][0], model[entry_id][3])
+        elif action < 0.8:
+            entry_id = rng.choice(sorted(model))
+            assert policy.remove(entry_id).entry_id == entry_id
+            del model[entry_id]
+        elif action < 0.83:
+            with policy.bulk():
+                for entry_id in rng.sample(range(600, 700), 10):
+                    if entry_id not in model:
+                        namespace = rng.choice(namespaces[1:])
+                        policy.add(namespace, entry_id, 1, now, score=rng.uniform(-5, 5), last_used_at=now)
+                        sync_from_policy(entry_id, namespace, 1)
+        else:
+            expected = scan()
+            (victim,) = policy.lowest(1)
+            assert (victim.entry.score, victim.entry.last_used_at, victim.entry_id) == expected, step
+            del model[victim.entry_id]
+        assert policy.entries == len(model)
+        assert policy.total_bytes == sum(size for *_, size in model.values())
+        assert len(policy._tops) <= 2 * len(policy._queues) + 1025
+    order = [(v.entry.score, v.entry.last_used_at, v.entry_id) for v in policy.lowest(len(model) + 1)]
+    assert order == sorted(order) and len(order) == len(model)
+
+
+def test_many_namespaces_do_not_make_a_store_slower():
+    """Choosing victims under a server budget used to sum every namespace's bytes and
+    scan every namespace's top: with 20,000 namespaces that was ~40,000 steps per Store.
+    Counted in steps (queue peeks), not timed: the count must not grow with namespaces."""
+    namespaces = 20_000
+    policy = EvictionPolicy(DAY, Budget(max_entries=namespaces), {})
+    for i in range(namespaces):
+        policy.add(f"tenant-{i}", i, 10, now=float(i))
+    peeks = 0
+    original = LfuQueue.peek
+
+    def counting_peek(self):
+        nonlocal peeks
+        peeks += 1
+        return original(self)
+
+    LfuQueue.peek = counting_peek
+    try:
+        for i in range(100):  # at the budget: every add evicts the least valuable entry of any namespace
+            victims = policy.choose_victims("tenant-0", 10)
+            assert [v.entry_id for v in victims] == [i]
+            policy.add("tenant-0", namespaces + i, 10, now=1e6 + i)
+    finally:
+        LfuQueue.peek = original
+    assert peeks < 100 * 10
