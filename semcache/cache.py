@@ -639,7 +639,7 @@ class SemanticCache:
         if job.vector.size == 0:
             job.vector = self._embed(query)
             job.record.embedding = job.vector.tobytes()
-        self.metrics.stores.labels(key.namespace).inc()
+        self.metrics.count_stores(key.namespace)
         return self._commit_with_room(job)
 
     def store_batch(self, items: Sequence[StoreItem]) -> list[StoreResult | SemcacheError]:
@@ -661,7 +661,7 @@ class SemanticCache:
                 job.record.embedding = vector.tobytes()
         pending = [j for j in jobs if isinstance(j, _StoreJob)]
         for job in pending:
-            self.metrics.stores.labels(job.key.namespace).inc()
+            self.metrics.count_stores(job.key.namespace)
         self._group_commit(pending)
         results: list[StoreResult | SemcacheError] = []
         for job in jobs:

@@ -16,10 +16,21 @@ if TYPE_CHECKING:
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class Metrics:
-    """What the cache reports as it works; the rest is read from Stats at scrape time."""
+# The namespace label of every namespace past Metrics.max_namespaces.
+OTHER_NAMESPACES = "_other"
 
-    def __init__(self) -> None:
+
+class Metrics:
+    """What the cache reports as it works; the rest is read from Stats at scrape time.
+
+    Series labelled by namespace stop at max_namespaces distinct namespaces (0: no
+    limit); later ones are counted under namespace="_other". A namespace per tenant
+    would otherwise put thousands of series into every scrape.
+    """
+
+    def __init__(self, max_namespaces: int = 100) -> None:
+        self.max_namespaces = max_namespaces
+        self._labelled_namespaces: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         self.lookups = Counter(
             "semcache_lookups", "Lookups by namespace and result (exact_hit, semantic_hit, miss).",
@@ -43,16 +54,32 @@ class Metrics:
         self.search_seconds = Histogram(
             "semcache_search_seconds", "FAISS searches.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )
-        # labels() takes a lock and builds a key per call (~2 us); every Lookup counts
-        # one, so the labelled children are kept here, one per (namespace, result).
+        # labels() takes a lock and builds a key per call (~2 us); every Lookup and Store
+        # counts one, so the labelled children are kept here, one per (namespace, result).
         self._lookup_counters: dict[tuple[str, str], Counter] = {}
+        self._store_counters: dict[str, Counter] = {}
+
+    def _namespace_label(self, namespace: str) -> str:
+        if namespace in self._labelled_namespaces:
+            return namespace
+        if self.max_namespaces and len(self._labelled_namespaces) >= self.max_namespaces:
+            return OTHER_NAMESPACES
+        self._labelled_namespaces.add(namespace)
+        return namespace
 
     def observe_lookup(self, namespace: str, result: str, seconds: float) -> None:
         counter = self._lookup_counters.get((namespace, result))
         if counter is None:
-            counter = self._lookup_counters[(namespace, result)] = self.lookups.labels(namespace, result)
+            label = self._namespace_label(namespace)
+            counter = self._lookup_counters[(namespace, result)] = self.lookups.labels(label, result)
         counter.inc()
         self.lookup_seconds.observe(seconds)
+
+    def count_stores(self, namespace: str, count: int = 1) -> None:
+        counter = self._store_counters.get(namespace)
+        if counter is None:
+            counter = self._store_counters[namespace] = self.stores.labels(self._namespace_label(namespace))
+        counter.inc(count)
 
     def watch(self, stats: Callable[[], StatsView]) -> None:
         """Expose entries, bytes and the persisted removal and saved-cost totals from `stats`."""

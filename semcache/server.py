@@ -55,7 +55,7 @@ class SemcacheServer:
         self.cache: SemanticCache | None = None
         self.port = 0
         self.metrics_port = 0
-        self.metrics = Metrics()
+        self.metrics = Metrics(max_namespaces=settings.metrics_max_namespaces)
         self._metrics_server = None
         self._batcher: BatchingEmbedder | None = None
         grants = parse_tokens(settings.auth_tokens)

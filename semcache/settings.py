@@ -98,6 +98,9 @@ class Settings:
     log_format: str = "console"
     # HOST:PORT for Prometheus metrics at /metrics; "" = off.
     metrics_listen: str = ""
+    # Namespaces that get series of their own in /metrics (the first this many seen);
+    # the rest are counted under namespace="_other". 0 = every namespace.
+    metrics_max_namespaces: int = 100
     # Both set = TLS on the gRPC port.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -291,7 +294,10 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
-    for name in ("max_metadata_entries", "max_metadata_bytes", "max_versions_per_model", "ivf_min_entries"):
+    non_negative = (
+        "max_metadata_entries", "max_metadata_bytes", "max_versions_per_model", "ivf_min_entries", "metrics_max_namespaces",
+    )
+    for name in non_negative:
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)}")
     if s.embedding_backend not in ("onnx", "torch"):

@@ -50,6 +50,21 @@ def test_metrics_change_after_lookups(make_server):
         assert f"\n{name} " in after
 
 
+def test_metrics_label_at_most_metrics_max_namespaces_namespaces(make_server):
+    """A namespace per tenant must not mean a series per tenant in every scrape."""
+    server, client = make_server(embedder=None, metrics_listen="127.0.0.1:0", metrics_max_namespaces=2)
+    for i, namespace in enumerate(["a", "b", "c", "d", "a"]):
+        client.store({"namespace": namespace}, f"q{i}", "r", embedding=unit_vector(i))
+        client.lookup({"namespace": namespace}, f"q{i}")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert _metric(text, "semcache_stores_total", namespace="a") == 2
+    assert _metric(text, "semcache_stores_total", namespace="b") == 1
+    assert _metric(text, "semcache_stores_total", namespace="_other") == 2
+    assert _metric(text, "semcache_lookups_total", namespace="_other", result="exact_hit") == 2
+    assert 'namespace="c"' not in text and 'namespace="d"' not in text
+    assert {p.namespace for p in client.stats().partitions} == {"a", "b", "c", "d"}  # Stats still has them all
+
+
 def test_metrics_count_texts_per_embedding_call(make_server, embedder):
     server, client = make_server(embedder=embedder, metrics_listen="127.0.0.1:0")
     client.store(P, "where is my parcel", "tracking page")
