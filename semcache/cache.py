@@ -95,7 +95,8 @@ class StatsView:
     entries: int
     bytes: int
     totals: PartitionRecord
-    partitions: list[PartitionStatsView]
+    partitions: list[PartitionStatsView]  # the first `listed` of the matching ones, in key order
+    partitions_total: int  # how many partitions matched
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1147,33 +1148,45 @@ class SemanticCache:
         version: str = "",
         *,
         allowed: Callable[[str], bool] | None = None,
+        listed: int | None = None,
     ) -> StatsView:
         """Counters for the server (namespace None) or for partitions matching the filter.
 
         With `allowed`, only partitions of namespaces it accepts are seen, and the
         totals are their sums (the server totals would tell about other tenants).
+        `listed`: at most this many partitions in the view's list (None: all), so a
+        server with a namespace per tenant neither copies every partition's record
+        under the lock Lookups need nor sends them all.
         """
+        if namespace is None:
+            candidates = list(self._by_id.values())
+        elif model:
+            candidates = list(self._versions.get((namespace, model), {}).values())
+        else:
+            candidates = [p for p in list(self._by_id.values()) if p.key.namespace == namespace]
         selected = [
-            p for p in list(self._by_id.values())
-            if (namespace is None
-                or (p.key.namespace == namespace and (not model or p.key.model == model) and (not version or p.key.version == version)))
-            and (allowed is None or allowed(p.key.namespace))
+            p for p in candidates
+            if (not version or p.key.version == version) and (allowed is None or allowed(p.key.namespace))
         ]
+        selected.sort(key=lambda p: p.key)
+        shown = selected if listed is None else selected[:listed]
         with self._stats_lock:
             views = [
                 PartitionStatsView(p.key, len(p.index), p.bytes, PartitionRecord.FromString(p.record.SerializeToString()))
-                for p in selected
+                for p in shown
             ]
             if namespace is None and allowed is None:
                 totals = PartitionRecord.FromString(self._totals.SerializeToString())
             else:
-                totals = PartitionRecord()
-                for view in views:
+                sums = dict.fromkeys(COUNTERS, 0)
+                for p in selected:
+                    record = p.record
                     for name in COUNTERS:
-                        setattr(totals, name, getattr(totals, name) + getattr(view.record, name))
-        views.sort(key=lambda v: v.key)
+                        sums[name] += getattr(record, name)
+                totals = PartitionRecord(**sums)
         return StatsView(
-            entries=sum(v.entries for v in views), bytes=sum(v.bytes for v in views), totals=totals, partitions=views
+            entries=sum(len(p.index) for p in selected), bytes=sum(p.bytes for p in selected), totals=totals,
+            partitions=views, partitions_total=len(selected),
         )
 
     def check_consistency(self) -> list[str]:

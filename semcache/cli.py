@@ -145,7 +145,7 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         partition = _partition(args) if args.namespace else None
-        _print_message(client.stats(partition))
+        _print_message(client.stats(partition, max_partitions=args.max_partitions))
     return 0
 
 
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser("stats", help="print counters (of a namespace with --namespace)")
     _add_client_flags(stats)
+    stats.add_argument("--max-partitions", type=int, default=0, help="partitions to list (0: the server's default, 1000)")
     stats.set_defaults(run=cmd_stats)
 
     health_cmd = commands.add_parser("health", help="exit 0 when the server is SERVING")

@@ -134,8 +134,11 @@ class Client:
         )
         return self._call(self._stub.Invalidate, request).removed
 
-    def stats(self, partition: PartitionLike = None) -> pb.StatsResponse:
-        request = pb.StatsRequest()
+    def stats(self, partition: PartitionLike = None, *, max_partitions: int = 0) -> pb.StatsResponse:
+        """Counters of the server, or of one namespace (model, version) with `partition`;
+        `.partitions` lists at most max_partitions (0: the server's default, 1000) of
+        the `.partitions_total` that matched."""
+        request = pb.StatsRequest(max_partitions=max_partitions)
         if partition is not None:
             request.partition.CopyFrom(as_partition(partition))
         return self._call(self._stub.Stats, request)

@@ -94,7 +94,7 @@ class _StatsCollector(Collector):
         view = self._stats()
         yield GaugeMetricFamily("semcache_entries", "Entries stored.", value=view.entries)
         yield GaugeMetricFamily("semcache_bytes", "Bytes counted against budgets (query+response+vector+metadata).", value=view.bytes)
-        yield GaugeMetricFamily("semcache_partitions", "Live partitions.", value=len(view.partitions))
+        yield GaugeMetricFamily("semcache_partitions", "Live partitions.", value=view.partitions_total)
         for name, help_text in (
             ("evictions", "Entries removed by the LFU policy."),
             ("expirations", "Entries removed because their TTL ran out."),

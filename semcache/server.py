@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -107,19 +108,19 @@ class SemcacheServer:
             )
             embedder = self._batcher
         self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)  # type: ignore[arg-type]
-        self.metrics.watch(self.cache.stats)
+        self.metrics.watch(functools.partial(self.cache.stats, listed=0))  # totals only, at every scrape
         if self.settings.metrics_listen:
             self._start_metrics_server()
         self.cache.start_maintenance()
         self._servicer.cache = self.cache
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        stats = self.cache.stats()
+        stats = self.cache.stats(listed=0)
         log.info(
             "semcache serving on %s", self.settings.listen,
             extra={
                 "port": self.port, "model": self.cache.embedding_model, "dimension": self.cache.dimension,
                 "backend": getattr(embedder, "backend", "none"),
-                "data_dir": self.settings.data_dir, "partitions": len(stats.partitions), "entries": stats.entries,
+                "data_dir": self.settings.data_dir, "partitions": stats.partitions_total, "entries": stats.entries,
                 "recovery_seconds": round(self.cache.recovery_seconds, 3),
                 "ready_seconds": round(time.monotonic() - started, 3),
                 "tls": bool(self.settings.tls_cert_file), "auth": bool(self.settings.auth_tokens),

@@ -19,6 +19,8 @@ from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 log = logging.getLogger("semcache")
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+# Partitions a Stats response lists when the request does not say (StatsRequest.max_partitions).
+STATS_DEFAULT_PARTITIONS = 1000
 
 
 def partition_key(partition: pb.Partition) -> PartitionKey:
@@ -189,14 +191,16 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
     def Stats(self, request: pb.StatsRequest, grant: Grant) -> pb.StatsResponse:
         cache = self._ready()
         allowed = None if grant.all else grant.allows
+        listed = request.max_partitions or STATS_DEFAULT_PARTITIONS
         if request.HasField("partition"):
             key = self._key(request.partition, grant)
-            view = cache.stats(key.namespace, key.model, key.version)
+            view = cache.stats(key.namespace, key.model, key.version, listed=listed)
         else:
-            view = cache.stats(allowed=allowed)
+            view = cache.stats(allowed=allowed, listed=listed)
         return pb.StatsResponse(
             entries=view.entries,
             bytes=view.bytes,
+            partitions_total=view.partitions_total,
             embedding_model=cache.embedding_model,
             embedding_dimension=cache.dimension,
             partitions=[

@@ -205,6 +205,27 @@ def test_stats_count_hits_misses_and_saved_cost(make_server):
     assert client.stats({"namespace": "nowhere"}).partitions == []
 
 
+def test_stats_lists_at_most_max_partitions_and_its_totals_cover_every_one(make_server):
+    """A namespace per tenant: the list is bounded (1000 unless asked), the totals are not."""
+    _, client = make_server(embedder=None)
+    for start in (0, 1000):
+        client._stub.StoreBatch(pb.StoreBatchRequest(items=[
+            pb.StoreRequest(partition=pb.Partition(namespace=f"t{i:04d}", model="m"), query="q", response=b"r",
+                            embedding=unit_vector(i))
+            for i in range(start, min(start + 1000, 1001))
+        ]))
+    for i in (0, 500, 1000):
+        assert client.lookup({"namespace": f"t{i:04d}", "model": "m"}, "q").hit
+    default = client.stats()
+    assert (len(default.partitions), default.partitions_total, default.entries, default.hits) == (1000, 1001, 1001, 3)
+    assert default.partitions[0].namespace == "t0000" and default.partitions[-1].namespace == "t0999"
+    few = client.stats(max_partitions=2)
+    assert [p.namespace for p in few.partitions] == ["t0000", "t0001"] and few.partitions_total == 1001
+    assert len(client.stats(max_partitions=5000).partitions) == 1001
+    one = client.stats({"namespace": "t0500", "model": "m"}, max_partitions=1)
+    assert (one.partitions_total, one.entries, one.hits, one.partitions[0].hits) == (1, 1, 1, 1)
+
+
 def test_get_or_compute_calls_compute_only_on_a_miss(client):
     calls = []
 

@@ -160,10 +160,12 @@ class InvalidateResponse(_message.Message):
     def __init__(self, removed: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ("partition",)
+    __slots__ = ("partition", "max_partitions")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ...) -> None: ...
+    max_partitions: int
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., max_partitions: _Optional[int] = ...) -> None: ...
 
 class PartitionStats(_message.Message):
     __slots__ = ("namespace", "model", "prompt_version", "entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "bytes", "last_used_at", "evictions", "expirations", "invalidations")
@@ -200,7 +202,7 @@ class PartitionStats(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension", "evictions", "expirations", "invalidations")
+    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension", "evictions", "expirations", "invalidations", "partitions_total")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +217,7 @@ class StatsResponse(_message.Message):
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     EXPIRATIONS_FIELD_NUMBER: _ClassVar[int]
     INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     entries: int
     lookups: int
     hits: int
@@ -229,7 +232,8 @@ class StatsResponse(_message.Message):
     evictions: int
     expirations: int
     invalidations: int
-    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...
+    partitions_total: int
+    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., partitions_total: _Optional[int] = ...) -> None: ...
 
 class SetNamespaceThresholdRequest(_message.Message):
     __slots__ = ("namespace", "min_similarity")
