@@ -69,16 +69,21 @@ class Metrics:
 
     def observe_lookup(self, namespace: str, result: str, seconds: float) -> None:
         counter = self._lookup_counters.get((namespace, result))
-        if counter is None:
+        if counter is None:  # kept per label, so namespaces past the limit add no entry here
             label = self._namespace_label(namespace)
-            counter = self._lookup_counters[(namespace, result)] = self.lookups.labels(label, result)
+            counter = self._lookup_counters.get((label, result))
+            if counter is None:
+                counter = self._lookup_counters[(label, result)] = self.lookups.labels(label, result)
         counter.inc()
         self.lookup_seconds.observe(seconds)
 
     def count_stores(self, namespace: str, count: int = 1) -> None:
         counter = self._store_counters.get(namespace)
         if counter is None:
-            counter = self._store_counters[namespace] = self.stores.labels(self._namespace_label(namespace))
+            label = self._namespace_label(namespace)
+            counter = self._store_counters.get(label)
+            if counter is None:
+                counter = self._store_counters[label] = self.stores.labels(label)
         counter.inc(count)
 
     def watch(self, stats: Callable[[], StatsView]) -> None:

@@ -126,7 +126,9 @@ class Store:
 
     def close(self) -> None:
         self._env.close()
-        os.close(self._lock_fd)  # the data dir is free for another server
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # the data dir is free for another server
+            self._lock_fd = -1
 
     # -- transactions -----------------------------------------------------
 

@@ -63,6 +63,9 @@ def test_metrics_label_at_most_metrics_max_namespaces_namespaces(make_server):
     assert _metric(text, "semcache_lookups_total", namespace="_other", result="exact_hit") == 2
     assert 'namespace="c"' not in text and 'namespace="d"' not in text
     assert {p.namespace for p in client.stats().partitions} == {"a", "b", "c", "d"}  # Stats still has them all
+    for i in range(1000):  # a new namespace per call (a client bug, or a hostile one) adds nothing to keep
+        client.lookup({"namespace": f"probe-{i}"}, "q")
+    assert len(server.metrics._lookup_counters) <= 3 * 3
 
 
 def test_metrics_count_texts_per_embedding_call(make_server, embedder):
