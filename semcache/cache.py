@@ -1168,8 +1168,8 @@ class SemanticCache:
             p for p in candidates
             if (not version or p.key.version == version) and (allowed is None or allowed(p.key.namespace))
         ]
-        selected.sort(key=lambda p: p.key)
-        shown = selected if listed is None else selected[:listed]
+        # Sorted only when listed: a scrape and the start-up line list none.
+        shown = [] if listed == 0 else sorted(selected, key=lambda p: p.key)[:listed]
         with self._stats_lock:
             views = [
                 PartitionStatsView(p.key, len(p.index), p.bytes, PartitionRecord.FromString(p.record.SerializeToString()))

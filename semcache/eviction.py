@@ -303,6 +303,12 @@ class EvictionPolicy:
             if len(self._tops) > 2 * len(self._queues) + 1024:  # stale records: start afresh
                 self._rebuild_tops()
 
+    def _order_all(self) -> None:
+        """Order every queue a bulk restore left unordered, and index their tops afresh."""
+        for queue in self._queues.values():
+            queue.end_bulk()
+        self._rebuild_tops()
+
     def _rebuild_tops(self) -> None:
         self._tops = [(top, ns) for ns, q in self._queues.items() if (top := q.peek()) is not None]
         heapq.heapify(self._tops)
@@ -327,9 +333,7 @@ class EvictionPolicy:
             yield
         finally:
             self._bulk = False
-            for queue in self._queues.values():
-                queue.end_bulk()
-            self._rebuild_tops()
+            self._order_all()
 
     def hit(self, entry_id: int, now: float) -> float | None:
         """Record a hit; the new score, or None for an entry not tracked."""
@@ -394,9 +398,7 @@ class EvictionPolicy:
     def lowest(self, count: int) -> list[Victim]:
         """Untrack and return up to `count` of the least valuable entries, any namespace."""
         if self._bulk:
-            for queue in self._queues.values():
-                queue.end_bulk()
-            self._rebuild_tops()
+            self._order_all()
         victims: list[Victim] = []
         while len(victims) < count and self._tops:
             node, namespace = self._tops[0]

@@ -56,8 +56,8 @@ class Metrics:
         )
         # labels() takes a lock and builds a key per call (~2 us); every Lookup and Store
         # counts one, so the labelled children are kept here, one per (namespace, result).
-        self._lookup_counters: dict[tuple[str, str], Counter] = {}
-        self._store_counters: dict[str, Counter] = {}
+        self._lookup_counters: dict[tuple[str, ...], Counter] = {}
+        self._store_counters: dict[tuple[str, ...], Counter] = {}
 
     def _namespace_label(self, namespace: str) -> str:
         if namespace in self._labelled_namespaces:
@@ -67,24 +67,23 @@ class Metrics:
         self._labelled_namespaces.add(namespace)
         return namespace
 
+    def _child(self, children: dict[tuple[str, ...], Counter], metric: Counter, namespace: str, *labels: str) -> Counter:
+        """metric's child for (namespace's label, *labels), kept per label, so namespaces
+        past the limit add no entry to `children`."""
+        child = children.get((namespace, *labels))
+        if child is None:
+            key = (self._namespace_label(namespace), *labels)
+            child = children.get(key)
+            if child is None:
+                child = children[key] = metric.labels(*key)
+        return child
+
     def observe_lookup(self, namespace: str, result: str, seconds: float) -> None:
-        counter = self._lookup_counters.get((namespace, result))
-        if counter is None:  # kept per label, so namespaces past the limit add no entry here
-            label = self._namespace_label(namespace)
-            counter = self._lookup_counters.get((label, result))
-            if counter is None:
-                counter = self._lookup_counters[(label, result)] = self.lookups.labels(label, result)
-        counter.inc()
+        self._child(self._lookup_counters, self.lookups, namespace, result).inc()
         self.lookup_seconds.observe(seconds)
 
     def count_stores(self, namespace: str, count: int = 1) -> None:
-        counter = self._store_counters.get(namespace)
-        if counter is None:
-            label = self._namespace_label(namespace)
-            counter = self._store_counters.get(label)
-            if counter is None:
-                counter = self._store_counters[label] = self.stores.labels(label)
-        counter.inc(count)
+        self._child(self._store_counters, self.stores, namespace).inc(count)
 
     def watch(self, stats: Callable[[], StatsView]) -> None:
         """Expose entries, bytes and the persisted removal and saved-cost totals from `stats`."""
