@@ -21,6 +21,7 @@ import numpy as np
 from semcache.embedder import Embedder
 from semcache.errors import (
     ConfigError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
@@ -453,14 +454,20 @@ class SemanticCache:
             self._namespace_thresholds = thresholds
         return self.namespace_threshold(namespace)
 
-    def _embed(self, query: str) -> np.ndarray:
-        return self._embed_many([query])[0]
+    def _embed(self, query: str, deadline: float | None) -> np.ndarray:
+        return self._embed_many([query], deadline)[0]
 
-    def _embed_many(self, texts: Sequence[str]) -> np.ndarray:
+    def _embed_many(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
+        """The texts' vectors; DeadlineExceededError, without running the model, once
+        `deadline` (time.monotonic()) has passed."""
         if self.embedder is None:
             raise FailedPreconditionError(_NO_MODEL)
-        with self.metrics.embed_seconds.time():
-            return self.embedder.embed(texts)
+        try:
+            with self.metrics.embed_seconds.time():
+                return self.embedder.embed(texts, deadline)
+        except DeadlineExceededError:
+            self.metrics.shed_deadline.inc()
+            raise
 
     def _check_metadata(self, metadata: Mapping[str, str]) -> None:
         if len(metadata) > self.settings.max_metadata_entries:
@@ -481,10 +488,12 @@ class SemanticCache:
         query: str,
         embedding: Sequence[float] | np.ndarray | None = None,
         min_similarity: float | None = None,
+        deadline: float | None = None,
     ) -> LookupResult:
-        """The stored response for this query, or a miss. Never crosses partitions."""
+        """The stored response for this query, or a miss. Never crosses partitions.
+        deadline: time.monotonic() past which the caller has given up (see _embed_many)."""
         started = time.perf_counter()
-        result = self._lookup(key, query, embedding, min_similarity)
+        result = self._lookup(key, query, embedding, min_similarity, deadline)
         outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
         self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
         return result
@@ -495,6 +504,7 @@ class SemanticCache:
         query: str,
         embedding: Sequence[float] | np.ndarray | None,
         min_similarity: float | None,
+        deadline: float | None,
     ) -> LookupResult:
         vector = self._vector(embedding)
         normalized = self._check_query(query, vector is not None)
@@ -512,7 +522,7 @@ class SemanticCache:
             if self.embedder is None:  # no model and no client vector: the exact tier was all there is
                 self._count_lookup(partition, "miss", now=now)
                 return LookupResult(hit=False, threshold=threshold, resolved_version=key.version)
-            vector = self._embed(query)
+            vector = self._embed(query, deadline)
         guard_text = query if normalized and self.settings.semantic_guard_for(key.namespace) else ""
         return self._lookup_semantic(partition, vector, threshold, now, guard_text)
 
@@ -630,22 +640,25 @@ class SemanticCache:
         ttl_seconds: int = 0,
         metadata: Mapping[str, str] | None = None,
         cost: float = 0.0,
+        deadline: float | None = None,
     ) -> StoreResult:
         """Store a response; returns once it is committed to LMDB.
 
         Evicts least-frequently-used entries first when a budget would be exceeded,
-        and when LMDB is at max_map_bytes.
+        and when LMDB is at max_map_bytes. A deadline (time.monotonic()) that passes
+        while the query waits for the model stores nothing (DeadlineExceededError).
         """
         job = self._prepare_store(key, query, response, embedding, ttl_seconds, metadata, cost)
         if job.vector.size == 0:
-            job.vector = self._embed(query)
+            job.vector = self._embed(query, deadline)
             job.record.embedding = job.vector.tobytes()
         self.metrics.count_stores(key.namespace)
         return self._commit_with_room(job)
 
-    def store_batch(self, items: Sequence[StoreItem]) -> list[StoreResult | SemcacheError]:
+    def store_batch(self, items: Sequence[StoreItem], deadline: float | None = None) -> list[StoreResult | SemcacheError]:
         """Store many entries: one model call for those without a vector, one commit for all.
-        Each item gets its own result or its own error."""
+        Each item gets its own result or its own error; a deadline that passes before the
+        model runs stores nothing (DeadlineExceededError)."""
         jobs: list[_StoreJob | SemcacheError] = []
         for item in items:
             try:
@@ -657,7 +670,7 @@ class SemanticCache:
         # _prepare_store already refused text-only jobs on a server without a model.
         to_embed = [j for j in jobs if isinstance(j, _StoreJob) and j.vector.size == 0]
         if to_embed:
-            for job, vector in zip(to_embed, self._embed_many([j.record.query for j in to_embed])):
+            for job, vector in zip(to_embed, self._embed_many([j.record.query for j in to_embed], deadline)):
                 job.vector = vector
                 job.record.embedding = vector.tobytes()
         pending = [j for j in jobs if isinstance(j, _StoreJob)]

@@ -11,6 +11,11 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 Partition = pb.Partition
+# Codes that mean "the cache cannot answer now", not "the request is wrong": get_or_compute
+# treats them as a miss, so a busy, slow or restarting cache never fails the application.
+CACHE_UNAVAILABLE_CODES = frozenset({
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
+})
 PartitionLike = pb.Partition | Mapping[str, str] | None
 
 
@@ -164,13 +169,26 @@ class Client:
         """The cached response when one matches; otherwise compute(), stored, then returned.
 
         A str from compute is stored as UTF-8 and a hit is returned as str; bytes stay bytes.
+        When the cache cannot answer now (CACHE_UNAVAILABLE_CODES: overloaded, past the
+        timeout, not running), the Lookup counts as a miss and a failed Store is skipped:
+        compute()'s value is returned all the same. Other errors (a bad request, a
+        refused token) are raised.
         """
-        found = self.lookup(partition, query, min_similarity=min_similarity)
-        if found.hit:
+        try:
+            found = self.lookup(partition, query, min_similarity=min_similarity)
+        except grpc.RpcError as e:
+            if e.code() not in CACHE_UNAVAILABLE_CODES:
+                raise
+            found = None
+        if found is not None and found.hit:
             return found.response.decode("utf-8") if found.metadata.get("semcache.encoding") == "utf-8" else found.response
         value = compute()
         tagged = dict(metadata or {})
         if isinstance(value, str):
             tagged["semcache.encoding"] = "utf-8"
-        self.store(partition, query, value, ttl_seconds=ttl_seconds, metadata=tagged, cost=cost)
+        try:
+            self.store(partition, query, value, ttl_seconds=ttl_seconds, metadata=tagged, cost=cost)
+        except grpc.RpcError as e:
+            if e.code() not in CACHE_UNAVAILABLE_CODES:
+                raise
         return value

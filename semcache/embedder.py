@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from semcache.errors import ConfigError
+from semcache.errors import ConfigError, DeadlineExceededError
 
 log = logging.getLogger("semcache")
 
@@ -39,13 +39,22 @@ class Embedder(Protocol):
     # How many embed_on_one_core calls run in parallel usefully (1 = calls are serialized).
     parallel_calls: int
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dimension) float32, each row of unit length; uses every core."""
+    def embed(self, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
+        """(len(texts), dimension) float32, each row of unit length; uses every core.
+        deadline: time.monotonic() after which the caller no longer wants the vectors;
+        the model is not run for it then (DeadlineExceededError)."""
         ...
 
     def embed_on_one_core(self, texts: Sequence[str]) -> np.ndarray:
         """Same vectors on one core, so up to parallel_calls callers can run side by side."""
         ...
+
+
+def check_deadline(deadline: float | None) -> None:
+    """DeadlineExceededError if `deadline` (time.monotonic()) has passed: the caller has
+    given up, so running the model for it would only delay everyone else."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceededError("the request's deadline passed while it waited for the embedding model")
 
 
 def available_cores(cpu_max_path: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
@@ -113,14 +122,16 @@ class TorchEmbedder:
         self.name: str = _model_name(path)
         self._lock = threading.Lock()
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
         with self._lock:
+            check_deadline(deadline)
             vectors = self._model.encode(
                 list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    embed_on_one_core = embed
+    def embed_on_one_core(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed(texts)
 
 
 class OnnxEmbedder:
@@ -234,12 +245,14 @@ class OnnxEmbedder:
         os.replace(partial, target)
         return target
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
         """Texts are run in batches of similar length, so padding stays small and memory
         bounded; several batches go to the one-core session from parallel_calls threads."""
         if len(texts) <= _ONNX_BATCH:
             with self._lock:
+                check_deadline(deadline)
                 return self._embed_batch(texts, self._session)
+        check_deadline(deadline)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.parallel_calls, thread_name_prefix="semcache-embed")
         return self._embed_chunks(texts, self._pool.map)
@@ -290,17 +303,57 @@ def load_embedder(model_path: str = "", backend: str = "onnx", cache_dir: str | 
     return TorchEmbedder(model_path)
 
 
-class _Request:
-    __slots__ = ("text", "vector", "error", "done", "lead", "split", "wake")
+# Weight of the newest run in BatchingEmbedder's moving average of seconds per text.
+_SECONDS_PER_TEXT_WEIGHT = 0.2
+# plan_batch expects a run to end this many texts' time later than its own texts take:
+# room for the search, the reply and gRPC after the model, which a heavy load slows too.
+_MARGIN_TEXTS = 3
 
-    def __init__(self, text: str) -> None:
+
+class _Request:
+    __slots__ = ("text", "deadline", "vector", "error", "done", "lead", "split", "wake")
+
+    def __init__(self, text: str, deadline: float | None) -> None:
         self.text = text
+        self.deadline = deadline  # time.monotonic(); None = the caller waits as long as it takes
         self.vector: np.ndarray | None = None
         self.error: BaseException | None = None
         self.done = False
         self.lead = False  # this caller holds a run slot and runs the next batch
         self.split = False  # ... given to it to share a queue that is already long
         self.wake = threading.Event()  # set when done or made leader
+
+
+def plan_batch(
+    pending: list[_Request], count: int, now: float, seconds_per_text: float
+) -> tuple[list[_Request], list[_Request], list[_Request]]:
+    """Split the queue into (batch, still waiting, late).
+
+    The batch takes up to `count` requests from the front, in order; a run of n texts
+    is expected to take n * seconds_per_text from `now`, and answers all of them at its
+    end. Late: requests whose deadline comes before even a run of their text alone
+    could end: the caller will have given up, so the model does not run for them. A
+    request that a batch this long would make late (it, or one already in) ends the
+    batch; it goes first in a later one. Requests without a deadline always fit.
+    """
+    batch: list[_Request] = []
+    waiting: list[_Request] = []
+    late: list[_Request] = []
+    earliest = float("inf")  # the earliest deadline in the batch
+    closed = False
+    for r in pending:
+        deadline = float("inf") if r.deadline is None else r.deadline
+        if deadline < now + seconds_per_text * (1 + _MARGIN_TEXTS) or deadline <= now:
+            late.append(r)
+        elif closed or len(batch) >= count:
+            waiting.append(r)
+        elif min(earliest, deadline) < now + seconds_per_text * (len(batch) + 1 + _MARGIN_TEXTS):
+            closed = True
+            waiting.append(r)
+        else:
+            batch.append(r)
+            earliest = min(earliest, deadline)
+    return batch, waiting, late
 
 
 class BatchingEmbedder:
@@ -317,7 +370,11 @@ class BatchingEmbedder:
     wake-up is one Event, not a stampede on a shared condition. A lone caller (no
     other run going) uses every core for its call: a single client pays no thread
     hand-off and gets the lowest latency. When the last batch had company, a leader
-    first waits up to max_wait_seconds for more to arrive.
+    first waits up to max_wait_seconds for more to arrive. Callers may give a deadline:
+    one the model could no longer meet when a leader forms a batch is answered
+    DeadlineExceededError and its text is not run, and a batch is cut short where its
+    length would make a member late (plan_batch). Under overload the model works only
+    for callers who will still be waiting for its answer.
     """
 
     def __init__(
@@ -342,11 +399,14 @@ class BatchingEmbedder:
         self._runs = 0
         self._forming = False  # a leader is gathering its batch
         self._last_batch = 1
+        # Seconds a model run takes per text, a moving average over runs (0 until the first).
+        self._seconds_per_text = 0.0
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], deadline: float | None = None) -> np.ndarray:
         if len(texts) != 1:
-            return self.inner.embed(texts)
-        request = _Request(texts[0])
+            return self.inner.embed(texts, deadline)
+        check_deadline(deadline)
+        request = _Request(texts[0], deadline)
         with self._lock:
             self._pending.append(request)
             if self._runs < self.parallel_calls and not self._forming:
@@ -380,18 +440,25 @@ class BatchingEmbedder:
                 deadline = time.perf_counter() + self.max_wait_seconds
                 while len(self._pending) < self.max_batch and (left := deadline - time.perf_counter()) > 0:
                     self._arrived.wait(left)
-            # Share the queue with the idle run slots: each gets an equal part.
+            # Share the queue with the idle run slots: each gets an equal part, less any
+            # caller the model could not answer before its deadline.
             slots = 1 + self.parallel_calls - self._runs
-            batch = self._pending[: min(-(-len(self._pending) // slots), self.max_batch)]
-            del self._pending[: len(batch)]
+            batch, self._pending, late = plan_batch(
+                self._pending, min(-(-len(self._pending) // slots), self.max_batch), time.monotonic(),
+                self._seconds_per_text,
+            )
+            self._answer_late(late)
             if self._runs < self.parallel_calls and self._promote(split=True):
                 self._runs += 1
             self._forming = False
             alone = self._runs == 1
+        per_text = 0.0
         try:
             if batch:
                 texts = [r.text for r in batch]
+                started = time.monotonic()
                 vectors = self.inner.embed(texts) if alone else self.inner.embed_on_one_core(texts)
+                per_text = (time.monotonic() - started) / len(batch)
                 for r, vector in zip(batch, vectors):
                     r.vector = vector
                 if self._observe_batch is not None:
@@ -404,11 +471,24 @@ class BatchingEmbedder:
                 leader.lead = leader.split = False
                 if batch:
                     self._last_batch = len(batch)
+                if per_text:
+                    self._seconds_per_text += _SECONDS_PER_TEXT_WEIGHT * (per_text - self._seconds_per_text)
                 for r in batch:
                     r.done = True
                     r.wake.set()
                 if not self._promote(split=False):  # the slot passes on, or is free
                     self._runs -= 1
+
+    @staticmethod
+    def _answer_late(late: list[_Request]) -> None:
+        """Answer DeadlineExceededError to callers the model could not serve in time. The
+        caller holds self._lock."""
+        for r in late:  # a caller made leader still leads first (embed()), then sees its error
+            r.error = DeadlineExceededError(
+                "the request's deadline passed, or would have, while it waited for the embedding model"
+            )
+            r.done = True
+            r.wake.set()
 
     def _promote(self, *, split: bool) -> bool:
         """Make the oldest waiting caller that is not a leader yet a leader (False: none

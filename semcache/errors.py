@@ -1,15 +1,18 @@
 """Errors raised by semcache, and the one place that maps them to gRPC status codes.
 
     SemcacheError
-     ├── InvalidArgumentError      bad request content      -> INVALID_ARGUMENT
-     ├── ResourceExhaustedError    over a size or budget    -> RESOURCE_EXHAUSTED
- │    └── StorageFullError     LMDB map at its ceiling
-     ├── NotFoundError             no such thing            -> NOT_FOUND
-     ├── FailedPreconditionError   server cannot do it now  -> FAILED_PRECONDITION
-     ├── UnavailableError          draining or recovering   -> UNAVAILABLE
- ├── UnauthenticatedError      no or unknown token      -> UNAUTHENTICATED
- ├── PermissionDeniedError     namespace not allowed    -> PERMISSION_DENIED
-     └── ConfigError               bad settings at start    (not an RPC error)
+     ├── InvalidArgumentError      bad request content         -> INVALID_ARGUMENT
+     ├── ResourceExhaustedError    over a size or budget       -> RESOURCE_EXHAUSTED
+     │    ├── StorageFullError     LMDB map at its ceiling
+     │    └── OverloadedError      grpc_workers requests already in progress
+     ├── NotFoundError             no such thing               -> NOT_FOUND
+     ├── FailedPreconditionError   server cannot do it now     -> FAILED_PRECONDITION
+     ├── UnavailableError          draining or recovering      -> UNAVAILABLE
+     ├── UnauthenticatedError      no or unknown token         -> UNAUTHENTICATED
+     ├── PermissionDeniedError     namespace not allowed       -> PERMISSION_DENIED
+     ├── DeadlineExceededError     caller's deadline passed    -> DEADLINE_EXCEEDED
+     │                             before the model ran
+     └── ConfigError               bad settings at start       (not an RPC error)
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class StorageFullError(ResourceExhaustedError):
     """LMDB reached max_map_bytes and eviction could not make room."""
 
 
+class OverloadedError(ResourceExhaustedError):
+    """grpc_workers cache requests are already in progress: refused at once rather than queued."""
+
+
 class NotFoundError(SemcacheError):
     """The named entry or partition does not exist."""
 
@@ -53,6 +60,10 @@ class PermissionDeniedError(SemcacheError):
     """The call's token is not allowed the namespace it names."""
 
 
+class DeadlineExceededError(SemcacheError):
+    """The caller's deadline passed while the request waited for the model: it is not run."""
+
+
 class ConfigError(SemcacheError):
     """A setting is unknown or has a bad value; raised at start, names the key."""
 
@@ -65,6 +76,7 @@ _STATUS_BY_ERROR: dict[type[SemcacheError], grpc.StatusCode] = {
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

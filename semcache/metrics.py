@@ -54,6 +54,14 @@ class Metrics:
         self.search_seconds = Histogram(
             "semcache_search_seconds", "FAISS searches.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )
+        shed = Counter(
+            "semcache_requests_shed",
+            "Requests answered without doing their work: overloaded (grpc_workers already in progress, "
+            "RESOURCE_EXHAUSTED) or deadline (the caller's deadline passed before the model ran, DEADLINE_EXCEEDED).",
+            ["reason"], registry=self.registry,
+        )
+        self.shed_overloaded = shed.labels("overloaded")
+        self.shed_deadline = shed.labels("deadline")
         # labels() takes a lock and builds a key per call (~2 us); every Lookup and Store
         # counts one, so the labelled children are kept here, one per (namespace, result).
         self._lookup_counters: dict[tuple[str, ...], Counter] = {}

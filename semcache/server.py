@@ -22,13 +22,15 @@ from semcache.cache import SemanticCache
 from semcache.embedder import BatchingEmbedder, Embedder, load_embedder as load_model
 from semcache.errors import ConfigError
 from semcache.metrics import Metrics
-from semcache.servicer import CacheServicer
+from semcache.servicer import Admission, CacheServicer
 from semcache.settings import NO_EMBEDDING_MODEL, Settings
 from semcache.v1 import semcache_pb2, semcache_pb2_grpc
 
 log = logging.getLogger("semcache")
 SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemanticCache"].full_name
 _LOAD_FROM_SETTINGS = object()
+# Threads beyond grpc_workers, for health checks and for refusing calls past grpc_workers.
+_SPARE_THREADS = 8
 
 
 def load_embedder(settings: Settings) -> Embedder | None:
@@ -60,15 +62,25 @@ class SemcacheServer:
         self._metrics_server = None
         self._batcher: BatchingEmbedder | None = None
         grants = parse_tokens(settings.auth_tokens)
-        self._servicer = CacheServicer(Authenticator(grants) if grants else None)
+        self._servicer = CacheServicer(
+            Authenticator(grants) if grants else None,
+            admission=Admission(settings.grpc_workers, on_refused=self.metrics.shed_overloaded.inc),
+        )
         self._health = health.HealthServicer()
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
+        # Every call gets a thread at once, so none waits in the pool's queue (where it
+        # would wait behind the model with no deadline check, and a health probe with
+        # it): grpc_workers cache calls (Admission refuses more at once), and threads
+        # to spare for health checks and for those refusals. gRPC refuses calls past
+        # all of them with RESOURCE_EXHAUSTED before they reach a thread.
+        threads = settings.grpc_workers + _SPARE_THREADS
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="semcache-rpc"),
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="semcache-rpc"),
             options=options,
+            maximum_concurrent_rpcs=threads,
         )
         semcache_pb2_grpc.add_SemanticCacheServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ import grpc
 
 from semcache.auth import FULL_ACCESS, Authenticator, Grant
 from semcache.cache import COUNTERS, SemanticCache, StoreItem, StoreResult
-from semcache.errors import ResourceExhaustedError, SemcacheError, UnavailableError, grpc_status_for
+from semcache.errors import OverloadedError, ResourceExhaustedError, SemcacheError, UnavailableError, grpc_status_for
 from semcache.partition import PartitionKey
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
@@ -47,9 +48,50 @@ def _request_namespace(request: Any) -> str:
     return getattr(request, "namespace", "")
 
 
+# A call with no deadline reports ~9e18 seconds remaining.
+_NO_DEADLINE_SECONDS = 1e9
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline on time.monotonic(), or None when the client set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE_SECONDS else time.monotonic() + remaining
+
+
+class Admission:
+    """At most `limit` cache requests in progress at once; one more is refused at once
+    (OverloadedError, RESOURCE_EXHAUSTED) instead of queueing behind work that already
+    keeps the model busy: a caller of a cache does better to treat it as a miss now
+    than to wait. Health checks are not counted, so probes still answer under overload."""
+
+    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None) -> None:
+        self.limit = limit
+        self.in_progress = 0
+        self._on_refused = on_refused
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self.in_progress >= self.limit:
+                refused = True
+            else:
+                refused = False
+                self.in_progress += 1
+        if refused:
+            if self._on_refused is not None:
+                self._on_refused()
+            raise OverloadedError(
+                f"{self.limit} requests are already in progress (grpc_workers); retry later or treat this as a miss"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.in_progress -= 1
+
+
 def _rpc(method: Handler) -> Handler:
-    """Authenticate, call, and map SemcacheError to its status code; anything else is
-    INTERNAL, logged with the request's context."""
+    """Admit, authenticate, call with the call's deadline, and map SemcacheError to its
+    status code; anything else is INTERNAL, logged with the request's context."""
 
     name = method.__name__
 
@@ -57,8 +99,9 @@ def _rpc(method: Handler) -> Handler:
     def wrapper(self: CacheServicer, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
-            grant = self.grant_for(context)
-            response = method(self, request, grant)
+            with self.admission:
+                grant = self.grant_for(context)
+                response = method(self, request, grant, _deadline(context))
         except SemcacheError as e:
             code = grpc_status_for(e)
             log.debug("%s refused", name, extra={"rpc": name, "namespace": _request_namespace(request), "code": code.name, "reason": str(e)})
@@ -78,9 +121,12 @@ def _rpc(method: Handler) -> Handler:
 class CacheServicer(pb_grpc.SemanticCacheServicer):
     """Serves semcache.v1.SemanticCache; UNAVAILABLE until the cache is attached."""
 
-    def __init__(self, authenticator: Authenticator | None = None, *, max_batch_items: int = 1000) -> None:
+    def __init__(
+        self, authenticator: Authenticator | None = None, *, max_batch_items: int = 1000, admission: Admission | None = None
+    ) -> None:
         self.cache: SemanticCache | None = None
         self.max_batch_items = max_batch_items
+        self.admission = admission or Admission(1 << 30)
         self._authenticator = authenticator
 
     def grant_for(self, context: grpc.ServicerContext) -> Grant:
@@ -100,12 +146,13 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         return key
 
     @_rpc
-    def Lookup(self, request: pb.LookupRequest, grant: Grant) -> pb.LookupResponse:
+    def Lookup(self, request: pb.LookupRequest, grant: Grant, deadline: float | None) -> pb.LookupResponse:
         result = self._ready().lookup(
             self._key(request.partition, grant),
             request.query,
             embedding=request.embedding,
             min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
+            deadline=deadline,
         )
         response = pb.LookupResponse(
             hit=result.hit,
@@ -123,7 +170,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         return response
 
     @_rpc
-    def Store(self, request: pb.StoreRequest, grant: Grant) -> pb.StoreResponse:
+    def Store(self, request: pb.StoreRequest, grant: Grant, deadline: float | None) -> pb.StoreResponse:
         result = self._ready().store(
             self._key(request.partition, grant),
             request.query,
@@ -132,11 +179,12 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             ttl_seconds=request.ttl_seconds,
             metadata=request.metadata,
             cost=request.cost,
+            deadline=deadline,
         )
         return _store_response(result)
 
     @_rpc
-    def StoreBatch(self, request: pb.StoreBatchRequest, grant: Grant) -> pb.StoreBatchResponse:
+    def StoreBatch(self, request: pb.StoreBatchRequest, grant: Grant, deadline: float | None) -> pb.StoreBatchResponse:
         cache = self._ready()
         if len(request.items) > self.max_batch_items:
             raise ResourceExhaustedError(f"{len(request.items)} items; the limit per StoreBatch is {self.max_batch_items}")
@@ -152,7 +200,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
                 metadata=item.metadata, cost=item.cost,
             ))
         valid = [i for i in items if isinstance(i, StoreItem)]
-        stored = iter(cache.store_batch(valid))
+        stored = iter(cache.store_batch(valid, deadline))
         results = []
         for item in items:
             outcome = item if isinstance(item, SemcacheError) else next(stored)
@@ -164,12 +212,12 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         return pb.StoreBatchResponse(results=results)
 
     @_rpc
-    def Delete(self, request: pb.DeleteRequest, grant: Grant) -> pb.DeleteResponse:
+    def Delete(self, request: pb.DeleteRequest, grant: Grant, deadline: float | None) -> pb.DeleteResponse:
         deleted = self._ready().delete(self._key(request.partition, grant), request.entry_id)
         return pb.DeleteResponse(deleted=deleted)
 
     @_rpc
-    def Invalidate(self, request: pb.InvalidateRequest, grant: Grant) -> pb.InvalidateResponse:
+    def Invalidate(self, request: pb.InvalidateRequest, grant: Grant, deadline: float | None) -> pb.InvalidateResponse:
         removed = self._ready().invalidate(
             self._key(request.partition, grant),
             all_versions=request.all_versions,
@@ -180,7 +228,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
 
     @_rpc
     def SetNamespaceThreshold(
-        self, request: pb.SetNamespaceThresholdRequest, grant: Grant
+        self, request: pb.SetNamespaceThresholdRequest, grant: Grant, deadline: float | None
     ) -> pb.SetNamespaceThresholdResponse:
         namespace = PartitionKey.resolve(namespace=request.namespace).namespace
         grant.require(namespace)
@@ -188,7 +236,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         return pb.SetNamespaceThresholdResponse(min_similarity=self._ready().set_namespace_threshold(namespace, value))
 
     @_rpc
-    def Stats(self, request: pb.StatsRequest, grant: Grant) -> pb.StatsResponse:
+    def Stats(self, request: pb.StatsRequest, grant: Grant, deadline: float | None) -> pb.StatsResponse:
         cache = self._ready()
         allowed = None if grant.all else grant.allows
         listed = request.max_partitions or STATS_DEFAULT_PARTITIONS

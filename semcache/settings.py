@@ -90,7 +90,10 @@ class Settings:
     stats_flush_interval_seconds: float = 1.0
     # fsync each commit. Off survives a process crash but not a power loss.
     sync_writes: bool = True
-    grpc_workers: int = 32
+    # Cache requests in progress at once, each on a thread of its own; one more is
+    # refused at once with RESOURCE_EXHAUSTED rather than queued (treat it as a miss).
+    # Health checks have threads of their own beyond these.
+    grpc_workers: int = 64
     # In-flight requests get this long to finish after SIGTERM/SIGINT.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "info"

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from semcache.embedder import BatchingEmbedder, TorchEmbedder, available_cores
+from semcache.embedder import BatchingEmbedder, TorchEmbedder, available_cores, check_deadline
 
 SAMPLE = [
     "How do I return an item?",
@@ -57,7 +57,8 @@ class CountingEmbedder:
             with self._lock:
                 self.running -= 1
 
-    def embed(self, texts):
+    def embed(self, texts, deadline=None):
+        check_deadline(deadline)
         return self._call("all_cores", texts)
 
     def embed_on_one_core(self, texts):
