@@ -43,6 +43,7 @@ skips the embedding and lookup figures, which do not depend on the disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -52,7 +53,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,6 +343,30 @@ def store_figures(
     return r
 
 
+@contextlib.contextmanager
+def serve_in_child(address: str, data_dir: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """`semcache serve` on `address` with its data in data_dir/d and its log in
+    data_dir/server.log, in a child process; yields it once SERVING, stops it at exit."""
+    with open(Path(data_dir) / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", f"{data_dir}/d", *extra],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        try:
+            wait_serving(address)
+            yield server
+        finally:
+            server.terminate()
+            server.wait(60)
+
+
+def write_report(result: dict, json_path: str | None) -> None:
+    """Print `result` as JSON, and write it to json_path if one is given."""
+    print(json.dumps(result, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def wait_serving(address: str, seconds: float = 180) -> None:
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -407,9 +432,7 @@ def main() -> None:
             "ratios": {k: round(v, 3) for k, v in ratios.items()},
             "machine": {"cpus": os.cpu_count(), "sync_delay_ms": args.sync_delay_ms},
         }
-        print(json.dumps(result, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_report(result, args.json)
     finally:
         server.terminate()
         server.wait(60)
