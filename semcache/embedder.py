@@ -130,8 +130,7 @@ class TorchEmbedder:
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def embed_on_one_core(self, texts: Sequence[str]) -> np.ndarray:
-        return self.embed(texts)
+    embed_on_one_core = embed
 
 
 class OnnxEmbedder:

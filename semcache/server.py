@@ -64,7 +64,7 @@ class SemcacheServer:
         grants = parse_tokens(settings.auth_tokens)
         self._servicer = CacheServicer(
             Authenticator(grants) if grants else None,
-            admission=Admission(settings.grpc_workers, on_refused=self.metrics.shed_overloaded.inc),
+            Admission(settings.grpc_workers, on_refused=self.metrics.shed_overloaded.inc),
         )
         self._health = health.HealthServicer()
         options = [

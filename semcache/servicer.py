@@ -72,12 +72,10 @@ class Admission:
 
     def __enter__(self) -> None:
         with self._lock:
-            if self.in_progress >= self.limit:
-                refused = True
-            else:
-                refused = False
+            admitted = self.in_progress < self.limit
+            if admitted:
                 self.in_progress += 1
-        if refused:
+        if not admitted:
             if self._on_refused is not None:
                 self._on_refused()
             raise OverloadedError(
@@ -121,12 +119,10 @@ def _rpc(method: Handler) -> Handler:
 class CacheServicer(pb_grpc.SemanticCacheServicer):
     """Serves semcache.v1.SemanticCache; UNAVAILABLE until the cache is attached."""
 
-    def __init__(
-        self, authenticator: Authenticator | None = None, *, max_batch_items: int = 1000, admission: Admission | None = None
-    ) -> None:
+    def __init__(self, authenticator: Authenticator | None, admission: Admission, *, max_batch_items: int = 1000) -> None:
         self.cache: SemanticCache | None = None
         self.max_batch_items = max_batch_items
-        self.admission = admission or Admission(1 << 30)
+        self.admission = admission
         self._authenticator = authenticator
 
     def grant_for(self, context: grpc.ServicerContext) -> Grant:
