@@ -63,7 +63,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from semcache.cache import SemanticCache
 from semcache.client import Client
-from semcache.embedder import BatchingEmbedder, load_embedder
+from semcache.batcher import BatchingEmbedder
+from semcache.embedder import load_embedder
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
 

@@ -1,4 +1,5 @@
-"""Errors raised by semcache, and the one place that maps them to gRPC status codes.
+"""Errors raised by semcache. Each names the gRPC status code a client receives for it
+(`status_code`, a `grpc.StatusCode` name); the servicer alone turns that into gRPC.
 
     SemcacheError
      ├── InvalidArgumentError      bad request content         -> INVALID_ARGUMENT
@@ -17,19 +18,23 @@
 
 from __future__ import annotations
 
-import grpc
-
 
 class SemcacheError(Exception):
     """Root of every error semcache raises on purpose."""
+
+    status_code = "INTERNAL"
 
 
 class InvalidArgumentError(SemcacheError):
     """The request is malformed: wrong embedding dimension, empty query, bad threshold."""
 
+    status_code = "INVALID_ARGUMENT"
+
 
 class ResourceExhaustedError(SemcacheError):
     """The request is over a configured size limit, or storage is full."""
+
+    status_code = "RESOURCE_EXHAUSTED"
 
 
 class StorageFullError(ResourceExhaustedError):
@@ -43,47 +48,40 @@ class OverloadedError(ResourceExhaustedError):
 class NotFoundError(SemcacheError):
     """The named entry or partition does not exist."""
 
+    status_code = "NOT_FOUND"
+
 
 class FailedPreconditionError(SemcacheError):
     """The server cannot serve this request in its configuration."""
+
+    status_code = "FAILED_PRECONDITION"
 
 
 class UnavailableError(SemcacheError):
     """The server is starting or shutting down."""
 
+    status_code = "UNAVAILABLE"
+
 
 class UnauthenticatedError(SemcacheError):
     """Auth is on and the call carries no token, or an unknown one."""
+
+    status_code = "UNAUTHENTICATED"
 
 
 class PermissionDeniedError(SemcacheError):
     """The call's token is not allowed the namespace it names."""
 
+    status_code = "PERMISSION_DENIED"
+
 
 class DeadlineExceededError(SemcacheError):
     """The caller's deadline passed while the request waited for the model: it is not run."""
+
+    status_code = "DEADLINE_EXCEEDED"
 
 
 class ConfigError(SemcacheError):
     """A setting is unknown or has a bad value; raised at start, names the key."""
 
-
-_STATUS_BY_ERROR: dict[type[SemcacheError], grpc.StatusCode] = {
-    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
-    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
-    UnavailableError: grpc.StatusCode.UNAVAILABLE,
-    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
-    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-def grpc_status_for(error: SemcacheError) -> grpc.StatusCode:
-    """The gRPC status code a client receives for this error."""
-    for error_type in type(error).__mro__:
-        if error_type in _STATUS_BY_ERROR:
-            return _STATUS_BY_ERROR[error_type]
-    return grpc.StatusCode.INTERNAL
+    status_code = "FAILED_PRECONDITION"

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from semcache.cache import StatsView
+from semcache.entries import StatsView
 
 # Seconds; a semantic lookup is ~1-20 ms, an exact hit well under 1 ms.
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -37,10 +34,6 @@ class Metrics:
             ["namespace", "result"], registry=self.registry,
         )
         self.stores = Counter("semcache_stores", "Stores by namespace.", ["namespace"], registry=self.registry)
-        self.store_commits = Counter(
-            "semcache_store_commits", "LMDB transactions that committed Stores (stores / commits = group-commit size).",
-            registry=self.registry,
-        )
         self.lookup_seconds = Histogram(
             "semcache_lookup_seconds", "Whole Lookup inside the server.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )
@@ -93,14 +86,16 @@ class Metrics:
     def count_stores(self, namespace: str, count: int = 1) -> None:
         self._child(self._store_counters, self.stores, namespace).inc(count)
 
-    def watch(self, stats: Callable[[], StatsView]) -> None:
-        """Expose entries, bytes and the persisted removal and saved-cost totals from `stats`."""
-        self.registry.register(_StatsCollector(stats))
+    def watch(self, stats: Callable[[], StatsView], store_commits: Callable[[], int]) -> None:
+        """Expose entries, bytes and the persisted removal and saved-cost totals from `stats`,
+        and the LMDB commits of Stores from `store_commits`, read at each scrape."""
+        self.registry.register(_StatsCollector(stats, store_commits))
 
 
 class _StatsCollector(Collector):
-    def __init__(self, stats: Callable[[], StatsView]) -> None:
+    def __init__(self, stats: Callable[[], StatsView], store_commits: Callable[[], int]) -> None:
         self._stats = stats
+        self._store_commits = store_commits
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         view = self._stats()
@@ -114,6 +109,10 @@ class _StatsCollector(Collector):
             ("saved_cost", "Sum of the cost of every hit's entry."),
         ):
             yield CounterMetricFamily(f"semcache_{name}", help_text, value=getattr(view.totals, name))
+        yield CounterMetricFamily(
+            "semcache_store_commits", "LMDB transactions that committed Stores (stores / commits = group-commit size).",
+            value=self._store_commits(),
+        )
 
     def describe(self) -> Iterator:
         return iter(())

@@ -19,10 +19,12 @@ from grpc_reflection.v1alpha import reflection
 
 from semcache.auth import Authenticator, parse_tokens
 from semcache.cache import SemanticCache
-from semcache.embedder import BatchingEmbedder, Embedder, load_embedder as load_model
+from semcache.batcher import BatchingEmbedder
+from semcache.embedder import Embedder, load_embedder as load_model
 from semcache.errors import ConfigError
 from semcache.metrics import Metrics
-from semcache.servicer import Admission, CacheServicer
+from semcache.admission import Admission
+from semcache.servicer import CacheServicer
 from semcache.settings import NO_EMBEDDING_MODEL, Settings
 from semcache.v1 import semcache_pb2, semcache_pb2_grpc
 
@@ -62,10 +64,8 @@ class SemcacheServer:
         self._metrics_server = None
         self._batcher: BatchingEmbedder | None = None
         grants = parse_tokens(settings.auth_tokens)
-        self._servicer = CacheServicer(
-            Authenticator(grants) if grants else None,
-            Admission(settings.grpc_workers, on_refused=self.metrics.shed_overloaded.inc),
-        )
+        self.admission = Admission(settings.grpc_workers, on_refused=self.metrics.shed_overloaded.inc)
+        self._servicer = CacheServicer(Authenticator(grants) if grants else None, self.admission)
         self._health = health.HealthServicer()
         options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -120,7 +120,8 @@ class SemcacheServer:
             )
             embedder = self._batcher
         self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)  # type: ignore[arg-type]
-        self.metrics.watch(functools.partial(self.cache.stats, listed=0))  # totals only, at every scrape
+        cache = self.cache
+        self.metrics.watch(functools.partial(cache.stats, listed=0), lambda: cache.store_commits)  # at every scrape
         if self.settings.metrics_listen:
             self._start_metrics_server()
         self.cache.start_maintenance()

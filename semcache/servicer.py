@@ -1,19 +1,25 @@
-"""gRPC servicer: turns requests into cache calls and errors into status codes."""
+"""gRPC servicer: turns requests into cache calls and errors into status codes.
+
+The one place that knows gRPC status codes: each SemcacheError names its own
+(`status_code`); anything else is INTERNAL.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from semcache import wire
+from semcache.admission import Admission
 from semcache.auth import FULL_ACCESS, Authenticator, Grant
-from semcache.cache import COUNTERS, SemanticCache, StoreItem, StoreResult
-from semcache.errors import OverloadedError, ResourceExhaustedError, SemcacheError, UnavailableError, grpc_status_for
+from semcache.cache import SemanticCache
+from semcache.entries import StoreItem, StoreResult
+from semcache.errors import ResourceExhaustedError, SemcacheError, UnavailableError
 from semcache.partition import PartitionKey
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
@@ -24,22 +30,9 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 STATS_DEFAULT_PARTITIONS = 1000
 
 
-def partition_key(partition: pb.Partition) -> PartitionKey:
-    return PartitionKey.resolve(
-        namespace=partition.namespace,
-        model=partition.model,
-        prompt_version=partition.prompt_version,
-        system_prompt=partition.system_prompt,
-    )
-
-
-def _store_response(result: StoreResult) -> pb.StoreResponse:
-    return pb.StoreResponse(
-        entry_id=result.entry_id,
-        replaced=result.replaced,
-        expires_at=result.expires_at,
-        resolved_version=result.resolved_version,
-    )
+def grpc_status_for(error: SemcacheError) -> grpc.StatusCode:
+    """The gRPC status code a client receives for this error."""
+    return grpc.StatusCode[error.status_code]
 
 
 def _request_namespace(request: Any) -> str:
@@ -56,35 +49,6 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     """The call's deadline on time.monotonic(), or None when the client set none."""
     remaining = context.time_remaining()
     return None if remaining is None or remaining > _NO_DEADLINE_SECONDS else time.monotonic() + remaining
-
-
-class Admission:
-    """At most `limit` cache requests in progress at once; one more is refused at once
-    (OverloadedError, RESOURCE_EXHAUSTED) instead of queueing behind work that already
-    keeps the model busy: a caller of a cache does better to treat it as a miss now
-    than to wait. Health checks are not counted, so probes still answer under overload."""
-
-    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None) -> None:
-        self.limit = limit
-        self.in_progress = 0
-        self._on_refused = on_refused
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            admitted = self.in_progress < self.limit
-            if admitted:
-                self.in_progress += 1
-        if not admitted:
-            if self._on_refused is not None:
-                self._on_refused()
-            raise OverloadedError(
-                f"{self.limit} requests are already in progress (grpc_workers); retry later or treat this as a miss"
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self.in_progress -= 1
 
 
 def _rpc(method: Handler) -> Handler:
@@ -137,7 +101,7 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         return cache
 
     def _key(self, partition: pb.Partition, grant: Grant) -> PartitionKey:
-        key = partition_key(partition)
+        key = wire.partition_key(partition)
         grant.require(key.namespace)
         return key
 
@@ -147,37 +111,19 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             self._key(request.partition, grant),
             request.query,
             embedding=request.embedding,
-            min_similarity=request.min_similarity if request.HasField("min_similarity") else None,
+            min_similarity=wire.min_similarity(request),
             deadline=deadline,
         )
-        response = pb.LookupResponse(
-            hit=result.hit,
-            entry_id=result.entry_id,
-            response=result.response,
-            similarity=result.similarity or 0.0,
-            matched_query=result.matched_query,
-            exact=result.exact,
-            threshold=result.threshold,
-            resolved_version=result.resolved_version,
-            guard_reason=result.guard_reason,
-        )
-        if result.metadata:  # a map field copies item by item in Python, even when empty (~2 us)
-            response.metadata.update(result.metadata)
-        return response
+        return wire.lookup_response(result)
 
     @_rpc
     def Store(self, request: pb.StoreRequest, grant: Grant, deadline: float | None) -> pb.StoreResponse:
+        item = wire.store_item(self._key(request.partition, grant), request)
         result = self._ready().store(
-            self._key(request.partition, grant),
-            request.query,
-            request.response,
-            embedding=request.embedding,
-            ttl_seconds=request.ttl_seconds,
-            metadata=request.metadata,
-            cost=request.cost,
-            deadline=deadline,
+            item.key, item.query, item.response, embedding=item.embedding, ttl_seconds=item.ttl_seconds,
+            metadata=item.metadata, cost=item.cost, deadline=deadline,
         )
-        return _store_response(result)
+        return wire.store_response(result)
 
     @_rpc
     def StoreBatch(self, request: pb.StoreBatchRequest, grant: Grant, deadline: float | None) -> pb.StoreBatchResponse:
@@ -187,21 +133,16 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         items: list[StoreItem | SemcacheError] = []
         for item in request.items:
             try:
-                key = self._key(item.partition, grant)
+                items.append(wire.store_item(self._key(item.partition, grant), item))
             except SemcacheError as e:
                 items.append(e)
-                continue
-            items.append(StoreItem(
-                key, item.query, item.response, embedding=item.embedding, ttl_seconds=item.ttl_seconds,
-                metadata=item.metadata, cost=item.cost,
-            ))
         valid = [i for i in items if isinstance(i, StoreItem)]
         stored = iter(cache.store_batch(valid, deadline))
         results = []
         for item in items:
             outcome = item if isinstance(item, SemcacheError) else next(stored)
             if isinstance(outcome, StoreResult):
-                results.append(pb.StoreBatchResult(stored=_store_response(outcome)))
+                results.append(pb.StoreBatchResult(stored=wire.store_response(outcome)))
             else:
                 code = grpc_status_for(outcome)
                 results.append(pb.StoreBatchResult(error_code=code.value[0], error_message=str(outcome)))
@@ -241,23 +182,4 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             view = cache.stats(key.namespace, key.model, key.version, listed=listed)
         else:
             view = cache.stats(allowed=allowed, listed=listed)
-        return pb.StatsResponse(
-            entries=view.entries,
-            bytes=view.bytes,
-            partitions_total=view.partitions_total,
-            embedding_model=cache.embedding_model,
-            embedding_dimension=cache.dimension,
-            partitions=[
-                pb.PartitionStats(
-                    namespace=p.key.namespace,
-                    model=p.key.model,
-                    prompt_version=p.key.version,
-                    entries=p.entries,
-                    bytes=p.bytes,
-                    last_used_at=p.record.last_used_at,
-                    **{name: getattr(p.record, name) for name in COUNTERS},
-                )
-                for p in view.partitions
-            ],
-            **{name: getattr(view.totals, name) for name in COUNTERS},
-        )
+        return wire.stats_response(view, cache.embedding_model, cache.dimension)

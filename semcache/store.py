@@ -189,6 +189,9 @@ class Store:
     def put_meta(self, txn: lmdb.Transaction, name: str, value: str) -> None:
         txn.put(name.encode(), value.encode(), db=self._meta)
 
+    def delete_meta(self, txn: lmdb.Transaction, name: str) -> None:
+        txn.delete(name.encode(), db=self._meta)
+
     def last_id(self, txn: lmdb.Transaction, counter: str) -> int:
         """The last id next_id() gave out from this counter (0: none yet)."""
         raw = txn.get(counter.encode(), db=self._meta)
@@ -245,6 +248,11 @@ class Store:
     def get_entry(self, txn: lmdb.Transaction, entry_id: int) -> EntryRecord | None:
         raw = txn.get(pack_id(entry_id), db=self._entries)
         return None if raw is None else EntryRecord.FromString(raw)
+
+    def raw_entry(self, txn: lmdb.Transaction, entry_id: int) -> bytes | None:
+        """The entry's record as stored (serialized EntryRecord)."""
+        raw = txn.get(pack_id(entry_id), db=self._entries)
+        return None if raw is None else bytes(raw)
 
     def has_entry(self, txn: lmdb.Transaction, entry_id: int) -> bool:
         """Whether the entry exists, without copying its record out of the map."""

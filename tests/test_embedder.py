@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from semcache.embedder import BatchingEmbedder, TorchEmbedder, available_cores, check_deadline
+from semcache.batcher import BatchingEmbedder
+from semcache.embedder import TorchEmbedder, available_cores, check_deadline
 
 SAMPLE = [
     "How do I return an item?",

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from semcache.cache import SemanticCache
+from semcache.group_commit import GroupCommit
 from semcache.errors import ResourceExhaustedError
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
@@ -127,7 +128,7 @@ def test_one_batch_that_replaces_and_evicts_its_own_entries_leaves_indexes_exact
     cache = _cache(tmp_path, max_entries=30, ivf_min_entries=20 if ivf else 0)
     key = PartitionKey("ns", "m", "v1")
     cache.store_batch([StoreItem(key, f"old {i}", b"r", embedding=unit_vector(1000 + i)) for i in range(30)])
-    index = cache._by_key[key].index
+    index = cache.storage.partition(key).index
     index.wait_for_build()
     assert index.kind == ("ivf" if ivf else "flat")
     items = [StoreItem(key, f"new {i}", b"first", embedding=unit_vector(i)) for i in range(40)]
@@ -158,7 +159,8 @@ def test_a_committed_store_returns_without_waiting_for_the_next_commit(tmp_path)
     cache = _cache(tmp_path)
     key = PartitionKey("ns", "m", "v1")
     commit_of: dict[str, int] = {}  # query -> number of the commit that stored it
-    commit_batch = cache._commit_batch
+    storage = cache.storage
+    commit_batch = storage.writer.commit_batch_locked
     finished = [0]
 
     def slow_commit_batch(batch):
@@ -168,7 +170,7 @@ def test_a_committed_store_returns_without_waiting_for_the_next_commit(tmp_path)
         commit_of.update((job.record.query, finished[0]) for job in batch)
         return retired
 
-    cache._commit_batch = slow_commit_batch
+    storage.group_commit = GroupCommit(storage.write_lock, slow_commit_batch, storage.invalidator.retire)
     waited_through: list[int] = []
 
     def work(n: int) -> None:

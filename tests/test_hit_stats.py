@@ -6,7 +6,6 @@ from __future__ import annotations
 from semcache.cache import SemanticCache
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
-from semcache.store import pack_id
 from tests.conftest import POLICY_DIMENSION, unit_vector
 
 KEY = PartitionKey("ns", "m", "v1")
@@ -28,8 +27,10 @@ def _cache(tmp_path, clock: Clock, **overrides) -> SemanticCache:
 
 
 def _raw_entry(cache: SemanticCache, entry_id: int) -> bytes:
-    with cache._store.read() as txn:
-        return bytes(txn.get(pack_id(entry_id), db=cache._store._entries))
+    with cache.storage.store.read() as txn:
+        raw = cache.storage.store.raw_entry(txn, entry_id)
+    assert raw is not None
+    return raw
 
 
 def test_counting_hits_writes_the_hits_row_and_leaves_the_entry_as_it_was(tmp_path):
@@ -42,8 +43,8 @@ def test_counting_hits_writes_the_hits_row_and_leaves_the_entry_as_it_was(tmp_pa
         assert cache.lookup(KEY, "q").hit
     cache.flush_stats()
     assert _raw_entry(cache, entry_id) == before
-    with cache._store.read() as txn:
-        hits = cache._store.get_hits(txn, entry_id)
+    with cache.storage.store.read() as txn:
+        hits = cache.storage.store.get_hits(txn, entry_id)
     assert hits.hit_count == 3 and hits.last_hit_at == clock.now and hits.lfu_score > 0
     cache.close()
 
@@ -73,20 +74,20 @@ def test_an_entry_stored_before_the_hits_table_keeps_its_counts(tmp_path):
     old_id = int(cache.store(KEY, "old", b"x", embedding=unit_vector(1)).entry_id)
     clock.now += 1
     cache.store(KEY, "new", b"x", embedding=unit_vector(2))
-    with cache._store.write() as txn:  # as an earlier version left it: the counts inside the record
-        record = cache._store.get_entry(txn, old_id)
+    with cache.storage.store.write() as txn:  # as an earlier version left it: the counts inside the record
+        record = cache.storage.store.get_entry(txn, old_id)
         updated = type(record).FromString(record.SerializeToString())
         updated.hit_count, updated.last_hit_at = 7, clock.now
-        updated.lfu_score = cache._policy.queue("ns").new_score(clock.now) + 3  # as if hit 7 times
-        cache._store.update_entry(txn, old_id, record, updated)
-        txn.delete(b"hits_table_from_entry_id", db=cache._store._meta)  # nor did it know the table
+        updated.lfu_score = cache.storage.ledger.policy.queue("ns").new_score(clock.now) + 3  # as if hit 7 times
+        cache.storage.store.update_entry(txn, old_id, record, updated)
+        cache.storage.store.delete_meta(txn, "hits_table_from_entry_id")  # nor did it know the table
     cache.close()
     cache = _cache(tmp_path, clock, max_entries=2)
     clock.now += 1
     assert cache.lookup(KEY, "old").hit
     cache.flush_stats()
-    with cache._store.read() as txn:
-        assert cache._store.get_hits(txn, old_id).hit_count == 8
+    with cache.storage.store.read() as txn:
+        assert cache.storage.store.get_hits(txn, old_id).hit_count == 8
     cache.store(KEY, "third", b"x", embedding=unit_vector(3))
     assert cache.lookup(KEY, "old").hit and not cache.lookup(KEY, "new").hit
     cache.close()
@@ -99,8 +100,8 @@ def test_removing_an_entry_removes_its_hits_row(tmp_path):
     assert cache.lookup(KEY, "q").hit
     cache.flush_stats()
     assert cache.delete(KEY, entry_id)
-    with cache._store.read() as txn:
-        assert cache._store.get_hits(txn, int(entry_id)) is None
+    with cache.storage.store.read() as txn:
+        assert cache.storage.store.get_hits(txn, int(entry_id)) is None
     assert cache.check_consistency() == []
     cache.close()
 
@@ -110,19 +111,19 @@ def test_entries_stored_with_the_table_are_counted_without_reading_their_record(
     whose record has counts (which this version never writes) is not read for them."""
     clock = Clock()
     cache = _cache(tmp_path, clock)
-    first = cache._hits_table_from_entry_id
+    first = cache.storage.maintenance.hits_table_from_entry_id
     entry_id = int(cache.store(KEY, "q", b"x", embedding=unit_vector(1)).entry_id)
     assert entry_id >= first
-    with cache._store.write() as txn:  # a record this version would never write
-        record = cache._store.get_entry(txn, entry_id)
+    with cache.storage.store.write() as txn:  # a record this version would never write
+        record = cache.storage.store.get_entry(txn, entry_id)
         updated = type(record).FromString(record.SerializeToString())
         updated.hit_count = 1000
-        cache._store.update_entry(txn, entry_id, record, updated)
+        cache.storage.store.update_entry(txn, entry_id, record, updated)
     assert cache.lookup(KEY, "q").hit
     cache.flush_stats()
-    with cache._store.read() as txn:
-        assert cache._store.get_hits(txn, entry_id).hit_count == 1
+    with cache.storage.store.read() as txn:
+        assert cache.storage.store.get_hits(txn, entry_id).hit_count == 1
     cache.close()
     cache = _cache(tmp_path, clock)
-    assert cache._hits_table_from_entry_id == first
+    assert cache.storage.maintenance.hits_table_from_entry_id == first
     cache.close()

@@ -296,12 +296,12 @@ def test_interrupted_invalidation_is_finished_at_start(policy_server):
         store(client, i)
     store(client, 100, partition={"namespace": "keep"})
     cache = server.cache
-    partition_id = cache._by_key[next(k for k in cache._by_key if k.namespace == "app")].id
+    partition_id = next(p for p in cache.storage.registry.all() if p.key.namespace == "app").id
     # The state a kill -9 leaves mid-invalidation: partition marked, some entries deleted.
-    with cache._store.write() as txn:
-        cache._store.mark_partition_dropping(txn, partition_id)
-        for entry_id in list(cache._store.iter_partition_entry_ids(txn, partition_id))[:10]:
-            cache._store.delete_entry(txn, entry_id, cache._store.get_entry(txn, entry_id))
+    with cache.storage.store.write() as txn:
+        cache.storage.store.mark_partition_dropping(txn, partition_id)
+        for entry_id in list(cache.storage.store.iter_partition_entry_ids(txn, partition_id))[:10]:
+            cache.storage.store.delete_entry(txn, entry_id, cache.storage.store.get_entry(txn, entry_id))
     server.stop()
     server, client = policy_server()
     assert [p.namespace for p in client.stats().partitions] == ["keep"]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from semcache.embedder import _MARGIN_TEXTS, _Request, check_deadline, plan_batch
+from semcache.batcher import _MARGIN_TEXTS, _Request, plan_batch
+from semcache.embedder import check_deadline
 from semcache.errors import DeadlineExceededError
 from semcache.v1 import semcache_pb2 as pb
 from tests.conftest import status_of
@@ -69,7 +70,7 @@ def test_calls_past_grpc_workers_are_refused_at_once_and_health_still_answers(ma
     server, client = make_server(embedder=gated, grpc_workers=3)
     _seed(client, embedder)
     in_model = [client._stub.Lookup.future(_lookup_request(f"how do I return item {i}")) for i in range(3)]
-    _wait_for(lambda: server._servicer.admission.in_progress == 3 and gated.entered.is_set())
+    _wait_for(lambda: server.admission.in_progress == 3 and gated.entered.is_set())
 
     # A fourth cache call of any kind is refused at once: it does not wait for the gate
     # (it would, and then fail with DEADLINE_EXCEEDED, if it queued).
@@ -90,7 +91,7 @@ def test_calls_past_grpc_workers_are_refused_at_once_and_health_still_answers(ma
 
     gated.gate.set()
     assert all(not f.result(timeout=60).hit for f in in_model)  # none was dropped
-    assert server._servicer.admission.in_progress == 0
+    assert server.admission.in_progress == 0
     assert client.lookup(PARTITION, "where is my parcel").hit  # room again once they finished
 
 
@@ -112,7 +113,7 @@ def test_the_model_never_runs_for_a_caller_whose_deadline_passed_while_it_waited
     assert not first.result(timeout=60).hit
 
     # The server answered both without embedding their texts, and stored nothing.
-    _wait_for(lambda: server._servicer.admission.in_progress == 0)
+    _wait_for(lambda: server.admission.in_progress == 0)
     assert gated.texts == ["the call that holds the model"]
     assert _shed(server, "deadline") == 2
     assert client.stats().entries == entries_before
