@@ -6,20 +6,12 @@ from __future__ import annotations
 from semcache.cache import SemanticCache
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
-from tests.conftest import POLICY_DIMENSION, unit_vector
+from tests.helpers import POLICY_DIMENSION, ManualClock, unit_vector
 
 KEY = PartitionKey("ns", "m", "v1")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _cache(tmp_path, clock: Clock, **overrides) -> SemanticCache:
+def _cache(tmp_path, clock: ManualClock, **overrides) -> SemanticCache:
     settings = Settings(
         data_dir=str(tmp_path / "data"), embedding_model="none", embedding_dimension=POLICY_DIMENSION, **overrides
     )
@@ -34,7 +26,7 @@ def _raw_entry(cache: SemanticCache, entry_id: int) -> bytes:
 
 
 def test_counting_hits_writes_the_hits_row_and_leaves_the_entry_as_it_was(tmp_path):
-    clock = Clock()
+    clock = ManualClock(1_000_000.0)
     cache = _cache(tmp_path, clock)
     entry_id = int(cache.store(KEY, "q", b"r" * 50_000, embedding=unit_vector(1)).entry_id)
     before = _raw_entry(cache, entry_id)
@@ -50,7 +42,7 @@ def test_counting_hits_writes_the_hits_row_and_leaves_the_entry_as_it_was(tmp_pa
 
 
 def test_hit_statistics_survive_a_restart_and_steer_eviction(tmp_path):
-    clock = Clock()
+    clock = ManualClock(1_000_000.0)
     cache = _cache(tmp_path, clock, max_entries=3)
     for n, query in enumerate(("a", "b", "c")):
         clock.now += 1
@@ -69,7 +61,7 @@ def test_hit_statistics_survive_a_restart_and_steer_eviction(tmp_path):
 
 
 def test_an_entry_stored_before_the_hits_table_keeps_its_counts(tmp_path):
-    clock = Clock()
+    clock = ManualClock(1_000_000.0)
     cache = _cache(tmp_path, clock, max_entries=2)
     old_id = int(cache.store(KEY, "old", b"x", embedding=unit_vector(1)).entry_id)
     clock.now += 1
@@ -94,7 +86,7 @@ def test_an_entry_stored_before_the_hits_table_keeps_its_counts(tmp_path):
 
 
 def test_removing_an_entry_removes_its_hits_row(tmp_path):
-    clock = Clock()
+    clock = ManualClock(1_000_000.0)
     cache = _cache(tmp_path, clock)
     entry_id = cache.store(KEY, "q", b"x", embedding=unit_vector(1)).entry_id
     assert cache.lookup(KEY, "q").hit
@@ -109,7 +101,7 @@ def test_removing_an_entry_removes_its_hits_row(tmp_path):
 def test_entries_stored_with_the_table_are_counted_without_reading_their_record(tmp_path):
     """The first id stored with entry_hits is kept across restarts; an entry from then on
     whose record has counts (which this version never writes) is not read for them."""
-    clock = Clock()
+    clock = ManualClock(1_000_000.0)
     cache = _cache(tmp_path, clock)
     first = cache.storage.maintenance.hits_table_from_entry_id
     entry_id = int(cache.store(KEY, "q", b"x", embedding=unit_vector(1)).entry_id)

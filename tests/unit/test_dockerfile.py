@@ -6,7 +6,7 @@ import re
 import shlex
 
 from semcache.cli import build_parser
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 

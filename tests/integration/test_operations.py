@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from semcache.client import Client
-from tests.conftest import POLICY_DIMENSION, free_port, health_status, start_server_process, status_of, unit_vector
+from tests.helpers import POLICY_DIMENSION, free_port, health_status, start_server_process, status_of, unit_vector
 
 P = {"namespace": "ops", "model": "m"}
 

@@ -12,7 +12,7 @@ from semcache.group_commit import GroupCommit
 from semcache.errors import ResourceExhaustedError
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
-from tests.conftest import POLICY_DIMENSION, unit_vector
+from tests.helpers import POLICY_DIMENSION, unit_vector
 
 
 def _cache(tmp_path, **overrides) -> SemanticCache:

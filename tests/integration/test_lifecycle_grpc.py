@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from semcache.settings import NamespaceSettings
-from tests.conftest import status_of, unit_vector, vector_at_similarity
+from tests.helpers import status_of, unit_vector, vector_at_similarity
 
 P = {"namespace": "app", "model": "m", "prompt_version": "v1"}
 DAY = 86400

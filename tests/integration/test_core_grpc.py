@@ -14,7 +14,7 @@ from semcache.client import Client
 from semcache.settings import NamespaceSettings
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1.semcache_pb2_grpc import SemanticCacheStub
-from tests.conftest import status_of, unit_vector, vector_at_similarity
+from tests.helpers import status_of, unit_vector, vector_at_similarity
 
 SHOP = {"namespace": "shop", "model": "gpt-x", "prompt_version": "v1"}
 

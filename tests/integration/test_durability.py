@@ -6,7 +6,7 @@ import signal
 import threading
 
 from semcache.client import Client
-from tests.conftest import free_port, start_server_process
+from tests.helpers import free_port, start_server_process
 
 PARTITION = {"namespace": "durable", "model": "m", "prompt_version": "v1"}
 

@@ -1,0 +1,61 @@
+"""Fixtures of the integration tests: the real embedder, real servers on loopback, real
+LMDB in temp dirs."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from semcache.client import Client
+from semcache.embedder import Embedder, load_embedder
+from semcache.server import SemcacheServer, create_server
+from semcache.settings import Settings
+from tests.helpers import POLICY_DIMENSION
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The real default model on the default (ONNX) backend, loaded once for the whole run."""
+    loaded = load_embedder()
+    assert loaded.backend == "onnx"
+    return loaded
+
+
+ServerFactory = Callable[..., tuple[SemcacheServer, Client]]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start real servers on loopback port 0; each is stopped at the end of the test.
+
+    make_server(embedder=None) runs without a model (clients send POLICY_DIMENSION vectors).
+    Settings overrides are keyword arguments; data_dir defaults to one dir per test.
+    """
+    started: list[tuple[SemcacheServer, Client]] = []
+
+    def factory(*, embedder: Embedder | None, clock: Callable[[], float] = time.time, **overrides: object):
+        values: dict[str, object] = {
+            "listen": "127.0.0.1:0",
+            "data_dir": str(tmp_path / "data"),
+            "embedding_dimension": POLICY_DIMENSION,
+            "sync_writes": False,
+        }
+        if embedder is None:
+            values["embedding_model"] = "none"
+        values.update(overrides)
+        settings = Settings().with_overrides(**{k: v for k, v in values.items() if k != "namespaces"})
+        if "namespaces" in values:
+            settings = dataclasses.replace(settings, namespaces=values["namespaces"])
+        server, port = create_server(settings, embedder=embedder, clock=clock)
+        client = Client(f"127.0.0.1:{port}", timeout_seconds=30)
+        started.append((server, client))
+        return server, client
+
+    yield factory
+    for server, client in started:
+        client.close()
+        server.stop(grace_seconds=1)
