@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf import cpu_seconds  # noqa: E402
+from perf import cpu_seconds
 
 
 def serve(port: int) -> None:

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from million import THRESHOLD, derived_vectors  # noqa: E402
+from million import THRESHOLD, derived_vectors
 
 
 def main() -> None:

@@ -36,11 +36,11 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf import concurrent_rate, serve_in_child, texts, write_report  # noqa: E402
+from perf import concurrent_rate, serve_in_child, texts, write_report
 
-from semcache.client import Client  # noqa: E402
-from semcache.v1 import semcache_pb2 as pb  # noqa: E402
-from semcache.v1 import semcache_pb2_grpc as pb_grpc  # noqa: E402
+from semcache.client import Client
+from semcache.v1 import semcache_pb2 as pb
+from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 PARTITION = {"namespace": "perf", "model": "m"}
 

@@ -61,9 +61,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from semcache.batcher import BatchingEmbedder
 from semcache.cache import SemanticCache
 from semcache.client import Client
-from semcache.batcher import BatchingEmbedder
 from semcache.embedder import load_embedder
 from semcache.partition import PartitionKey
 from semcache.settings import Settings

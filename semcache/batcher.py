@@ -20,7 +20,7 @@ _MARGIN_TEXTS = 3
 
 
 class _Request:
-    __slots__ = ("text", "deadline", "vector", "error", "done", "lead", "split", "wake")
+    __slots__ = ("deadline", "done", "error", "lead", "split", "text", "vector", "wake")
 
     def __init__(self, text: str, deadline: float | None) -> None:
         self.text = text
@@ -168,7 +168,7 @@ class BatchingEmbedder:
                 started = time.monotonic()
                 vectors = self.inner.embed(texts) if alone else self.inner.embed_on_one_core(texts)
                 per_text = (time.monotonic() - started) / len(batch)
-                for r, vector in zip(batch, vectors):
+                for r, vector in zip(batch, vectors, strict=True):
                     r.vector = vector
                 if self._observe_batch is not None:
                     self._observe_batch(len(batch))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class SemanticCache:
             self.dimension = settings.embedding_dimension
             self.embedding_model = "none"
         self.validator = RequestValidator(settings, self.dimension, has_model=embedder is not None)
-        self.storage: CacheStorage = LocalStorage(settings, self.dimension, self.embedding_model, clock)
+        self.storage: CacheStorage[Any] = LocalStorage(settings, self.dimension, self.embedding_model, clock)
         self.recovery_seconds = self.storage.recovery_seconds
         self.thresholds = Thresholds(settings, self.storage.namespace_thresholds)
 
@@ -188,7 +189,7 @@ class SemanticCache:
             self._set_vectors(to_embed, self._embed([j.record.query for j in to_embed], deadline))
         committed = iter(self.storage.commit_all(valid))
         results = [job if isinstance(job, SemcacheError) else next(committed) for job in jobs]
-        for item, result in zip(items, results):
+        for item, result in zip(items, results, strict=True):
             if isinstance(result, StoreResult):
                 self.metrics.count_stores(item.key.namespace)
         return results
@@ -218,7 +219,7 @@ class SemanticCache:
 
     @staticmethod
     def _set_vectors(jobs: Sequence[StoreJob], vectors: np.ndarray) -> None:
-        for job, vector in zip(jobs, vectors):
+        for job, vector in zip(jobs, vectors, strict=True):
             job.vector = vector
             job.record.embedding = vector.tobytes()
 

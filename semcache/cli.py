@@ -95,9 +95,8 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from semcache.server import serve
-
     from semcache.logs import configure_logging
+    from semcache.server import serve
 
     settings = _settings_from(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -204,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("entry_id")
     delete.set_defaults(run=cmd_delete)
 
-    invalidate = commands.add_parser("invalidate", help="drop a partition, a model's versions, a namespace, or entries by metadata")
+    invalidate = commands.add_parser(
+        "invalidate", help="drop a partition, a model's versions, a namespace, or entries by metadata"
+    )
     _add_client_flags(invalidate)
     invalidate.add_argument("--all-versions", action="store_true", help="every version of --namespace + --model")
     invalidate.add_argument("--whole-namespace", action="store_true", help="every partition of --namespace")

@@ -118,7 +118,10 @@ class TorchEmbedder:
         get_dimension = getattr(self._model, "get_embedding_dimension", None) or (
             self._model.get_sentence_embedding_dimension
         )
-        self.dimension: int = int(get_dimension())
+        dimension = get_dimension()
+        if dimension is None:
+            raise ConfigError(f"the model in {str(path)!r} does not say its embedding dimension")
+        self.dimension: int = int(dimension)
         self.name: str = _model_name(path)
         self._lock = threading.Lock()
 
@@ -168,7 +171,7 @@ class OnnxEmbedder:
         self._pool: ThreadPoolExecutor | None = None
 
     @staticmethod
-    def _open(onnxruntime, onnx_path: Path, threads: int):  # type: ignore[no-untyped-def]
+    def _open(onnxruntime, onnx_path: Path, threads: int):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -222,7 +225,7 @@ class OnnxEmbedder:
                 super().__init__()
                 self.model = model
 
-            def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            def forward(self, input_ids, attention_mask, token_type_ids):
                 return self.model(
                     input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
                 ).last_hidden_state
@@ -259,17 +262,17 @@ class OnnxEmbedder:
     def embed_on_one_core(self, texts: Sequence[str]) -> np.ndarray:
         return self._embed_chunks(texts, map)
 
-    def _embed_chunks(self, texts: Sequence[str], mapper: Callable) -> np.ndarray:  # type: ignore[type-arg]
+    def _embed_chunks(self, texts: Sequence[str], mapper: Callable) -> np.ndarray:
         """Texts sorted by length, in chunks of _ONNX_BATCH run on the one-core session by `mapper`."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = [order[start:start + _ONNX_BATCH] for start in range(0, len(order), _ONNX_BATCH)]
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         vectors = mapper(lambda chunk: self._embed_batch([texts[i] for i in chunk], self._one_core), chunks)
-        for chunk, chunk_vectors in zip(chunks, vectors):
+        for chunk, chunk_vectors in zip(chunks, vectors, strict=True):
             out[chunk] = chunk_vectors
         return out
 
-    def _embed_batch(self, texts: Sequence[str], session) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def _embed_batch(self, texts: Sequence[str], session) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)

@@ -98,7 +98,9 @@ class LfuQueue:
         except OverflowError:  # `now` is far earlier than the entry's last hit
             return math.inf
 
-    def add(self, entry_id: int, size_bytes: int, now: float, score: float | None = None, last_used_at: float | None = None) -> None:
+    def add(
+        self, entry_id: int, size_bytes: int, now: float, score: float | None = None, last_used_at: float | None = None
+    ) -> None:
         """Track an entry; score and last_used_at restore a persisted state."""
         if entry_id in self._size_bytes:
             self.remove(entry_id)

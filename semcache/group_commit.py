@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,8 @@ class GroupCommit:
     def __init__(
         self,
         write_lock: threading.Lock,
-        commit_batch: Callable[[list[StoreJob]], list],  # type: ignore[type-arg]
-        after_commit: Callable[[list], None],  # type: ignore[type-arg]
+        commit_batch: Callable[[list[StoreJob]], list[Any]],
+        after_commit: Callable[[list[Any]], None],
     ) -> None:
         self._write_lock = write_lock
         self._commit_batch = commit_batch
@@ -85,7 +86,7 @@ class GroupCommit:
     def _lead(self, leader: _StoreCall) -> None:
         """Commit every queued call (the leader's own among them), wake them, pass the lead on."""
         calls: list[_StoreCall] = []
-        handed_on: list = []  # type: ignore[type-arg]
+        handed_on: list[Any] = []
         try:
             with self._write_lock:
                 with self._queue_lock:

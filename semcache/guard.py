@@ -18,13 +18,14 @@ from collections import Counter
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,:]\d+)*")
 # Spelled-out numbers count as numbers: "alarm at two pm" is not "alarm at three pm".
 # "one" is left out: it is as often a pronoun ("which one", "one of my lights").
-_NUMBER_WORDS = frozenset(
-    "zero two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
-    "hundred thousand million billion half quarter".split()
-)
+_NUMBER_WORDS = frozenset([
+    "zero", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+    "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    "hundred", "thousand", "million", "billion", "half", "quarter",
+])
 _NEGATIONS = frozenset(
-    "not no never none nobody nothing nowhere neither nor cannot without n't".split()
+    ["not", "no", "never", "none", "nobody", "nothing", "nowhere", "neither", "nor", "cannot", "without", "n't"]
 )
 # A word made of one of these and a word of the other text negates that word.
 _NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non")
@@ -71,7 +72,7 @@ for _a, _b in _OPPOSITES:
 
 
 def _tokens(text: str) -> list[str]:
-    words = []
+    words: list[str] = []
     for token in _WORD.findall(text.casefold().replace("’", "'")):
         if token.endswith("n't"):
             words.extend((token[:-3], "n't"))

@@ -71,7 +71,9 @@ class LocalCandidates:
             with self._store.read() as txn:
                 for entry_id, similarity in found[seen:]:
                     record = self._store.get_entry(txn, entry_id)
-                    if record is None or record.partition_id != partition.id or self._ledger.is_expired(entry_id, record, self._now):
+                    if record is None or record.partition_id != partition.id:
+                        continue
+                    if self._ledger.is_expired(entry_id, record, self._now):
                         continue
                     yield Candidate(entry_id, record, similarity)
             if len(found) < k:  # every vector in the index was seen

@@ -77,34 +77,33 @@ class Maintenance:
         pending = self.ledger.take_pending(self.registry.all())
         if not pending:
             return
-        with self.writer.write_lock:
-            with self.store.write() as txn:
-                for entry_id, (count, last_hit_at, score) in pending.hits.items():
-                    hits = self._entry_hits(txn, entry_id)
-                    if hits is None:  # deleted since
-                        continue
-                    hits.hit_count += count
-                    hits.last_hit_at = last_hit_at
-                    if score is not None:
-                        hits.lfu_score = score
-                    self.store.put_hits(txn, entry_id, hits)
-                for entry_id, expiry in pending.expiries.items():  # the expiry index moves too: rewrite the entry
-                    old = self.store.get_entry(txn, entry_id)
-                    if old is None or not ttl.extension_applies(old.expires_at, expiry):
-                        continue
-                    new = EntryRecord.FromString(old.SerializeToString())
-                    new.expires_at = expiry
-                    self.store.update_entry(txn, entry_id, old, new)
-                for partition_id, counters in pending.partitions:
-                    stored = self.store.get_partition(txn, partition_id)
-                    if stored is None or stored.dropping:
-                        continue
-                    stored.MergeFrom(counters)
-                    self.store.put_partition(txn, partition_id, stored)
-                self.store.put_meta(txn, "totals", pending.totals.hex())
+        with self.writer.write_lock, self.store.write() as txn:
+            for entry_id, (count, last_hit_at, score) in pending.hits.items():
+                hits = self._entry_hits(txn, entry_id)
+                if hits is None:  # deleted since
+                    continue
+                hits.hit_count += count
+                hits.last_hit_at = last_hit_at
+                if score is not None:
+                    hits.lfu_score = score
+                self.store.put_hits(txn, entry_id, hits)
+            for entry_id, expiry in pending.expiries.items():  # the expiry index moves too: rewrite the entry
+                old = self.store.get_entry(txn, entry_id)
+                if old is None or not ttl.extension_applies(old.expires_at, expiry):
+                    continue
+                new = EntryRecord.FromString(old.SerializeToString())
+                new.expires_at = expiry
+                self.store.update_entry(txn, entry_id, old, new)
+            for partition_id, counters in pending.partitions:
+                stored = self.store.get_partition(txn, partition_id)
+                if stored is None or stored.dropping:
+                    continue
+                stored.MergeFrom(counters)
+                self.store.put_partition(txn, partition_id, stored)
+            self.store.put_meta(txn, "totals", pending.totals.hex())
         self.ledger.settle_expiries(pending.expiries)
 
-    def _entry_hits(self, txn, entry_id: int) -> EntryHits | None:  # type: ignore[no-untyped-def]
+    def _entry_hits(self, txn, entry_id: int) -> EntryHits | None:
         """The entry's hit statistics; seeded from its record when a version before the
         entry_hits table stored them there. None when the entry is gone."""
         hits = self.store.get_hits(txn, entry_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -100,7 +101,9 @@ class _StatsCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         view = self._stats()
         yield GaugeMetricFamily("semcache_entries", "Entries stored.", value=view.entries)
-        yield GaugeMetricFamily("semcache_bytes", "Bytes counted against budgets (query+response+vector+metadata).", value=view.bytes)
+        yield GaugeMetricFamily(
+            "semcache_bytes", "Bytes counted against budgets (query+response+vector+metadata).", value=view.bytes
+        )
         yield GaugeMetricFamily("semcache_partitions", "Live partitions.", value=view.partitions_total)
         for name, help_text in (
             ("evictions", "Entries removed by the LFU policy."),

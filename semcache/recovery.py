@@ -121,10 +121,9 @@ def check_consistency(store: Store, registry: PartitionRegistry, policy: Evictio
             if entry_id not in policy:
                 problems.append(f"entry {entry_id} is in LMDB but not tracked for eviction")
         for partition in registry.all():
-            if stored.get(partition.id, 0) != len(partition.index):
-                problems.append(
-                    f"partition {partition.key}: {stored.get(partition.id, 0)} entries in LMDB, {len(partition.index)} in its index"
-                )
+            in_lmdb, in_index = stored.get(partition.id, 0), len(partition.index)
+            if in_lmdb != in_index:
+                problems.append(f"partition {partition.key}: {in_lmdb} entries in LMDB, {in_index} in its index")
         for partition_id, count in stored.items():
             if registry.get_by_id(partition_id) is None:
                 problems.append(f"{count} entries in LMDB belong to no live partition {partition_id}")

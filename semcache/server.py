@@ -12,18 +12,20 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from semcache.admission import Admission
 from semcache.auth import Authenticator, parse_tokens
-from semcache.cache import SemanticCache
 from semcache.batcher import BatchingEmbedder
-from semcache.embedder import Embedder, load_embedder as load_model
+from semcache.cache import SemanticCache
+from semcache.embedder import Embedder
+from semcache.embedder import load_embedder as load_model
 from semcache.errors import ConfigError
 from semcache.metrics import Metrics
-from semcache.admission import Admission
 from semcache.servicer import CacheServicer
 from semcache.settings import NO_EMBEDDING_MODEL, Settings
 from semcache.v1 import semcache_pb2, semcache_pb2_grpc
@@ -51,7 +53,7 @@ class SemcacheServer:
         self,
         settings: Settings,
         *,
-        embedder: Embedder | None | object = _LOAD_FROM_SETTINGS,
+        embedder: Embedder | object | None = _LOAD_FROM_SETTINGS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -61,7 +63,7 @@ class SemcacheServer:
         self.port = 0
         self.metrics_port = 0
         self.metrics = Metrics(max_namespaces=settings.metrics_max_namespaces)
-        self._metrics_server = None
+        self._metrics_server: WSGIServer | None = None
         self._batcher: BatchingEmbedder | None = None
         grants = parse_tokens(settings.auth_tokens)
         self.admission = Admission(settings.grpc_workers, on_refused=self.metrics.shed_overloaded.inc)
@@ -119,7 +121,7 @@ class SemcacheServer:
                 observe_batch=self.metrics.embed_batch_size.observe,
             )
             embedder = self._batcher
-        self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)  # type: ignore[arg-type]
+        self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)
         cache = self.cache
         self.metrics.watch(functools.partial(cache.stats, listed=0), lambda: cache.store_commits)  # at every scrape
         if self.settings.metrics_listen:
@@ -147,10 +149,12 @@ class SemcacheServer:
 
         host, _, port = self.settings.metrics_listen.rpartition(":")
         try:
-            self._metrics_server, _ = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.metrics.registry)
+            self._metrics_server, _ = start_http_server(
+                int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.metrics.registry
+            )
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot serve metrics on {self.settings.metrics_listen!r}: {e}") from None
-        self.metrics_port = self._metrics_server.server_port
+        self.metrics_port = int(self._metrics_server.server_port)
 
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop accepting, let in-flight calls finish within the grace period, flush and close.
@@ -181,7 +185,7 @@ class SemcacheServer:
 def create_server(
     settings: Settings,
     *,
-    embedder: Embedder | None | object = _LOAD_FROM_SETTINGS,
+    embedder: Embedder | object | None = _LOAD_FROM_SETTINGS,
     clock: Callable[[], float] = time.time,
 ) -> tuple[SemcacheServer, int]:
     """A started server and the port it listens on (bind port 0 to get a free one)."""

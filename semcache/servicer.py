@@ -25,7 +25,8 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 log = logging.getLogger("semcache")
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 # Partitions a Stats response lists when the request does not say (StatsRequest.max_partitions).
 STATS_DEFAULT_PARTITIONS = 1000
 
@@ -51,14 +52,16 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None or remaining > _NO_DEADLINE_SECONDS else time.monotonic() + remaining
 
 
-def _rpc(method: Handler) -> Handler:
+def _rpc(
+    method: Callable[[CacheServicer, Request, Grant, float | None], Response],
+) -> Callable[[CacheServicer, Request, grpc.ServicerContext], Response]:
     """Admit, authenticate, call with the call's deadline, and map SemcacheError to its
     status code; anything else is INTERNAL, logged with the request's context."""
 
     name = method.__name__
 
     @functools.wraps(method)
-    def wrapper(self: CacheServicer, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: CacheServicer, request: Request, context: grpc.ServicerContext) -> Response:
         started = time.perf_counter()
         try:
             with self.admission:
@@ -66,7 +69,9 @@ def _rpc(method: Handler) -> Handler:
                 response = method(self, request, grant, _deadline(context))
         except SemcacheError as e:
             code = grpc_status_for(e)
-            log.debug("%s refused", name, extra={"rpc": name, "namespace": _request_namespace(request), "code": code.name, "reason": str(e)})
+            log.debug("%s refused", name, extra={
+                "rpc": name, "namespace": _request_namespace(request), "code": code.name, "reason": str(e),
+            })
             context.abort(code, str(e))
         except Exception:
             log.exception("%s failed", name, extra={"rpc": name, "namespace": _request_namespace(request)})
@@ -77,7 +82,7 @@ def _rpc(method: Handler) -> Handler:
             })
         return response
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class CacheServicer(pb_grpc.SemanticCacheServicer):
@@ -139,8 +144,8 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
         valid = [i for i in items if isinstance(i, StoreItem)]
         stored = iter(cache.store_batch(valid, deadline))
         results = []
-        for item in items:
-            outcome = item if isinstance(item, SemcacheError) else next(stored)
+        for entry in items:
+            outcome = entry if isinstance(entry, SemcacheError) else next(stored)
             if isinstance(outcome, StoreResult):
                 results.append(pb.StoreBatchResult(stored=wire.store_response(outcome)))
             else:

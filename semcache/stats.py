@@ -48,12 +48,11 @@ def stats_view(
         if namespace is None and allowed is None:
             totals = PartitionRecord.FromString(ledger.totals.SerializeToString())
         else:
-            sums = dict.fromkeys(COUNTERS, 0)
+            totals = PartitionRecord()
             for p in selected:
                 record = p.record
                 for name in COUNTERS:
-                    sums[name] += getattr(record, name)
-            totals = PartitionRecord(**sums)
+                    setattr(totals, name, getattr(totals, name) + getattr(record, name))
     return StatsView(
         entries=sum(len(p.index) for p in selected), bytes=sum(p.bytes for p in selected), totals=totals,
         partitions=views, partitions_total=len(selected),

@@ -8,7 +8,7 @@ without touching the lookup, store or lifecycle code in `cache.py`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,11 @@ class PartitionHandle(Protocol):
     key: PartitionKey
 
 
+# The partition type an implementation hands out and takes back: the engine only
+# passes it along (and reads its key).
+PartitionT = TypeVar("PartitionT", bound=PartitionHandle)
+
+
 class CandidateStream(Protocol):
     """Live candidates of one partition for one vector, best first; a context manager
     that releases what it holds (read transactions) on exit."""
@@ -36,16 +41,16 @@ class CandidateStream(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-class CacheStorage(Protocol):
+class CacheStorage(Protocol[PartitionT]):
     namespace_thresholds: Mapping[str, float]  # as recovered at start
     recovery_seconds: float
 
     # -- lookups
-    def partition(self, key: PartitionKey) -> PartitionHandle | None: ...
-    def exact_candidate(self, partition: PartitionHandle, normalized_query: str, now: float) -> Candidate | None: ...
-    def candidates(self, partition: PartitionHandle, vector: np.ndarray, now: float) -> CandidateStream: ...
+    def partition(self, key: PartitionKey) -> PartitionT | None: ...
+    def exact_candidate(self, partition: PartitionT, normalized_query: str, now: float) -> Candidate | None: ...
+    def candidates(self, partition: PartitionT, vector: np.ndarray, now: float) -> CandidateStream: ...
     def count_lookup(
-        self, partition: PartitionHandle | None, outcome: str, *, candidate: Candidate | None = None,
+        self, partition: PartitionT | None, outcome: str, *, candidate: Candidate | None = None,
         now: float = 0.0, sliding_ttl: bool = False,
     ) -> None: ...
 

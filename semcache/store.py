@@ -22,6 +22,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import lmdb
 
@@ -44,6 +45,20 @@ def pack_id(value: int) -> bytes:
 
 def unpack_id(data: bytes) -> int:
     return _U64.unpack(data)[0]
+
+
+# Transactions are opened without buffers=True, so LMDB hands out bytes, never memoryviews;
+# these say so to the type checker.
+def _get(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> bytes | None:
+    return cast("bytes | None", txn.get(key, db=db))
+
+
+def _items(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
+    return cast("Iterator[tuple[bytes, bytes]]", iter(cursor))
+
+
+def _keys(cursor: lmdb.Cursor) -> Iterator[bytes]:
+    return cast("Iterator[bytes]", cursor.iternext(keys=True, values=False))
 
 
 def _exact_key(partition_id: int, normalized_query: str) -> bytes:
@@ -115,7 +130,7 @@ class Store:
             raise ConfigError(f"cannot open the LMDB store in data dir {str(path)!r}: {e}") from None
         self._warn_if_map_exceeds_volume(max_map_bytes)
         with self.write() as txn:
-            schema = txn.get(b"schema_version", db=self._meta)
+            schema = _get(txn, b"schema_version", db=self._meta)
             if schema is None:
                 txn.put(b"schema_version", SCHEMA_VERSION, db=self._meta)
         if schema is not None and schema != SCHEMA_VERSION:
@@ -183,7 +198,7 @@ class Store:
     # -- meta ---------------------------------------------------------------
 
     def get_meta(self, txn: lmdb.Transaction, name: str) -> str | None:
-        value = txn.get(name.encode(), db=self._meta)
+        value = _get(txn, name.encode(), db=self._meta)
         return None if value is None else value.decode()
 
     def put_meta(self, txn: lmdb.Transaction, name: str, value: str) -> None:
@@ -194,13 +209,13 @@ class Store:
 
     def last_id(self, txn: lmdb.Transaction, counter: str) -> int:
         """The last id next_id() gave out from this counter (0: none yet)."""
-        raw = txn.get(counter.encode(), db=self._meta)
+        raw = _get(txn, counter.encode(), db=self._meta)
         return 0 if raw is None else unpack_id(raw)
 
     def next_id(self, txn: lmdb.Transaction, counter: str) -> int:
         """A new id from a persistent counter; ids start at 1 and are never reused."""
         key = counter.encode()
-        raw = txn.get(key, db=self._meta)
+        raw = _get(txn, key, db=self._meta)
         value = 1 if raw is None else unpack_id(raw) + 1
         txn.put(key, pack_id(value), db=self._meta)
         return value
@@ -208,7 +223,7 @@ class Store:
     # -- partitions ---------------------------------------------------------
 
     def find_partition(self, txn: lmdb.Transaction, key: PartitionKey) -> int | None:
-        raw = txn.get(key.digest(), db=self._partition_names)
+        raw = _get(txn, key.digest(), db=self._partition_names)
         return None if raw is None else unpack_id(raw)
 
     def put_partition(self, txn: lmdb.Transaction, partition_id: int, record: PartitionRecord) -> None:
@@ -218,7 +233,7 @@ class Store:
             txn.put(key.digest(), pack_id(partition_id), db=self._partition_names)
 
     def get_partition(self, txn: lmdb.Transaction, partition_id: int) -> PartitionRecord | None:
-        raw = txn.get(pack_id(partition_id), db=self._partitions)
+        raw = _get(txn, pack_id(partition_id), db=self._partitions)
         return None if raw is None else PartitionRecord.FromString(raw)
 
     def mark_partition_dropping(self, txn: lmdb.Transaction, partition_id: int) -> PartitionRecord | None:
@@ -240,18 +255,18 @@ class Store:
         txn.delete(pack_id(partition_id), db=self._partitions)
 
     def iter_partitions(self, txn: lmdb.Transaction) -> Iterator[tuple[int, PartitionRecord]]:
-        for key, value in txn.cursor(db=self._partitions):
+        for key, value in _items(txn.cursor(db=self._partitions)):
             yield unpack_id(key), PartitionRecord.FromString(value)
 
     # -- entries ------------------------------------------------------------
 
     def get_entry(self, txn: lmdb.Transaction, entry_id: int) -> EntryRecord | None:
-        raw = txn.get(pack_id(entry_id), db=self._entries)
+        raw = _get(txn, pack_id(entry_id), db=self._entries)
         return None if raw is None else EntryRecord.FromString(raw)
 
     def raw_entry(self, txn: lmdb.Transaction, entry_id: int) -> bytes | None:
         """The entry's record as stored (serialized EntryRecord)."""
-        raw = txn.get(pack_id(entry_id), db=self._entries)
+        raw = _get(txn, pack_id(entry_id), db=self._entries)
         return None if raw is None else bytes(raw)
 
     def has_entry(self, txn: lmdb.Transaction, entry_id: int) -> bool:
@@ -259,7 +274,7 @@ class Store:
         return txn.cursor(db=self._entries).set_key(pack_id(entry_id))
 
     def get_hits(self, txn: lmdb.Transaction, entry_id: int) -> EntryHits | None:
-        raw = txn.get(pack_id(entry_id), db=self._entry_hits)
+        raw = _get(txn, pack_id(entry_id), db=self._entry_hits)
         return None if raw is None else EntryHits.FromString(raw)
 
     def put_hits(self, txn: lmdb.Transaction, entry_id: int, hits: EntryHits) -> None:
@@ -268,12 +283,12 @@ class Store:
     def count_orphan_hits(self, txn: lmdb.Transaction) -> int:
         """entry_hits rows whose entry is gone (for consistency checks)."""
         return sum(
-            1 for key in txn.cursor(db=self._entry_hits).iternext(keys=True, values=False)
-            if txn.get(key, db=self._entries) is None
+            1 for key in _keys(txn.cursor(db=self._entry_hits))
+            if _get(txn, key, db=self._entries) is None
         )
 
     def find_exact(self, txn: lmdb.Transaction, partition_id: int, normalized_query: str) -> int | None:
-        raw = txn.get(_exact_key(partition_id, normalized_query), db=self._exact)
+        raw = _get(txn, _exact_key(partition_id, normalized_query), db=self._exact)
         return None if raw is None else unpack_id(raw)
 
     def put_entry(self, txn: lmdb.Transaction, entry_id: int, record: EntryRecord) -> None:
@@ -304,7 +319,7 @@ class Store:
         if record.normalized_query:
             exact_key = _exact_key(record.partition_id, record.normalized_query)
             # Only drop the exact row if it still points at this entry.
-            if txn.get(exact_key, db=self._exact) == packed:
+            if _get(txn, exact_key, db=self._exact) == packed:
                 txn.delete(exact_key, db=self._exact)
         if record.expires_at:
             txn.delete(_expiry_key(record.expires_at, entry_id), db=self._expiry)
@@ -314,19 +329,19 @@ class Store:
         cursor = txn.cursor(db=self._by_partition)
         if not cursor.set_range(prefix):
             return
-        for key in cursor.iternext(keys=True, values=False):
+        for key in _keys(cursor):
             if not key.startswith(prefix):
                 return
             yield unpack_id(key[8:])
 
     def iter_entries(self, txn: lmdb.Transaction) -> Iterator[tuple[int, EntryRecord]]:
-        for key, value in txn.cursor(db=self._entries):
+        for key, value in _items(txn.cursor(db=self._entries)):
             yield unpack_id(key), EntryRecord.FromString(value)
 
     def iter_expired(self, txn: lmdb.Transaction, now: float) -> Iterator[int]:
         """Entry ids whose expiry is at or before `now`, soonest first."""
         limit = int(now * 1000)
-        for key in txn.cursor(db=self._expiry).iternext(keys=True, values=False):
+        for key in _keys(txn.cursor(db=self._expiry)):
             if unpack_id(key[:8]) > limit:
                 return
             yield unpack_id(key[8:])

@@ -113,7 +113,7 @@ class VectorIndex:
         end = start + len(fresh)
         self._vectors[start:end] = data[fresh]
         self._ids[start:end] = ids[fresh]
-        self._slot_of.update(zip(ids[fresh].tolist(), range(start, end)))
+        self._slot_of.update(zip(ids[fresh].tolist(), range(start, end), strict=True))
         self._count = end
 
     def remove(self, entry_ids: np.ndarray) -> int:
@@ -150,13 +150,13 @@ class VectorIndex:
         with self._lock:
             if self._ivf is not None:
                 similarities, found = self._ivf.search(query, k)
-                return [(int(i), float(s)) for i, s in zip(found[0], similarities[0]) if i >= 0]
+                return [(int(i), float(s)) for i, s in zip(found[0], similarities[0], strict=True) if i >= 0]
             k = min(k, self._count)
             if k == 0:
                 return []
             similarities, slots = faiss.knn(query, self._vectors[: self._count], k, metric=faiss.METRIC_INNER_PRODUCT)
             ids = self._ids[slots[0]]
-        return [(int(i), float(s)) for i, s in zip(ids, similarities[0])]
+        return [(int(i), float(s)) for i, s in zip(ids, similarities[0], strict=True)]
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """A copy of (ids, vectors) of every live entry."""
@@ -167,6 +167,7 @@ class VectorIndex:
         if self._ivf is None:
             return self._ids[: self._count].copy(), self._vectors[: self._count].copy()
         invlists = self._ivf.invlists
+        assert invlists is not None  # an IVF index always has its lists
         ids, vectors = [], []
         for list_no in range(self._ivf.nlist):
             size = invlists.list_size(list_no)
@@ -204,6 +205,7 @@ class VectorIndex:
                     selector = faiss.IDSelectorArray(len(change_ids), faiss.swig_ptr(change_ids))
                     index.remove_ids(selector)
                     if action == "add":
+                        assert data is not None  # an add carries its vectors
                         index.add_with_ids(data, change_ids)
                 self._ivf = index
                 self._ivf_trained_on = int(index.ntotal)
@@ -249,5 +251,5 @@ def train_ivf(vectors: np.ndarray, dimension: int) -> faiss.IndexIVFFlat:
         sample = vectors[np.random.default_rng(0).choice(count, 32 * nlist, replace=False)]
     index.cp.niter = 10
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # missing from faiss's stubs
     return index

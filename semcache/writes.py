@@ -153,7 +153,7 @@ class Writer:
         return retired
 
     def _apply_store(
-        self, txn, job: StoreJob, now: float, new_partitions: dict[PartitionKey, LivePartition], retired_ids: set[int]  # type: ignore[no-untyped-def]
+        self, txn, job: StoreJob, now: float, new_partitions: dict[PartitionKey, LivePartition], retired_ids: set[int]
     ) -> _Applied:
         """The LMDB and eviction-policy part of one Store, inside the batch's transaction."""
         record = job.record
@@ -211,7 +211,7 @@ class Writer:
         )
 
     def _partition_for_store(
-        self, txn, key: PartitionKey, now: float, new_partitions: dict[PartitionKey, LivePartition], retired_ids: set[int]  # type: ignore[no-untyped-def]
+        self, txn, key: PartitionKey, now: float, new_partitions: dict[PartitionKey, LivePartition], retired_ids: set[int]
     ) -> tuple[LivePartition, bool, list[LivePartition]]:
         """(partition, is_new, retired): the live partition for key (or one this batch created),
         or a new one created in txn and made visible after the commit.
@@ -233,8 +233,8 @@ class Writer:
             namespace=key.namespace, model=key.model, version=key.version, created_at=now, last_used_at=now
         )
         self.store.put_partition(txn, partition_id, record)
-        partition = LivePartition(partition_id, key, PartitionRecord.FromString(record.SerializeToString()), self.settings, self.dimension)
-        return partition, True, retired
+        live_record = PartitionRecord.FromString(record.SerializeToString())  # the in-memory copy, mutated by lookups
+        return LivePartition(partition_id, key, live_record, self.settings, self.dimension), True, retired
 
     # -- removals ------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def parse_thresholds(spec: str) -> list[float]:
             start, stop, step = (float(x) for x in spec.split(":"))
             if step <= 0 or stop < start:
                 raise ValueError
-            count = int(round((stop - start) / step)) + 1
+            count = round((stop - start) / step) + 1
             values = [round(start + i * step, 6) for i in range(count)]
         else:
             values = [float(x) for x in spec.split(",")]
@@ -78,7 +78,7 @@ def embed_all(embedder: Embedder, texts: Iterable[str]) -> dict[str, np.ndarray]
     batches = range(0, len(unique), EMBED_BATCH)
     for start in progress(batches, len(batches), "embedding"):
         batch = unique[start:start + EMBED_BATCH]
-        for text, vector in zip(batch, embedder.embed(batch)):
+        for text, vector in zip(batch, embedder.embed(batch), strict=True):
             vectors[text] = vector
     return vectors
 

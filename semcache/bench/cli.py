@@ -38,12 +38,13 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
         raise SystemExit("--limit must be > 0")
     thresholds = accuracy.parse_thresholds(args.thresholds)
     mode = args.mode or datasets.detect_mode(args.dataset)
+    items: list[datasets.Pair] | list[datasets.Query]
     if mode == datasets.PAIRS:
-        items = datasets.load_pairs(args.dataset, args.limit, args.seed)
-        texts = [t for p in items for t in (p.a, p.b)]
+        pairs = datasets.load_pairs(args.dataset, args.limit, args.seed)
+        items, texts = pairs, [t for p in pairs for t in (p.a, p.b)]
     else:
-        items = datasets.load_replay(args.dataset, args.limit, args.seed)
-        texts = [q.text for q in items]
+        queries = datasets.load_replay(args.dataset, args.limit, args.seed)
+        items, texts = queries, [q.text for q in queries]
     embedder = load_embedder(args.embedding_model, args.embedding_backend)
     vectors = accuracy.embed_all(embedder, texts)
     target = ServerTarget(args.server, embedder, args.token) if args.server else InProcessTarget(embedder)

@@ -33,7 +33,7 @@ NOUNS = ["savings", "business", "joint", "premium", "student", "travel", "virtua
 
 def texts(count: int, offset: int = 0) -> list[str]:
     """Distinct support-style questions, the same for the same (count, offset)."""
-    out = []
+    out: list[str] = []
     i = offset
     while len(out) < count:
         out.append(QUERY_TEMPLATES[i % 5].format(VERBS[(i // 5) % 10], NOUNS[(i // 50) % 10]) + f" (case {i})")

@@ -128,7 +128,8 @@ def load_table(result: dict) -> str:
     lines = [
         f"load on {result['address']}: {result['duration_seconds_per_level']} s per level, "
         f"{result['lookup_ratio']:.0%} lookups, {result['distinct_texts']} distinct texts",
-        f"{'clients':>7}  {'req/s':>8}  {'lookup p50':>10}  {'p95':>8}  {'p99':>8}  {'store p50':>9}  {'p99':>8}  {'hit':>6}  {'errors':>6}",
+        f"{'clients':>7}  {'req/s':>8}  {'lookup p50':>10}  {'p95':>8}  {'p99':>8}  "
+        f"{'store p50':>9}  {'p99':>8}  {'hit':>6}  {'errors':>6}",
     ]
     for level in result["levels"]:
         lk, st = level["lookup_latency"], level["store_latency"]

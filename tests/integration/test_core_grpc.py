@@ -282,7 +282,7 @@ def test_many_clients_at_once(make_server):
 
 
 def test_health_and_reflection(server):
-    srv, client = server
+    srv, _client = server
     with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="semcache.v1.SemanticCache"))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -302,11 +302,13 @@ BAD_LOOKUPS = [
     ("wrong dimension", pb.LookupRequest(embedding=[1.0, 0.0]), grpc.StatusCode.INVALID_ARGUMENT),
     ("NaN", pb.LookupRequest(embedding=[math.nan] + [0.1] * 383), grpc.StatusCode.INVALID_ARGUMENT),
     ("infinity", pb.LookupRequest(embedding=[math.inf] + [0.1] * 383), grpc.StatusCode.INVALID_ARGUMENT),
-    ("infinities of both signs", pb.LookupRequest(embedding=[math.inf, -math.inf] + [0.1] * 382), grpc.StatusCode.INVALID_ARGUMENT),
+    ("infinities of both signs", pb.LookupRequest(embedding=[math.inf, -math.inf] + [0.1] * 382),
+     grpc.StatusCode.INVALID_ARGUMENT),
     ("all zeros", pb.LookupRequest(embedding=[0.0] * 384), grpc.StatusCode.INVALID_ARGUMENT),
     ("threshold above 1", pb.LookupRequest(query="q", min_similarity=1.5), grpc.StatusCode.INVALID_ARGUMENT),
     ("threshold NaN", pb.LookupRequest(query="q", min_similarity=math.nan), grpc.StatusCode.INVALID_ARGUMENT),
-    ("namespace too long", pb.LookupRequest(query="q", partition=pb.Partition(namespace="n" * 300)), grpc.StatusCode.INVALID_ARGUMENT),
+    ("namespace too long", pb.LookupRequest(query="q", partition=pb.Partition(namespace="n" * 300)),
+     grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
 BAD_STORES = [
@@ -318,7 +320,8 @@ BAD_STORES = [
     ("NaN embedding", pb.StoreRequest(query="q", embedding=[0.1] * 383 + [math.nan]), grpc.StatusCode.INVALID_ARGUMENT),
     ("negative cost", pb.StoreRequest(query="q", cost=-1.0), grpc.StatusCode.INVALID_ARGUMENT),
     ("NaN cost", pb.StoreRequest(query="q", cost=math.nan), grpc.StatusCode.INVALID_ARGUMENT),
-    ("too many metadata entries", pb.StoreRequest(query="q", metadata={str(i): "v" for i in range(40)}), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ("too many metadata entries", pb.StoreRequest(query="q", metadata={str(i): "v" for i in range(40)}),
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
     ("metadata over max bytes", pb.StoreRequest(query="q", metadata={"k": "v" * 9000}), grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
@@ -400,7 +403,7 @@ def test_store_batch_stores_each_item_or_fails_it_alone(make_server, embedder):
 
 def test_largest_float_components_are_a_valid_embedding(limited):
     """Normalizing squares every component: float32's largest values must not overflow."""
-    server, client = limited
+    _server, client = limited
     huge = [3.4e38] * 384
     client.store({"namespace": "huge"}, "q", "a", embedding=huge)
     result = client.lookup({"namespace": "huge"}, "", embedding=[1.0] * 384)

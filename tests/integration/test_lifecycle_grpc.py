@@ -59,7 +59,7 @@ def test_ttl_hits_at_once_and_misses_after_expiry_even_before_a_sweep(policy_ser
 
 
 def test_expired_best_match_does_not_hide_a_live_one_below_it(policy_server, clock):
-    server, client = policy_server()
+    _server, client = policy_server()
     base = unit_vector(50)
     for i in range(20):  # twenty expiring near-duplicates closer to the probe than the live entry
         client.store(P, f"dup {i}", "old", embedding=vector_at_similarity(base, 0.99, seed=i), ttl_seconds=5)
@@ -70,8 +70,9 @@ def test_expired_best_match_does_not_hide_a_live_one_below_it(policy_server, clo
 
 
 def test_default_ttl_from_settings_and_namespace(policy_server, clock):
-    server, client = policy_server(
-        default_ttl_seconds=100, namespaces={"short": NamespaceSettings(default_ttl_seconds=10), "forever": NamespaceSettings(default_ttl_seconds=0)}
+    _server, client = policy_server(
+        default_ttl_seconds=100,
+        namespaces={"short": NamespaceSettings(default_ttl_seconds=10), "forever": NamespaceSettings(default_ttl_seconds=0)},
     )
     short, forever = {"namespace": "short"}, {"namespace": "forever"}
     assert store(client, 1).expires_at == pytest.approx(clock.now + 100)
@@ -202,7 +203,7 @@ def test_max_entries_keeps_exactly_the_budget_including_every_hot_entry(policy_s
 
 @pytest.mark.parametrize("idle_days", [0, 60])
 def test_aging_lets_a_formerly_hot_now_idle_entry_be_evicted(policy_server, clock, idle_days):
-    server, client = policy_server(max_entries=10, lfu_half_life_seconds=DAY)
+    _server, client = policy_server(max_entries=10, lfu_half_life_seconds=DAY)
     hot = store(client, 0).entry_id
     for _ in range(30):
         assert client.lookup(P, "question 0").hit
@@ -216,7 +217,7 @@ def test_aging_lets_a_formerly_hot_now_idle_entry_be_evicted(policy_server, cloc
 
 
 def test_namespace_budget_protects_other_tenants(policy_server):
-    server, client = policy_server(max_entries=1000, namespaces={"noisy": NamespaceSettings(max_entries=5)})
+    _server, client = policy_server(max_entries=1000, namespaces={"noisy": NamespaceSettings(max_entries=5)})
     quiet, noisy = {"namespace": "quiet"}, {"namespace": "noisy"}
     for i in range(3):
         store(client, i, partition=quiet)

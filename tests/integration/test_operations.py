@@ -79,7 +79,7 @@ def test_metrics_count_texts_per_embedding_call(make_server, embedder):
 
 
 def test_health_watch_sees_not_serving_while_draining(make_server):
-    server, client = make_server(embedder=None)
+    server, _client = make_server(embedder=None)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
     assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
@@ -201,9 +201,9 @@ def test_namespace_outside_the_tokens_list_is_permission_denied(secured):
     _, admin, tenant, _, _ = secured
     for name, call in _every_rpc(tenant, "c").items():
         assert status_of(call) == grpc.StatusCode.PERMISSION_DENIED, name
-    for name, call in _every_rpc(tenant, "a").items():
+    for call in _every_rpc(tenant, "a").values():
         call()  # allowed
-    for name, call in _every_rpc(admin, "c").items():
+    for call in _every_rpc(admin, "c").values():
         call()
 
 

@@ -46,12 +46,12 @@ def test_installs_with_the_same_script_as_the_readme_and_ci():
     readme = (REPO / "README.md").read_text()
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
-    assert commands == ["./scripts/serve", "./scripts/test"]
-    for script in ("serve", "test"):
+    assert commands == ["./scripts/serve", "./scripts/check"]
+    for script in ("serve", "test", "check"):
         assert "install-deps" in (REPO / "scripts" / "_venv.sh").read_text()
         assert "ensure_venv" in (REPO / "scripts" / script).read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    assert "./scripts/test" in ci
+    assert "./scripts/check" in ci
 
 
 def test_every_file_the_install_needs_is_copied():

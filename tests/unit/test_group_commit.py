@@ -8,8 +8,8 @@ import time
 import pytest
 
 from semcache.cache import SemanticCache
-from semcache.group_commit import GroupCommit
 from semcache.errors import ResourceExhaustedError
+from semcache.group_commit import GroupCommit
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
 from tests.helpers import POLICY_DIMENSION, unit_vector
@@ -68,7 +68,9 @@ def test_same_query_stored_at_once_leaves_one_entry(tmp_path):
     cache = _cache(tmp_path)
     key = PartitionKey("ns", "m", "v1")
     results = []
-    errors = _in_threads(16, lambda n: results.append(cache.store(key, "the same question", f"a{n}".encode(), embedding=unit_vector(n))))
+    errors = _in_threads(
+        16, lambda n: results.append(cache.store(key, "the same question", f"a{n}".encode(), embedding=unit_vector(n)))
+    )
     assert errors == []
     assert sum(r.replaced for r in results) == 15
     assert cache.stats().entries == 1
@@ -112,7 +114,12 @@ def test_new_versions_opened_at_once_respect_max_versions(tmp_path):
 def test_eviction_budget_holds_under_concurrency(tmp_path, threads):
     cache = _cache(tmp_path, max_entries=50)
     key = PartitionKey("ns", "m", "v1")
-    errors = _in_threads(threads, lambda n: [cache.store(key, f"t{n} q{i}", b"a", embedding=unit_vector(n * 1000 + i)) for i in range(160 // threads)])
+
+    def store_some(n: int) -> None:
+        for i in range(160 // threads):
+            cache.store(key, f"t{n} q{i}", b"a", embedding=unit_vector(n * 1000 + i))
+
+    errors = _in_threads(threads, store_some)
     assert errors == []
     assert cache.stats().entries == 50
     assert cache.check_consistency() == []
