@@ -1,6 +1,6 @@
 """The most calls per second gRPC itself allows here: health Checks (a no-op) from 32 clients.
 
-    python bench/grpc_noop.py [--seconds 4] [--rounds 2]
+    python bench/grpc_noop.py [--seconds 4] [--rounds 2] [--json FILE] [--quick]
 
 Starts a gRPC server in a child process with only the health service (a thread pool,
 as `semcache serve` has) and calls Check from 1 and from 32 client threads, each with a
@@ -20,13 +20,11 @@ import sys
 import threading
 import time
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf import cpu_seconds
+from semcache.bench.harness import bench_parser, cpu_seconds, free_port, stop_server, write_report
 
 
 def serve(port: int) -> None:
@@ -72,7 +70,7 @@ def rate(address: str, server_pid: int, clients: int, seconds: float) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the child
@@ -80,21 +78,21 @@ def main() -> None:
     if args.serve:
         serve(args.serve)
         return
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    if args.quick:
+        args.seconds, args.rounds = 0.3, 1
+    port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    rows = []
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
         for _ in range(args.rounds):
             for clients in (1, 32):
-                print(json.dumps({"clients": clients, **rate(f"127.0.0.1:{port}", server.pid, clients, args.seconds)}))
+                rows.append({"clients": clients, **rate(f"127.0.0.1:{port}", server.pid, clients, args.seconds)})
+                print(json.dumps(rows[-1]), flush=True)
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_server(server, 30)
+    write_report({"rounds": rows}, args.json)
 
 
 if __name__ == "__main__":

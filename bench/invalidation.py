@@ -1,6 +1,6 @@
 """How long invalidating a large partition takes, and what it does to lookups elsewhere.
 
-    python bench/invalidation.py --entries 200000 [--json bench/results/invalidation.json]
+    python bench/invalidation.py --entries 200000 [--json bench/results/invalidation.json] [--quick]
 
 Loads N entries (random unit vectors, 1 KB responses, sync_writes off for the load)
 into one partition and 100 into another, then invalidates the big one while a
@@ -10,14 +10,13 @@ lookup latency percentiles during it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import threading
 import time
 
 import numpy as np
 
+from semcache.bench.harness import bench_parser, percentile_ms, write_report
 from semcache.cache import SemanticCache
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
@@ -26,10 +25,11 @@ DIMENSION = 384
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--entries", type=int, default=200_000)
-    parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    if args.quick:
+        args.entries = 500
 
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings(
@@ -73,7 +73,6 @@ def main() -> None:
         worker.join()
         cache.close()
 
-    ms = lambda values, q: float(np.percentile(values, q) * 1000)  # noqa: E731
     result = {
         "entries": args.entries,
         "removed": removed,
@@ -81,16 +80,13 @@ def main() -> None:
         "load_stores_per_second": round(args.entries / load_seconds),
         "invalidate_seconds": round(invalidate_seconds, 3),
         "invalidated_entries_per_second": round(removed / invalidate_seconds),
-        "other_partition_lookup_ms_idle": {q: round(ms(baseline, q), 3) for q in (50, 99)},
+        "other_partition_lookup_ms_idle": {q: round(percentile_ms(baseline, q), 3) for q in (50, 99)},
         "other_partition_lookup_ms_during": {
-            **{q: round(ms(latencies, q), 3) for q in (50, 99)}, "max": round(max(latencies) * 1000, 3),
-            "count": len(latencies),
+            **{q: round(percentile_ms(latencies, q), 3) for q in (50, 99)},
+            "max": round(max(latencies, default=0.0) * 1000, 3), "count": len(latencies),
         },
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Lookup latency while a bulk load runs, and the server's full garbage collections.
 
-    python bench/load_probe.py [--entries 300000] [--switch-interval-ms 5]
+    python bench/load_probe.py [--entries 300000] [--switch-interval-ms 5] [--json FILE] [--quick]
 
 Starts `semcache serve` (no model, 384-dim client vectors, fsync on) in a child
 process, loads --entries entries through StoreBatch (500 per call, 2 loaders, ~1 KB
@@ -13,12 +13,7 @@ server's PYTHONPATH). --switch-interval-ms overrides the GIL switch interval tha
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semcache.bench.harness import bench_parser, free_port, percentile_ms, start_server, stop_server, write_report
 from semcache.client import Client
 
 PARTITION = {"namespace": "load", "model": "m"}
@@ -46,23 +42,13 @@ if os.environ.get("SEMCACHE_BENCH_SWITCH_INTERVAL"):
 '''
 
 
-def wait_serving(client: Client, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            client.stats()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--entries", type=int, default=300_000)
     parser.add_argument("--switch-interval-ms", type=float, default=0.0, help="0: what serve sets")
     args = parser.parse_args()
+    if args.quick:
+        args.entries = 2000
 
     work = Path(tempfile.mkdtemp(prefix="semcache-load-probe-"))
     (work / "site").mkdir()
@@ -70,37 +56,32 @@ def main() -> None:
     gc_log = work / "gc.log"
     gc_log.touch()
     env = {
-        **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(work / "site"), os.environ.get("PYTHONPATH", "")])),
         "SEMCACHE_BENCH_GC_LOG": str(gc_log),
     }
     if args.switch_interval_ms > 0:
         env["SEMCACHE_BENCH_SWITCH_INTERVAL"] = str(args.switch_interval_ms / 1000)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{sock.getsockname()[1]}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", str(work / "data"),
-         "--embedding-model", "none", "--embedding-dimension", "384",
-         "--max-message-bytes", str(64 << 20), "--max-versions-per-model", "0"],
-        stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT, env=env,
+    address = f"127.0.0.1:{free_port()}"
+    server = start_server(
+        address, work / "data", "--embedding-model", "none", "--embedding-dimension", "384",
+        "--max-message-bytes", str(64 << 20), "--max-versions-per-model", "0",
+        log_path=work / "server.log", env=env,
     )
     try:
         vectors = np.random.default_rng(0).standard_normal((4096, 384)).astype(np.float32)
         with Client(address) as client:
-            wait_serving(client)
             client.store(PARTITION, "probe question", "probe answer", embedding=vectors[0].tolist())
         gc_log.write_text("")  # only the collections during the load
         loading = threading.Event()
         loading.set()
-        latencies_ms: list[float] = []
+        latencies: list[float] = []
 
         def probe() -> None:
             with Client(address) as client:
                 while loading.is_set():
                     started = time.perf_counter()
                     client.lookup(PARTITION, "probe question")
-                    latencies_ms.append((time.perf_counter() - started) * 1000)
+                    latencies.append(time.perf_counter() - started)
                     time.sleep(0.005)
 
         def loader(part: int) -> None:
@@ -124,25 +105,23 @@ def main() -> None:
         loading.clear()
         prober.join()
         collections_ms = [float(line) for line in gc_log.read_text().split()]
-        latencies = np.asarray(latencies_ms)
-        print(json.dumps({
+        write_report({
             "entries": args.entries,
             "entries_per_second": round(args.entries / seconds),
             "switch_interval_ms": args.switch_interval_ms or "serve's",
             "probe_lookup_ms": {
                 "count": len(latencies),
-                **{f"p{q}": round(float(np.percentile(latencies, q)), 2) for q in (50, 99, 99.9)},
-                "max": round(float(latencies.max()), 1),
+                **{f"p{q}": round(percentile_ms(latencies, q), 2) for q in (50, 99, 99.9)},
+                "max": round(max(latencies, default=0.0) * 1000, 1),
             },
             "server_full_collections": {
                 "count": len(collections_ms),
                 "max_ms": max(collections_ms, default=0.0),
                 "total_ms": round(sum(collections_ms), 1),
             },
-        }, indent=2))
+        }, args.json)
     finally:
-        server.terminate()
-        server.wait(60)
+        stop_server(server)
 
 
 if __name__ == "__main__":

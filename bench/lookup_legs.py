@@ -1,12 +1,12 @@
 """Where one Lookup's time goes over gRPC, leg by leg, in both processes.
 
-    python bench/lookup_legs.py [--rounds 16] [--json FILE]
+    python bench/lookup_legs.py [--rounds 16] [--json FILE] [--quick]
 
 Starts `semcache serve` in a child process whose request path is stamped with
 time.perf_counter (CLOCK_MONOTONIC: one clock for both processes on Linux) where gRPC
 hands a new Lookup to Python (grpc._server._handle_call, a private function: the
 stamp is skipped if it is gone), where the servicer's Lookup starts and returns, and
-around the model call. This process stamps each call's start and
+around the model call (OnnxEmbedder.embed and embed_on_one_core). This process stamps each call's start and
 end. One client, in alternating blocks of 25 (as bench/perf.py does): semantic
 Lookups (each a new text, the model runs), exact hits, and the bare in-process
 embedding of the same kind of text. Prints the median of each leg:
@@ -16,7 +16,7 @@ embedding of the same kind of text. Prints the median of each leg:
   hand-off -> handler     the poller hands the call to a worker thread, which asks for
                           the request message and waits for the poller to deliver it
   handler, before model   auth, partition, exact-tier probe, batcher
-  model                   OnnxEmbedder._embed_batch (tokenize, onnxruntime, pooling)
+  model                   OnnxEmbedder's call (tokenize, onnxruntime, pooling)
   handler, after model    batcher exit, vector search, LMDB reads, guard, metrics
   handler -> client       the response serialized, sent, and read by the client
 
@@ -26,19 +26,17 @@ bare embedding here is within noise of bench/perf.py's.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from semcache.bench.harness import bench_parser, free_port, p50_ms, start_server, stop_server, texts, write_report
 
 BLOCK = 25
 STAMPS = ("call", "enter", "model0", "model1", "exit")
@@ -82,39 +80,34 @@ def serve_stamped(stamps_path: str, serve_args: list[str]) -> int:
 
         grpc._server._handle_call = stamped_handle_call
     stamped(semcache.servicer.CacheServicer, "Lookup", "enter", "exit")
-    stamped(semcache.embedder.OnnxEmbedder, "_embed_batch", "model0", "model1")
+    # A Lookup's text reaches the model through one of these two (the batcher picks).
+    stamped(semcache.embedder.OnnxEmbedder, "embed", "model0", "model1")
+    stamped(semcache.embedder.OnnxEmbedder, "embed_on_one_core", "model0", "model1")
     atexit.register(lambda: Path(stamps_path).write_text(json.dumps(stamps)))
     return main(["serve", *serve_args])
 
 
 def measure(rounds: int) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))
-    import perf
-
     def median_ms(seconds: np.ndarray) -> float:
-        return round(perf.p50_ms(seconds), 3)
+        return round(p50_ms(list(seconds)), 3)
 
     from semcache.client import Client
     from semcache.embedder import load_embedder
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    address = f"127.0.0.1:{free_port()}"
     work = tempfile.mkdtemp(prefix="semcache-legs-")
     stamps_path = f"{work}/stamps.json"
-    log = open(f"{work}/server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve-stamped", stamps_path, "--listen", address, "--data-dir", f"{work}/d"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
     partition = {"namespace": "legs", "model": "m"}
-    semantic = perf.texts(rounds * BLOCK + 40, offset=10_000)
-    bare = perf.texts(rounds * BLOCK + 40, offset=50_000)
-    stored = perf.texts(200)
+    semantic = texts(rounds * BLOCK + 40, offset=10_000)
+    bare = texts(rounds * BLOCK + 40, offset=50_000)
+    stored = texts(200)
     client_stamps: dict[str, list[tuple[float, float]]] = {"semantic": [], "exact": []}
     embed_seconds: list[float] = []
+    server = start_server(
+        address, f"{work}/d", log_path=f"{work}/server.log", env={"SEMCACHE_BENCH_STAMPS": stamps_path},
+        command=[sys.executable, __file__, "--serve-stamped"],
+    )
     try:
-        perf.wait_serving(address)
         embedder = load_embedder()
         with Client(address) as client:
             for text in stored:
@@ -141,9 +134,7 @@ def measure(rounds: int) -> dict:
                     embedder.embed([bare[i + j]])
                     embed_seconds.append(time.perf_counter() - started)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
-        log.close()
+        stop_server(server)
     stamps = json.loads(Path(stamps_path).read_text())
     # The measured Lookups were the server's last: take each stamp's tail. Only the
     # semantic ones ran the model (Stores and warm-up Lookups did too, earlier).
@@ -178,17 +169,13 @@ def measure(rounds: int) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--serve-stamped":
-        sys.exit(serve_stamped(sys.argv[2], sys.argv[3:]))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-stamped":
+        sys.exit(serve_stamped(os.environ["SEMCACHE_BENCH_STAMPS"], sys.argv[2:]))
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=16, help=f"blocks of {BLOCK} calls of each kind")
-    parser.add_argument("--json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = measure(args.rounds)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_report(measure(1 if args.quick else args.rounds), args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A million entries on one node: load rate, memory, LMDB size, recovery, IVF speed and recall.
 
-    python bench/million.py [--entries 1000000] [--json bench/results/million.json]
+    python bench/million.py [--entries 1000000] [--json bench/results/million.json] [--quick]
 
 Vectors are derived from real embeddings (the model's vectors of dev-set queries,
 each mixed with another and a little noise), so they cluster like real traffic.
@@ -15,12 +15,7 @@ against exact search for probes whose exact best match is at or above the thresh
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,67 +23,43 @@ from pathlib import Path
 
 import numpy as np
 
-from semcache.bench import datasets
+from semcache.bench.harness import (
+    bench_parser,
+    default_datasets_dir,
+    derived_vectors,
+    free_port,
+    percentile_ms,
+    rss_anon_bytes,
+    start_server,
+    stop_server,
+    write_report,
+)
 from semcache.client import Client
-from semcache.embedder import load_embedder
 from semcache.vector_index import VectorIndex
 
 PARTITION = {"namespace": "million", "model": "m"}
 THRESHOLD = 0.90
 
 
-def derived_vectors(count: int, data_dir: Path, seed: int = 0) -> np.ndarray:
-    texts: list[str] = []
-    for name in ("banking77", "clinc150", "hwu64"):
-        texts += [q.text for q in datasets.load_replay(data_dir / name / "dev.replay.jsonl", 2000, seed)]
-    base = load_embedder().embed(texts)
-    rng = np.random.default_rng(seed)
-    out = np.empty((count, base.shape[1]), dtype=np.float32)
-    for start in range(0, count, 100_000):
-        n = min(100_000, count - start)
-        mix = base[rng.integers(0, len(base), n)] + 0.35 * base[rng.integers(0, len(base), n)]
-        mix += 0.08 * rng.standard_normal(mix.shape).astype(np.float32)
-        out[start:start + n] = mix / np.linalg.norm(mix, axis=1, keepdims=True)
-    return out
-
-
-def rss_anon_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1])
-    raise RuntimeError("no RssAnon")
-
-
-def wait_serving(address: str, timeout: float = 600) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except Exception:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError("server did not become healthy")
+def _ms(samples_seconds: list[float]) -> dict[str, float]:
+    return {"p50": round(percentile_ms(samples_seconds, 50), 3), "p99": round(percentile_ms(samples_seconds, 99), 3)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--entries", type=int, default=1_000_000)
-    parser.add_argument("--datasets", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
+    parser.add_argument("--datasets", type=Path, default=default_datasets_dir())
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--loaders", type=int, default=3)
-    parser.add_argument("--json")
     args = parser.parse_args()
+    probe_count = 2000
+    if args.quick:
+        args.entries, probe_count = 3000, 200
     result: dict[str, object] = {"entries": args.entries}
 
-    vectors = derived_vectors(args.entries, args.datasets)
-    probes_idx = np.random.default_rng(1).choice(args.entries, 2000, replace=False)
-    noise = np.random.default_rng(2).standard_normal((2000, vectors.shape[1])).astype(np.float32)
+    vectors = derived_vectors(args.entries, args.datasets, queries_per_set=100 if args.quick else 2000)
+    probes_idx = np.random.default_rng(1).choice(args.entries, probe_count, replace=False)
+    noise = np.random.default_rng(2).standard_normal((probe_count, vectors.shape[1])).astype(np.float32)
     probes = vectors[probes_idx] + 0.02 * noise
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
 
@@ -96,7 +67,6 @@ def main() -> None:
     exact = VectorIndex(vectors.shape[1])
     exact.add(np.arange(args.entries), vectors)
     ivf = VectorIndex(vectors.shape[1], ivf_min_entries=1)  # the server's default nprobe
-    ivf._ivf_trained_on = 0
     started = time.perf_counter()
     ivf.add(np.arange(args.entries), vectors)
     ivf.wait_for_build()
@@ -108,11 +78,11 @@ def main() -> None:
     for probe in probes:
         t = time.perf_counter()
         best_exact.append(exact.search(probe, 1)[0])
-        exact_ms.append((time.perf_counter() - t) * 1000)
-    for probe, (best_id, best_similarity) in zip(probes, best_exact):
+        exact_ms.append(time.perf_counter() - t)
+    for probe, (best_id, best_similarity) in zip(probes, best_exact, strict=True):
         t = time.perf_counter()
         got = ivf.search(probe, 8)
-        ivf_ms.append((time.perf_counter() - t) * 1000)
+        ivf_ms.append(time.perf_counter() - t)
         if best_similarity >= THRESHOLD:
             considered += 1
             agree += bool(got) and got[0][0] == best_id
@@ -120,12 +90,11 @@ def main() -> None:
     for probe in probes:
         t = time.perf_counter()
         ivf.search(probe, 8)
-        warm_ms.append((time.perf_counter() - t) * 1000)
+        warm_ms.append(time.perf_counter() - t)
     result["search_ms"] = {
-        "exact_p50": round(float(np.percentile(exact_ms, 50)), 3), "exact_p99": round(float(np.percentile(exact_ms, 99)), 3),
-        "ivf_p50": round(float(np.percentile(ivf_ms, 50)), 3), "ivf_p99": round(float(np.percentile(ivf_ms, 99)), 3),
-        "ivf_warm_p50": round(float(np.percentile(warm_ms, 50)), 3),
-        "ivf_warm_p99": round(float(np.percentile(warm_ms, 99)), 3),
+        **{f"exact_{k}": v for k, v in _ms(exact_ms).items()},
+        **{f"ivf_{k}": v for k, v in _ms(ivf_ms).items()},
+        **{f"ivf_warm_{k}": v for k, v in _ms(warm_ms).items()},
     }
     result["ivf_same_best_as_exact"] = {"probes_with_exact_best_at_or_above_threshold": considered,
                                         "share": round(agree / max(considered, 1), 4), "threshold": THRESHOLD}
@@ -133,18 +102,13 @@ def main() -> None:
     print(json.dumps(result, indent=2), flush=True)
 
     # -- the server ----------------------------------------------------------------
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{free_port()}"
     work = Path(tempfile.mkdtemp(prefix="semcache-million-"))
     data_dir = str(work / "data")
     log_path = work / "server.log"
-    command = [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", data_dir,
-               "--log-format", "json", "--max-message-bytes", str(64 << 20), "--max-versions-per-model", "0"]
-    server = subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
-    wait_serving(address)
-    baseline_kib = rss_anon_kib(server.pid)
+    flags = ("--log-format", "json", "--max-message-bytes", str(64 << 20), "--max-versions-per-model", "0")
+    server = start_server(address, data_dir, *flags, log_path=log_path, serving_within_seconds=600)
+    baseline_bytes = rss_anon_bytes(server.pid)
     response = "r" * 1000
     entry_ids = np.zeros(args.entries, dtype=np.int64)
     lookup_ms: list[float] = []
@@ -155,8 +119,8 @@ def main() -> None:
             i = 0
             while not done.is_set():
                 t = time.perf_counter()
-                client.lookup(PARTITION, "", embedding=probes[i % 2000].tolist())
-                lookup_ms.append((time.perf_counter() - t) * 1000)
+                client.lookup(PARTITION, "", embedding=probes[i % probe_count].tolist())
+                lookup_ms.append(time.perf_counter() - t)
                 i += 1
                 time.sleep(0.01)
 
@@ -190,8 +154,7 @@ def main() -> None:
     prober.join()
     result["load"] = {
         "seconds": round(load_seconds, 1), "entries_per_second": round(args.entries / load_seconds),
-        "lookup_ms_while_loading": {"p50": round(float(np.percentile(lookup_ms, 50)), 2),
-                                    "p99": round(float(np.percentile(lookup_ms, 99)), 2), "count": len(lookup_ms)},
+        "lookup_ms_while_loading": {**_ms(lookup_ms), "count": len(lookup_ms)},
     }
     with Client(address) as client:
         assert client.stats().entries == args.entries, client.stats().entries
@@ -205,37 +168,31 @@ def main() -> None:
             time.sleep(2)
         after: list[float] = []
         hits = 0
-        for i in range(2000):
+        for i in range(probe_count):
             t = time.perf_counter()
             found = client.lookup(PARTITION, "", embedding=probes[i].tolist())
-            after.append((time.perf_counter() - t) * 1000)
+            after.append(time.perf_counter() - t)
             hits += found.hit
-        result["lookup_ms_after_load"] = {"p50": round(float(np.percentile(after, 50)), 2),
-                                          "p99": round(float(np.percentile(after, 99)), 2), "hit_share": hits / 2000}
-    loaded_kib = rss_anon_kib(server.pid)
+        result["lookup_ms_after_load"] = {**_ms(after), "hit_share": hits / probe_count}
+    loaded_bytes = rss_anon_bytes(server.pid)
     result["memory"] = {
-        "rss_anon_baseline_mib": round(baseline_kib / 1024, 1),
-        "rss_anon_loaded_mib": round(loaded_kib / 1024, 1),
-        "bytes_per_entry_outside_lmdb": round((loaded_kib - baseline_kib) * 1024 / args.entries),
+        "rss_anon_baseline_mib": round(baseline_bytes / (1 << 20), 1),
+        "rss_anon_loaded_mib": round(loaded_bytes / (1 << 20), 1),
+        "bytes_per_entry_outside_lmdb": round((loaded_bytes - baseline_bytes) / args.entries),
         "of_which_vector_bytes": 4 * vectors.shape[1],
     }
     data_file = Path(data_dir) / "cache.lmdb" / "data.mdb"
     result["lmdb_bytes_per_entry"] = round(data_file.stat().st_blocks * 512 / args.entries)
-    server.send_signal(signal.SIGTERM)
-    server.wait(120)
+    stop_server(server, 120)
     started = time.monotonic()
-    server = subprocess.Popen(command, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
-    wait_serving(address, timeout=900)
+    server = start_server(address, data_dir, *flags, log_path=log_path, serving_within_seconds=900)
     restart_seconds = time.monotonic() - started
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     summary = [line for line in lines if line.get("msg", "").startswith("semcache serving")][-1]
     result["restart"] = {"seconds_to_serving": round(restart_seconds, 1), "recovery_seconds": summary["recovery_seconds"],
                          "entries_recovered": summary["entries"]}
-    server.send_signal(signal.SIGTERM)
-    server.wait(120)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    stop_server(server, 120)
+    write_report(result, args.json)
 
 
 if __name__ == "__main__":

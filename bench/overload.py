@@ -1,6 +1,6 @@
 """More semantic Lookups than the model can embed: goodput, refusals, latency, health.
 
-    python bench/overload.py [--overload 2] [--seconds 10] [--deadline-seconds 0.5] [--json FILE]
+    python bench/overload.py [--overload 2] [--seconds 10] [--deadline-seconds 0.5] [--json FILE] [--quick]
 
 Starts `semcache serve` (ONNX backend) in a child process on a free loopback port,
 stores 200 entries, and measures its capacity: semantic Lookups/s from 32 clients in a
@@ -20,24 +20,17 @@ status codes, the OK calls' latency p50/p99, the latency of a health Check every
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
-import socket
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perf import concurrent_rate, serve_in_child, texts, write_report
-
+from semcache.bench.harness import bench_parser, concurrent_rate, free_port, percentile_ms, serve_in_child, texts, write_report
 from semcache.client import Client
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
@@ -48,7 +41,7 @@ PARTITION = {"namespace": "perf", "model": "m"}
 def percentiles_ms(samples: list[float]) -> list[float]:
     if not samples:
         return []
-    return [round(float(v), 1) for v in np.percentile(np.asarray(samples) * 1000, [50, 99])]
+    return [round(percentile_ms(samples, q), 1) for q in (50, 99)]
 
 
 def flood(address: str, rate: float, seconds: float, timeout_seconds: float, queries: list[str]) -> dict:
@@ -122,15 +115,15 @@ def flood(address: str, rate: float, seconds: float, timeout_seconds: float, que
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--overload", type=float, default=2.0, help="offered rate over the measured capacity")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--deadline-seconds", type=float, default=0.5)
-    parser.add_argument("--json")
     args = parser.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    capacity_seconds = 0.5 if args.quick else 4.0
+    if args.quick:
+        args.seconds = 0.5
+    address = f"127.0.0.1:{free_port()}"
     data_dir = tempfile.mkdtemp(prefix="semcache-overload-")
     with serve_in_child(address, data_dir) as server:
         with Client(address) as client:
@@ -138,7 +131,7 @@ def main() -> None:
                 client.store(PARTITION, t, "answer")
         lookups = texts(200_000, offset=100_000)
         capacity = concurrent_rate(
-            address, 32, 4, lambda c, t, i: c.lookup(PARTITION, lookups[(t * 6000 + i) % len(lookups)]), server.pid
+            address, 32, capacity_seconds, lambda c, t, i: c.lookup(PARTITION, lookups[(t * 6000 + i) % len(lookups)]), server.pid
         ).per_second
         rate = args.overload * capacity
         result: dict = {"capacity_32_clients_per_s": round(capacity, 1), "overload": args.overload}

@@ -1,6 +1,6 @@
 """Speed ratios of issue targets 1-4, measured in one run on one machine.
 
-    python bench/perf.py [--json bench/results/perf.json] [--seconds 8]
+    python bench/perf.py [--json bench/results/perf.json] [--seconds 8] [--quick]
     python bench/perf.py --stores-only --sync-delay-ms 5 [--json ...]
 
 Starts `semcache serve` (ONNX backend, fsync on, metrics on) in a child process on a
@@ -43,18 +43,14 @@ skips the embedding and lookup figures, which do not depend on the disk.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -62,57 +58,23 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from semcache.batcher import BatchingEmbedder
+from semcache.bench.harness import (
+    bench_parser,
+    concurrent_rate,
+    embedder_batch_qps,
+    free_port,
+    interleaved,
+    metric,
+    p50_ms,
+    serve_in_child,
+    texts,
+    write_report,
+)
 from semcache.cache import SemanticCache
 from semcache.client import Client
 from semcache.embedder import load_embedder
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
-
-QUERY_TEMPLATES = [
-    "how do I {} my {} account", "can you help me {} the {} order", "what happens if I {} a {} payment",
-    "is it possible to {} my {} card", "why can't I {} the {} transfer",
-]
-VERBS = ["cancel", "update", "close", "verify", "reset", "freeze", "change", "track", "renew", "dispute"]
-NOUNS = ["savings", "business", "joint", "premium", "student", "travel", "virtual", "old", "new", "family"]
-
-
-def texts(count: int, offset: int = 0) -> list[str]:
-    out = []
-    i = offset
-    while len(out) < count:
-        t = QUERY_TEMPLATES[i % 5].format(VERBS[(i // 5) % 10], NOUNS[(i // 50) % 10]) + f" (case {i})"
-        out.append(t)
-        i += 1
-    return out
-
-
-def p50_ms(samples: list[float]) -> float:
-    return float(np.percentile(np.asarray(samples) * 1000, 50))
-
-
-def interleaved(calls: dict[str, Callable[[int], object]], rounds: int = 12, block: int = 25) -> dict[str, list[float]]:
-    """Seconds per call of each kind, run in alternating blocks; call(i) gets a fresh i."""
-    out: dict[str, list[float]] = {name: [] for name in calls}
-    i = 0
-    for _ in range(rounds):
-        for name, call in calls.items():
-            for _ in range(block):
-                t = time.perf_counter()
-                call(i)
-                out[name].append(time.perf_counter() - t)
-                i += 1
-    return out
-
-
-def embedder_batch_qps(embedder, batch: list[str]) -> float:
-    """Texts/s of the embedder on its own: the better of 32-text calls and one call for all."""
-    started = time.perf_counter()
-    for i in range(0, len(batch), 32):
-        embedder.embed(batch[i:i + 32])
-    in_32s = len(batch) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    embedder.embed(batch)
-    return max(in_32s, len(batch) / (time.perf_counter() - started))
 
 
 def batcher_rate(embedder, queries: list[str], threads: int, seconds: float) -> float:
@@ -206,71 +168,15 @@ def slow_sync_env(build_dir: str, delay_ms: float) -> dict[str, str]:
     return {**os.environ, "LD_PRELOAD": preload, "SEMCACHE_BENCH_SYNC_DELAY_US": str(int(delay_ms * 1000))}
 
 
-def metric(address: str, name: str) -> float:
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
-    return values[0] if values else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds process `pid` has used, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Rate:
-    per_second: float
-    client_cpu_ms: float  # per call, this process (the load generator)
-    server_cpu_ms: float  # per call, the server process
-
-
-def concurrent_rate(address: str, clients: int, seconds: float, work, server_pid: int) -> Rate:
-    """Calls per second of `work(client, thread_index, i)` from `clients` threads, and the
-    CPU time each call cost this process and the server's."""
-    counts = [0] * clients
-    window = [0.0, 0.0]
-    cpu = [0.0, 0.0]
-
-    def open_window() -> None:
-        cpu[:] = cpu_seconds(os.getpid()), cpu_seconds(server_pid)
-        window[0] = time.perf_counter()
-        window[1] = window[0] + seconds
-
-    barrier = threading.Barrier(clients + 1, action=open_window)
-
-    def run(n: int) -> None:
-        with Client(address) as client:
-            client.stats()
-            barrier.wait()
-            i = 0
-            while time.perf_counter() < window[1]:
-                work(client, n, i)
-                i += 1
-            counts[n] = i
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - window[0]
-    calls = max(1, sum(counts))
-    return Rate(
-        per_second=sum(counts) / elapsed,
-        client_cpu_ms=1000 * (cpu_seconds(os.getpid()) - cpu[0]) / calls,
-        server_cpu_ms=1000 * (cpu_seconds(server_pid) - cpu[1]) / calls,
-    )
-
-
-def lookup_figures(address: str, metrics_address: str, seconds: float, server_pid: int) -> dict[str, float]:
+def lookup_figures(
+    address: str, metrics_address: str, seconds: float, server_pid: int, rounds: int = 12, batch_calls: int = 20
+) -> dict[str, float]:
     """Targets 1-3: single-client latencies, 32-client semantic Lookups, the embedder's rates."""
     channel = grpc.insecure_channel(address)
     health = health_pb2_grpc.HealthStub(channel)
     embedder = load_embedder()
     r: dict[str, float] = {}
-    batch = texts(32 * 20, offset=20_000)
+    batch = texts(32 * batch_calls, offset=20_000)
     for t in batch[:20]:
         embedder.embed([t])
     batch_qps = [embedder_batch_qps(embedder, batch)]
@@ -289,7 +195,7 @@ def lookup_figures(address: str, metrics_address: str, seconds: float, server_pi
             "semantic_lookup_p50_ms": lambda i: client.lookup(partition, probe[i]),
             "exact_hit_p50_ms": lambda i: client.lookup(partition, stored[i % 200]),
             "health_p50_ms": lambda i: health.Check(health_pb2.HealthCheckRequest()),
-        })
+        }, rounds=rounds)
         r.update({name: p50_ms(samples) for name, samples in single.items()})
         embed_after = [metric(metrics_address, f"semcache_embed_seconds_{k}") for k in ("sum", "count")]
         r["server_embed_mean_ms"] = 1000 * (embed_after[0] - embed_before[0]) / max(1.0, embed_after[1] - embed_before[1])
@@ -344,47 +250,8 @@ def store_figures(
     return r
 
 
-@contextlib.contextmanager
-def serve_in_child(address: str, data_dir: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """`semcache serve` on `address` with its data in data_dir/d and its log in
-    data_dir/server.log, in a child process; yields it once SERVING, stops it at exit."""
-    with open(Path(data_dir) / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", f"{data_dir}/d", *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-        try:
-            wait_serving(address)
-            yield server
-        finally:
-            server.terminate()
-            server.wait(60)
-
-
-def write_report(result: dict, json_path: str | None) -> None:
-    """Print `result` as JSON, and write it to json_path if one is given."""
-    print(json.dumps(result, indent=2))
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def wait_serving(address: str, seconds: float = 180) -> None:
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise SystemExit(f"the server at {address} did not report SERVING within {seconds} s")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json")
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="per concurrent measurement")
     parser.add_argument("--sync-delay-ms", type=float, default=0.0, help="emulate a disk whose syncs take this much longer")
     parser.add_argument("--stores-only", action="store_true", help="only the Store figures (target 4)")
@@ -393,27 +260,18 @@ def main() -> None:
     if args.commit_baseline:
         run_commit_baseline(args.commit_baseline, args.seconds)
         return
+    rounds, batch_calls = 12, 20
+    if args.quick:
+        args.seconds, rounds, batch_calls = 0.3, 1, 2
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    address, metrics_address = (f"127.0.0.1:{port}" for port in ports)
+    address, metrics_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     data_dir = tempfile.mkdtemp(prefix="semcache-perf-")
     env = slow_sync_env(data_dir, args.sync_delay_ms) if args.sync_delay_ms > 0 else dict(os.environ)
-    log = open(Path(data_dir) / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", f"{data_dir}/d",
-         "--metrics-listen", metrics_address],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    try:
-        wait_serving(address)
+    with serve_in_child(address, data_dir, "--metrics-listen", metrics_address, env=env) as server:
         r: dict[str, float] = {}
         ratios: dict[str, float] = {}
         if not args.stores_only:
-            r.update(lookup_figures(address, metrics_address, args.seconds, server.pid))
+            r.update(lookup_figures(address, metrics_address, args.seconds, server.pid, rounds, batch_calls))
             ratios.update({
                 "semantic_lookup_over_embed (target <= 1.25)": r["semantic_lookup_p50_ms"] / r["embed_p50_ms"],
                 "lookups_32_over_embedder_batch (target >= 0.8)": r["semantic_lookups_32_qps"] / r["embedder_batch_qps"],
@@ -428,16 +286,12 @@ def main() -> None:
             "stores_32_over_one_commit_per_store (target >= 5)": r["store_32_clients_per_s"] / r["one_commit_per_store_per_s"],
             "stores_32_over_1_client": r["store_32_clients_per_s"] / r["store_1_client_per_s"],
         })
-        result = {
-            "figures": {k: round(v, 3) for k, v in r.items()},
-            "ratios": {k: round(v, 3) for k, v in ratios.items()},
-            "machine": {"cpus": os.cpu_count(), "sync_delay_ms": args.sync_delay_ms},
-        }
-        write_report(result, args.json)
-    finally:
-        server.terminate()
-        server.wait(60)
-        log.close()
+    result = {
+        "figures": {k: round(v, 3) for k, v in r.items()},
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "machine": {"cpus": os.cpu_count(), "sync_delay_ms": args.sync_delay_ms},
+    }
+    write_report(result, args.json)
 
 
 if __name__ == "__main__":

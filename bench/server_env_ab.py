@@ -1,7 +1,7 @@
 """Two servers that differ only in environment variables, measured side by side.
 
     python bench/server_env_ab.py --b-env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 [--rounds 16]
-        [--concurrent-rounds 0] [--json FILE]
+        [--concurrent-rounds 0] [--json FILE] [--quick]
 
 Starts `semcache serve` twice (A: this environment; B: this environment plus each
 --b-env KEY=VALUE), both running while one client measures, in blocks of 25 whose
@@ -19,15 +19,23 @@ mean rates.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from semcache.bench.harness import (
+    bench_parser,
+    concurrent_rate,
+    embedder_batch_qps,
+    free_port,
+    p50_ms,
+    start_server,
+    stop_server,
+    texts,
+    write_report,
+)
 
 BLOCK = 25
 
@@ -39,23 +47,23 @@ def anon_huge_kb(pid: int) -> int:
     return 0
 
 
-def concurrent_rates(perf, embedder, servers, partition, rounds: int, seconds: float) -> dict:  # type: ignore[no-untyped-def]
+def concurrent_rates(embedder, servers, partition, rounds: int, seconds: float) -> dict:  # type: ignore[no-untyped-def]
     """32 clients' semantic Lookups/s on A and B in alternating windows, and the
     embedder's own batched rate (texts/s) after each pair of windows."""
     if rounds <= 0:
         return {}
-    lookups = perf.texts(200_000, offset=100_000)
-    batch = perf.texts(32 * 20, offset=20_000)
+    lookups = texts(200_000, offset=100_000)
+    batch = texts(32 * 20, offset=20_000)
     rates: dict[str, list[float]] = {"A": [], "B": [], "embedder": []}
     for round_index in range(rounds):
         for name in ("A", "B") if round_index % 2 == 0 else ("B", "A"):
             address, process = servers[name]
-            rates[name].append(perf.concurrent_rate(
+            rates[name].append(concurrent_rate(
                 address, 32, seconds,
                 lambda c, t, i, r=round_index: c.lookup(partition, lookups[(t * 6000 + r * 300 + i) % len(lookups)]),
                 process.pid,
             ).per_second)
-        rates["embedder"].append(perf.embedder_batch_qps(embedder, batch))
+        rates["embedder"].append(embedder_batch_qps(embedder, batch))
     mean = {name: sum(values) / len(values) for name, values in rates.items()}
     return {
         "lookups_32_per_s": {name: [round(v, 1) for v in values] for name, values in rates.items()},
@@ -66,16 +74,18 @@ def concurrent_rates(perf, embedder, servers, partition, rounds: int, seconds: f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE", required=True)
+    parser = bench_parser(__doc__)
+    parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--concurrent-rounds", type=int, default=0, help="32-client windows per server")
     parser.add_argument("--seconds", type=float, default=5.0, help="per 32-client window")
-    parser.add_argument("--json")
     args = parser.parse_args()
+    if args.quick:  # B differs by a variable nothing reads
+        args.b_env = args.b_env or ["SEMCACHE_BENCH_AB=1"]
+        args.rounds, args.concurrent_rounds, args.seconds = 1, 1, 0.3
+    if not args.b_env:
+        parser.error("--b-env KEY=VALUE is required")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(Path(__file__).parent))
-    import perf
 
     from semcache.client import Client
     from semcache.embedder import load_embedder
@@ -85,24 +95,16 @@ def main() -> None:
     clients: dict[str, Client] = {}
     try:
         for name, extra in (("A", {}), ("B", b_env)):
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                address = f"127.0.0.1:{sock.getsockname()[1]}"
+            address = f"127.0.0.1:{free_port()}"
             work = tempfile.mkdtemp(prefix=f"semcache-ab-{name}-")
-            log = open(f"{work}/server.log", "wb")
-            servers[name] = (address, subprocess.Popen(
-                [sys.executable, "-m", "semcache", "serve", "--listen", address, "--data-dir", f"{work}/d"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra},
-            ))
-        for address, _ in servers.values():
-            perf.wait_serving(address)
+            servers[name] = (address, start_server(address, f"{work}/d", log_path=f"{work}/server.log", env=extra))
         embedder = load_embedder()
         partition = {"namespace": "ab", "model": "m"}
         for name, (address, _) in servers.items():
             clients[name] = Client(address)
-            for text in perf.texts(200):
+            for text in texts(200):
                 clients[name].store(partition, text, "answer")
-        queries = perf.texts(3 * args.rounds * BLOCK + 40, offset=10_000)
+        queries = texts(3 * args.rounds * BLOCK + 40, offset=10_000)
         for text in queries[:40]:
             embedder.embed([text])
             for client in clients.values():
@@ -123,8 +125,8 @@ def main() -> None:
                     calls[name](queries[i])
                     seconds[name].append(time.perf_counter() - started)
                     i += 1
-        p50 = {name: round(perf.p50_ms(values), 3) for name, values in seconds.items()}
-        concurrent = concurrent_rates(perf, embedder, servers, partition, args.concurrent_rounds, args.seconds)
+        p50 = {name: round(p50_ms(values), 3) for name, values in seconds.items()}
+        concurrent = concurrent_rates(embedder, servers, partition, args.concurrent_rounds, args.seconds)
         result = {
             "b_env": b_env,
             "p50_ms": p50,
@@ -138,11 +140,8 @@ def main() -> None:
         for client in clients.values():
             client.close()
         for _, process in servers.values():
-            process.terminate()
-            process.wait(60)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            stop_server(process)
+    write_report(result, args.json)
 
 
 if __name__ == "__main__":

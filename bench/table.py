@@ -1,12 +1,14 @@
 """Prints the markdown table of bench/README.md from bench/results/accuracy-*.json.
 
-    python bench/table.py
+    python bench/table.py [--quick]
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from semcache.bench.harness import bench_parser
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -18,7 +20,11 @@ def cell(point: dict | None) -> str:
 
 
 def main() -> None:
-    print("| data set | mode | n | hit rate at <=1% false hits | hit rate at <=5% false hits | exact-match only | at t=0.90: hit / false hit |")
+    bench_parser(__doc__).parse_args()  # --quick: the same (it only reads the recorded results)
+    print(
+        "| data set | mode | n | hit rate at <=1% false hits | hit rate at <=5% false hits | exact-match only "
+        "| at t=0.90: hit / false hit |"
+    )
     print("|---|---|---|---|---|---|---|")
     for path in sorted(RESULTS.glob("accuracy-*.json")):
         r = json.loads(path.read_text())
