@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from semcache.eviction import Budget, EvictionPolicy, LfuQueue
+from semcache.eviction import Budget, EvictionPolicy
+from semcache.lfu_queue import LfuQueue
 
 DAY = 86400.0
 
