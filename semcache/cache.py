@@ -1,7 +1,7 @@
 """The cache engine's facade: each Lookup and Store, in order, and nothing else.
 
-    lookup: validate -> partition + threshold -> exact tier -> embed -> semantic
-            candidates -> decide -> count
+    lookup: validate -> partition + policy -> exact tier -> embed -> semantic
+            candidates -> decide (guard, threshold, verifier) -> count
     store:  validate -> embed -> commit (grouped, LMDB first) -> count
 
 Storage (LMDB + FAISS) sits behind `semcache.storage.CacheStorage`; the hit decision
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from semcache import ttl
-from semcache.decision import Candidate, decide
+from semcache.decision import EXACT, NO_CANDIDATE, Candidate, DecisionPolicy, Verdict, decide
 from semcache.embedder import Embedder
 from semcache.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult, entry_bytes, format_entry_id
 from semcache.errors import ConfigError, DeadlineExceededError, FailedPreconditionError, ResourceExhaustedError, SemcacheError
@@ -31,6 +31,7 @@ from semcache.storage import CacheStorage, CandidateStream, PartitionHandle
 from semcache.thresholds import Thresholds
 from semcache.v1.records_pb2 import EntryRecord
 from semcache.validation import NO_MODEL, RequestValidator, parse_entry_id
+from semcache.verifier.model import Verifier
 
 __all__ = ["COUNTERS", "LookupResult", "SemanticCache", "StatsView", "StoreItem", "StoreResult"]
 
@@ -43,11 +44,13 @@ class SemanticCache:
         settings: Settings,
         embedder: Embedder | None,
         *,
+        verifier: Verifier | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
+        self.verifier = verifier  # None: candidates are decided by cosine (and the guard) alone
         self.clock = clock
         self.metrics = metrics or Metrics()
         if embedder is not None:
@@ -72,11 +75,16 @@ class SemanticCache:
         embedding: Sequence[float] | np.ndarray | None = None,
         min_similarity: float | None = None,
         deadline: float | None = None,
+        *,
+        verifier_band_low: float | None = None,
+        verifier_min_score: float | None = None,
     ) -> LookupResult:
         """The stored response for this query, or a miss. Never crosses partitions.
-        deadline: time.monotonic() past which the caller has given up (see _embed)."""
+        deadline: time.monotonic() past which the caller has given up (see _embed).
+        verifier_band_low, verifier_min_score: this request's gray band (see decision.py)."""
         started = time.perf_counter()
-        result = self._lookup(key, query, embedding, min_similarity, deadline)
+        policy = self.thresholds.policy(key.namespace, min_similarity, verifier_band_low, verifier_min_score)
+        result = self._lookup(key, query, embedding, policy, deadline)
         outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
         self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
         return result
@@ -86,35 +94,48 @@ class SemanticCache:
         key: PartitionKey,
         query: str,
         embedding: Sequence[float] | np.ndarray | None,
-        min_similarity: float | None,
+        policy: DecisionPolicy,
         deadline: float | None,
     ) -> LookupResult:
         vector = self.validator.client_vector(embedding)
         normalized = self.validator.query(query, vector is not None)
-        threshold = self.thresholds.resolve(key.namespace, min_similarity)
+        threshold = policy.threshold
         partition = self.storage.partition(key)
         if partition is None:
             self.storage.count_lookup(None, MISS)
-            return LookupResult(hit=False, threshold=threshold, resolved_version=key.version)
+            return LookupResult(hit=False, threshold=threshold, resolved_version=key.version, decided_by="no_partition")
         now = self.clock()
         exact = self.storage.exact_candidate(partition, normalized, now) if normalized else None
         if exact is not None:
-            return self._hit(partition, exact, threshold, now, exact=True)
+            return self._hit(partition, exact, threshold, now, Verdict(exact, 1.0, "", EXACT))
         if vector is None:
             if self.embedder is None:  # no model and no client vector: the exact tier was all there is
-                return self._miss(partition, threshold, now, None, "")
+                return self._miss(partition, threshold, now, Verdict(None, None, "", NO_CANDIDATE))
             vector = self._embed([query], deadline)[0]
         guard_text = query if normalized and self.settings.semantic_guard_for(key.namespace) else ""
+        verify = self._verifier_for(query) if query and self.verifier is not None else None
         with self.storage.candidates(partition, vector, now) as candidates:
-            verdict = decide(candidates, threshold, guard_text)
+            verdict = decide(candidates, policy, guard_text, verify)
         self._observe_searches(candidates)
         if verdict.hit is None:
-            return self._miss(partition, threshold, now, verdict.best_similarity, verdict.guard_reason)
-        return self._hit(partition, verdict.hit, threshold, now, exact=False)
+            return self._miss(partition, threshold, now, verdict)
+        return self._hit(partition, verdict.hit, threshold, now, verdict)
+
+    def _verifier_for(self, query: str) -> Callable[[Sequence[str]], np.ndarray]:
+        """The verifier bound to this query, timed into the metrics."""
+        verifier = self.verifier
+        assert verifier is not None
+
+        def verify(stored_queries: Sequence[str]) -> np.ndarray:
+            with self.metrics.verifier_seconds.time():
+                return verifier.score(query, stored_queries)
+
+        return verify
 
     def _hit(
-        self, partition: PartitionHandle, candidate: Candidate, threshold: float, now: float, *, exact: bool
+        self, partition: PartitionHandle, candidate: Candidate, threshold: float, now: float, verdict: Verdict
     ) -> LookupResult:
+        exact = verdict.decided_by == EXACT
         self.storage.count_lookup(
             partition, EXACT_HIT if exact else SEMANTIC_HIT, candidate=candidate, now=now,
             sliding_ttl=self.settings.sliding_ttl_for(partition.key.namespace),
@@ -130,15 +151,15 @@ class SemanticCache:
             matched_query=record.query,
             exact=exact,
             metadata=record.metadata,  # the record is this lookup's own copy: no need for another
+            decided_by=verdict.decided_by,
+            verifier_score=verdict.verifier_score,
         )
 
-    def _miss(
-        self, partition: PartitionHandle, threshold: float, now: float, best: float | None, guard_reason: str
-    ) -> LookupResult:
+    def _miss(self, partition: PartitionHandle, threshold: float, now: float, verdict: Verdict) -> LookupResult:
         self.storage.count_lookup(partition, MISS, now=now)
         return LookupResult(
-            hit=False, threshold=threshold, resolved_version=partition.key.version, similarity=best,
-            guard_reason=guard_reason,
+            hit=False, threshold=threshold, resolved_version=partition.key.version, similarity=verdict.best_similarity,
+            guard_reason=verdict.guard_reason, decided_by=verdict.decided_by, verifier_score=verdict.verifier_score,
         )
 
     def _observe_searches(self, candidates: CandidateStream) -> None:

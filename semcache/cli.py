@@ -223,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd.set_defaults(run=cmd_health)
 
     from semcache.bench.cli import add_bench_parser
+    from semcache.verifier.cli import add_train_parser
 
     add_bench_parser(commands)
+    add_train_parser(commands)
     return parser
 
 

@@ -75,10 +75,17 @@ class Client:
         *,
         embedding: Sequence[float] | None = None,
         min_similarity: float | None = None,
+        verifier_band_low: float | None = None,
+        verifier_min_score: float | None = None,
     ) -> pb.LookupResponse:
+        """None leaves a setting to the namespace and server (see LookupRequest)."""
         request = pb.LookupRequest(partition=as_partition(partition), query=query, embedding=embedding or [])
         if min_similarity is not None:
             request.min_similarity = min_similarity
+        if verifier_band_low is not None:
+            request.verifier_band_low = verifier_band_low
+        if verifier_min_score is not None:
+            request.verifier_min_score = verifier_min_score
         return self._call(self._stub.Lookup, request)
 
     def store(

@@ -31,6 +31,8 @@ class LookupResult:
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # On a miss: why the guard refused a candidate at or above the threshold.
     guard_reason: str = ""
+    decided_by: str = ""  # see semcache.decision
+    verifier_score: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,6 +45,10 @@ class Metrics:
             "semcache_embed_batch_size", "Texts per embedding model call made for concurrent requests.",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry,
         )
+        self.verifier_seconds = Histogram(
+            "semcache_verifier_seconds", "Verifier calls (the gray band's candidates of one Lookup).",
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
         self.search_seconds = Histogram(
             "semcache_search_seconds", "FAISS searches.", buckets=_LATENCY_BUCKETS, registry=self.registry
         )

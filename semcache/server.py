@@ -29,6 +29,7 @@ from semcache.metrics import Metrics
 from semcache.servicer import CacheServicer
 from semcache.settings import NO_EMBEDDING_MODEL, Settings
 from semcache.v1 import semcache_pb2, semcache_pb2_grpc
+from semcache.verifier.model import load_verifier
 
 log = logging.getLogger("semcache")
 SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemanticCache"].full_name
@@ -121,7 +122,8 @@ class SemcacheServer:
                 observe_batch=self.metrics.embed_batch_size.observe,
             )
             embedder = self._batcher
-        self.cache = SemanticCache(self.settings, embedder, clock=self._clock, metrics=self.metrics)
+        verifier = load_verifier(self.settings.verifier, self.settings.verifier_threads)
+        self.cache = SemanticCache(self.settings, embedder, verifier=verifier, clock=self._clock, metrics=self.metrics)
         cache = self.cache
         self.metrics.watch(functools.partial(cache.stats, listed=0), lambda: cache.store_commits)  # at every scrape
         if self.settings.metrics_listen:
@@ -135,6 +137,7 @@ class SemcacheServer:
             extra={
                 "port": self.port, "model": self.cache.embedding_model, "dimension": self.cache.dimension,
                 "backend": getattr(embedder, "backend", "none"),
+                "verifier": verifier.name if verifier is not None else "none",
                 "data_dir": self.settings.data_dir, "partitions": stats.partitions_total, "entries": stats.entries,
                 "recovery_seconds": round(self.cache.recovery_seconds, 3),
                 "ready_seconds": round(time.monotonic() - started, 3),

@@ -116,8 +116,10 @@ class CacheServicer(pb_grpc.SemanticCacheServicer):
             self._key(request.partition, grant),
             request.query,
             embedding=request.embedding,
-            min_similarity=wire.min_similarity(request),
+            min_similarity=wire.optional(request, "min_similarity"),
             deadline=deadline,
+            verifier_band_low=wire.optional(request, "verifier_band_low"),
+            verifier_min_score=wire.optional(request, "verifier_min_score"),
         )
         return wire.lookup_response(result)
 

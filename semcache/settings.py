@@ -26,6 +26,8 @@ class NamespaceSettings:
     """Per-namespace overrides from the config file's [namespaces.NAME] tables; None inherits."""
 
     min_similarity: float | None = None
+    verifier_band_low: float | None = None
+    verifier_min_score: float | None = None
     semantic_guard: bool | None = None
     default_ttl_seconds: int | None = None
     sliding_ttl: bool | None = None
@@ -64,6 +66,18 @@ class Settings:
     # 0.92 keeps false hits near or under 1% on the intent replay sets (clinc150: 2.3%);
     # see bench/README.md, and tune per namespace on your own data.
     min_similarity: float = 0.92
+    # The pair model that verifies candidates in the gray band [verifier_band_low,
+    # min_similarity): "" = the one shipped in semcache/verifier/default (none if the
+    # package has none), "none" = off, or a directory made by `semcache train verifier`.
+    verifier: str = ""
+    # Cosine from which candidates under min_similarity are verified, and the verifier's
+    # score (0..1, its probability that the two ask the same) they need.
+    verifier_band_low: float = 0.80
+    verifier_min_score: float = 0.5
+    # Band candidates the verifier scores per Lookup, best cosine first.
+    verifier_max_candidates: int = 4
+    # Cores the verifier uses per call; 0 = onnxruntime's choice.
+    verifier_threads: int = 1
     # Refuse semantic matches that differ from the query in negation, numbers or
     # opposite words (see semcache/guard.py).
     semantic_guard: bool = True
@@ -117,6 +131,14 @@ class Settings:
     def min_similarity_for(self, namespace: str) -> float:
         override = self.namespace(namespace).min_similarity
         return self.min_similarity if override is None else override
+
+    def verifier_band_low_for(self, namespace: str) -> float:
+        override = self.namespace(namespace).verifier_band_low
+        return self.verifier_band_low if override is None else override
+
+    def verifier_min_score_for(self, namespace: str) -> float:
+        override = self.namespace(namespace).verifier_min_score
+        return self.verifier_min_score if override is None else override
 
     def semantic_guard_for(self, namespace: str) -> bool:
         override = self.namespace(namespace).semantic_guard
@@ -267,9 +289,10 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
 
 
 def _check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
-    min_similarity = obj.min_similarity
-    if min_similarity is not None and not -1.0 <= min_similarity <= 1.0:
-        raise ConfigError(f"{prefix}min_similarity must be between -1 and 1, got {min_similarity}")
+    for name, low in (("min_similarity", -1.0), ("verifier_band_low", -1.0), ("verifier_min_score", 0.0)):
+        value = getattr(obj, name)
+        if value is not None and not low <= value <= 1.0:
+            raise ConfigError(f"{prefix}{name} must be between {low:g} and 1, got {value}")
     for name in ("default_ttl_seconds", "max_entries", "max_bytes"):
         value = getattr(obj, name)
         if value is not None and value < 0:
@@ -307,6 +330,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"embedding_backend must be onnx or torch, got {s.embedding_backend!r}")
     if s.ivf_nprobe <= 0:
         raise ConfigError(f"ivf_nprobe must be > 0, got {s.ivf_nprobe}")
+    if s.verifier_max_candidates <= 0 or s.verifier_threads < 0:
+        raise ConfigError("verifier_max_candidates must be > 0 and verifier_threads >= 0")
     if s.embed_threads < 0:
         raise ConfigError("embed_threads must be >= 0 (0 = every available core)")
     if s.embed_batch_size <= 0 or s.embed_batch_wait_seconds < 0:

@@ -1,7 +1,8 @@
-"""Threshold resolution: which min_similarity a Lookup is held to.
+"""Threshold resolution: which min_similarity (and gray band) a Lookup is held to.
 
 The request's value, else the namespace's run-time value (SetNamespaceThreshold,
-persisted by the storage), else the settings' (namespace, then server).
+persisted by the storage), else the settings' (namespace, then server). The band's
+low end and the verifier score come from the request, else the settings.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 
+from semcache.decision import DecisionPolicy
+from semcache.errors import InvalidArgumentError
 from semcache.settings import Settings
 from semcache.validation import check_similarity
 
@@ -25,6 +28,24 @@ class Thresholds:
             return self.for_namespace(namespace)
         check_similarity(min_similarity)
         return float(min_similarity)
+
+    def policy(
+        self, namespace: str, min_similarity: float | None, band_low: float | None = None, min_score: float | None = None,
+    ) -> DecisionPolicy:
+        """The decision policy of one Lookup: its threshold, and the band the verifier decides."""
+        threshold = self.resolve(namespace, min_similarity)
+        if band_low is None:
+            band_low = self._settings.verifier_band_low_for(namespace)
+        else:
+            check_similarity(band_low)
+        if min_score is None:
+            min_score = self._settings.verifier_min_score_for(namespace)
+        elif not 0.0 <= min_score <= 1.0:  # NaN fails too
+            raise InvalidArgumentError(f"verifier_min_score must be between 0 and 1, got {min_score}")
+        return DecisionPolicy(
+            threshold, band_low=float(band_low), min_verifier_score=float(min_score),
+            max_verified=self._settings.verifier_max_candidates,
+        )
 
     def for_namespace(self, namespace: str) -> float:
         runtime = self._runtime.get(namespace)

@@ -17,8 +17,9 @@ def partition_key(partition: pb.Partition) -> PartitionKey:
     )
 
 
-def min_similarity(request: pb.LookupRequest) -> float | None:
-    return request.min_similarity if request.HasField("min_similarity") else None
+def optional(request: pb.LookupRequest, field: str) -> float | None:
+    """An optional float field's value, None when the request does not set it."""
+    return getattr(request, field) if request.HasField(field) else None
 
 
 def lookup_response(result: LookupResult) -> pb.LookupResponse:
@@ -32,7 +33,10 @@ def lookup_response(result: LookupResult) -> pb.LookupResponse:
         threshold=result.threshold,
         resolved_version=result.resolved_version,
         guard_reason=result.guard_reason,
+        decided_by=result.decided_by,
     )
+    if result.verifier_score is not None:
+        response.verifier_score = result.verifier_score
     if result.metadata:  # a map field copies item by item in Python, even when empty (~2 us)
         response.metadata.update(result.metadata)
     return response

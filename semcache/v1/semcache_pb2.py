@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\"\\\n\tPartition\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\"\x8c\x01\n\rLookupRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x1b\n\x0emin_similarity\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"\xac\x02\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x15\n\rmatched_query\x18\x05 \x01(\t\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12;\n\x08metadata\x18\x08 \x03(\x0b\x32).semcache.v1.LookupResponse.MetadataEntry\x12\x18\n\x10resolved_version\x18\t \x01(\t\x12\x14\n\x0cguard_reason\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfc\x01\n\x0cStoreRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x39\n\x08metadata\x18\x06 \x03(\x0b\x32\'.semcache.v1.StoreRequest.MetadataEntry\x12\x0c\n\x04\x63ost\x18\x07 \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\rStoreResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x18\n\x10resolved_version\x18\x04 \x01(\t\"=\n\x11StoreBatchRequest\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.semcache.v1.StoreRequest\"i\n\x10StoreBatchResult\x12*\n\x06stored\x18\x01 \x01(\x0b\x32\x1a.semcache.v1.StoreResponse\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\"D\n\x12StoreBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.semcache.v1.StoreBatchResult\"L\n\rDeleteRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xee\x01\n\x11InvalidateRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\x12\x17\n\x0fwhole_namespace\x18\x03 \x01(\x08\x12I\n\x0emetadata_match\x18\x04 \x03(\x0b\x32\x31.semcache.v1.InvalidateRequest.MetadataMatchEntry\x1a\x34\n\x12MetadataMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"Q\n\x0cStatsRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x16\n\x0emax_partitions\x18\x02 \x01(\r\"\xad\x02\n\x0ePartitionStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x04\x12\x0f\n\x07lookups\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\x12\n\nexact_hits\x18\x07 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x08 \x01(\x04\x12\x0e\n\x06misses\x18\t \x01(\x04\x12\x12\n\nsaved_cost\x18\n \x01(\x01\x12\r\n\x05\x62ytes\x18\x0b \x01(\x04\x12\x14\n\x0clast_used_at\x18\x0c \x01(\x01\x12\x11\n\tevictions\x18\r \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\x0e \x01(\x04\x12\x15\n\rinvalidations\x18\x0f \x01(\x04\"\xdd\x02\n\rStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\x12\x0f\n\x07lookups\x18\x02 \x01(\x04\x12\x0c\n\x04hits\x18\x03 \x01(\x04\x12\x12\n\nexact_hits\x18\x04 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x05 \x01(\x04\x12\x0e\n\x06misses\x18\x06 \x01(\x04\x12\x12\n\nsaved_cost\x18\x07 \x01(\x01\x12/\n\npartitions\x18\x08 \x03(\x0b\x32\x1b.semcache.v1.PartitionStats\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\n \x01(\t\x12\x1b\n\x13\x65mbedding_dimension\x18\x0b \x01(\r\x12\x11\n\tevictions\x18\x0c \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\r \x01(\x04\x12\x15\n\rinvalidations\x18\x0e \x01(\x04\x12\x18\n\x10partitions_total\x18\x0f \x01(\x04\"a\n\x1cSetNamespaceThresholdRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1b\n\x0emin_similarity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"7\n\x1dSetNamespaceThresholdResponse\x12\x16\n\x0emin_similarity\x18\x01 \x01(\x02\x32\xa3\x04\n\rSemanticCache\x12\x41\n\x06Lookup\x12\x1a.semcache.v1.LookupRequest\x1a\x1b.semcache.v1.LookupResponse\x12>\n\x05Store\x12\x19.semcache.v1.StoreRequest\x1a\x1a.semcache.v1.StoreResponse\x12M\n\nStoreBatch\x12\x1e.semcache.v1.StoreBatchRequest\x1a\x1f.semcache.v1.StoreBatchResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.semcache.v1.DeleteRequest\x1a\x1b.semcache.v1.DeleteResponse\x12M\n\nInvalidate\x12\x1e.semcache.v1.InvalidateRequest\x1a\x1f.semcache.v1.InvalidateResponse\x12>\n\x05Stats\x12\x19.semcache.v1.StatsRequest\x1a\x1a.semcache.v1.StatsResponse\x12n\n\x15SetNamespaceThreshold\x12).semcache.v1.SetNamespaceThresholdRequest\x1a*.semcache.v1.SetNamespaceThresholdResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\"\\\n\tPartition\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\"\xfa\x01\n\rLookupRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x1b\n\x0emin_similarity\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x1e\n\x11verifier_band_low\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x1f\n\x12verifier_min_score\x18\x06 \x01(\x02H\x02\x88\x01\x01\x42\x11\n\x0f_min_similarityB\x14\n\x12_verifier_band_lowB\x15\n\x13_verifier_min_score\"\xf0\x02\n\x0eLookupResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x15\n\rmatched_query\x18\x05 \x01(\t\x12\r\n\x05\x65xact\x18\x06 \x01(\x08\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12;\n\x08metadata\x18\x08 \x03(\x0b\x32).semcache.v1.LookupResponse.MetadataEntry\x12\x18\n\x10resolved_version\x18\t \x01(\t\x12\x14\n\x0cguard_reason\x18\n \x01(\t\x12\x12\n\ndecided_by\x18\x0b \x01(\t\x12\x1b\n\x0everifier_score\x18\x0c \x01(\x02H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_verifier_score\"\xfc\x01\n\x0cStoreRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\r\n\x05query\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\x0c\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\x12\x39\n\x08metadata\x18\x06 \x03(\x0b\x32\'.semcache.v1.StoreRequest.MetadataEntry\x12\x0c\n\x04\x63ost\x18\x07 \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\rStoreResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x18\n\x10resolved_version\x18\x04 \x01(\t\"=\n\x11StoreBatchRequest\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.semcache.v1.StoreRequest\"i\n\x10StoreBatchResult\x12*\n\x06stored\x18\x01 \x01(\x0b\x32\x1a.semcache.v1.StoreResponse\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\"D\n\x12StoreBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.semcache.v1.StoreBatchResult\"L\n\rDeleteRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xee\x01\n\x11InvalidateRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\x12\x17\n\x0fwhole_namespace\x18\x03 \x01(\x08\x12I\n\x0emetadata_match\x18\x04 \x03(\x0b\x32\x31.semcache.v1.InvalidateRequest.MetadataMatchEntry\x1a\x34\n\x12MetadataMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"Q\n\x0cStatsRequest\x12)\n\tpartition\x18\x01 \x01(\x0b\x32\x16.semcache.v1.Partition\x12\x16\n\x0emax_partitions\x18\x02 \x01(\r\"\xad\x02\n\x0ePartitionStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0eprompt_version\x18\x03 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x04\x12\x0f\n\x07lookups\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\x12\n\nexact_hits\x18\x07 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x08 \x01(\x04\x12\x0e\n\x06misses\x18\t \x01(\x04\x12\x12\n\nsaved_cost\x18\n \x01(\x01\x12\r\n\x05\x62ytes\x18\x0b \x01(\x04\x12\x14\n\x0clast_used_at\x18\x0c \x01(\x01\x12\x11\n\tevictions\x18\r \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\x0e \x01(\x04\x12\x15\n\rinvalidations\x18\x0f \x01(\x04\"\xdd\x02\n\rStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\x12\x0f\n\x07lookups\x18\x02 \x01(\x04\x12\x0c\n\x04hits\x18\x03 \x01(\x04\x12\x12\n\nexact_hits\x18\x04 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x05 \x01(\x04\x12\x0e\n\x06misses\x18\x06 \x01(\x04\x12\x12\n\nsaved_cost\x18\x07 \x01(\x01\x12/\n\npartitions\x18\x08 \x03(\x0b\x32\x1b.semcache.v1.PartitionStats\x12\r\n\x05\x62ytes\x18\t \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\n \x01(\t\x12\x1b\n\x13\x65mbedding_dimension\x18\x0b \x01(\r\x12\x11\n\tevictions\x18\x0c \x01(\x04\x12\x13\n\x0b\x65xpirations\x18\r \x01(\x04\x12\x15\n\rinvalidations\x18\x0e \x01(\x04\x12\x18\n\x10partitions_total\x18\x0f \x01(\x04\"a\n\x1cSetNamespaceThresholdRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x1b\n\x0emin_similarity\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_similarity\"7\n\x1dSetNamespaceThresholdResponse\x12\x16\n\x0emin_similarity\x18\x01 \x01(\x02\x32\xa3\x04\n\rSemanticCache\x12\x41\n\x06Lookup\x12\x1a.semcache.v1.LookupRequest\x1a\x1b.semcache.v1.LookupResponse\x12>\n\x05Store\x12\x19.semcache.v1.StoreRequest\x1a\x1a.semcache.v1.StoreResponse\x12M\n\nStoreBatch\x12\x1e.semcache.v1.StoreBatchRequest\x1a\x1f.semcache.v1.StoreBatchResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.semcache.v1.DeleteRequest\x1a\x1b.semcache.v1.DeleteResponse\x12M\n\nInvalidate\x12\x1e.semcache.v1.InvalidateRequest\x1a\x1f.semcache.v1.InvalidateResponse\x12>\n\x05Stats\x12\x19.semcache.v1.StatsRequest\x1a\x1a.semcache.v1.StatsResponse\x12n\n\x15SetNamespaceThreshold\x12).semcache.v1.SetNamespaceThresholdRequest\x1a*.semcache.v1.SetNamespaceThresholdResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,43 +40,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTITION']._serialized_start=43
   _globals['_PARTITION']._serialized_end=135
   _globals['_LOOKUPREQUEST']._serialized_start=138
-  _globals['_LOOKUPREQUEST']._serialized_end=278
-  _globals['_LOOKUPRESPONSE']._serialized_start=281
-  _globals['_LOOKUPRESPONSE']._serialized_end=581
-  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_start=534
-  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_end=581
-  _globals['_STOREREQUEST']._serialized_start=584
-  _globals['_STOREREQUEST']._serialized_end=836
-  _globals['_STOREREQUEST_METADATAENTRY']._serialized_start=534
-  _globals['_STOREREQUEST_METADATAENTRY']._serialized_end=581
-  _globals['_STORERESPONSE']._serialized_start=838
-  _globals['_STORERESPONSE']._serialized_end=935
-  _globals['_STOREBATCHREQUEST']._serialized_start=937
-  _globals['_STOREBATCHREQUEST']._serialized_end=998
-  _globals['_STOREBATCHRESULT']._serialized_start=1000
-  _globals['_STOREBATCHRESULT']._serialized_end=1105
-  _globals['_STOREBATCHRESPONSE']._serialized_start=1107
-  _globals['_STOREBATCHRESPONSE']._serialized_end=1175
-  _globals['_DELETEREQUEST']._serialized_start=1177
-  _globals['_DELETEREQUEST']._serialized_end=1253
-  _globals['_DELETERESPONSE']._serialized_start=1255
-  _globals['_DELETERESPONSE']._serialized_end=1288
-  _globals['_INVALIDATEREQUEST']._serialized_start=1291
-  _globals['_INVALIDATEREQUEST']._serialized_end=1529
-  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_start=1477
-  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_end=1529
-  _globals['_INVALIDATERESPONSE']._serialized_start=1531
-  _globals['_INVALIDATERESPONSE']._serialized_end=1568
-  _globals['_STATSREQUEST']._serialized_start=1570
-  _globals['_STATSREQUEST']._serialized_end=1651
-  _globals['_PARTITIONSTATS']._serialized_start=1654
-  _globals['_PARTITIONSTATS']._serialized_end=1955
-  _globals['_STATSRESPONSE']._serialized_start=1958
-  _globals['_STATSRESPONSE']._serialized_end=2307
-  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_start=2309
-  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_end=2406
-  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_start=2408
-  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_end=2463
-  _globals['_SEMANTICCACHE']._serialized_start=2466
-  _globals['_SEMANTICCACHE']._serialized_end=3013
+  _globals['_LOOKUPREQUEST']._serialized_end=388
+  _globals['_LOOKUPRESPONSE']._serialized_start=391
+  _globals['_LOOKUPRESPONSE']._serialized_end=759
+  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_start=693
+  _globals['_LOOKUPRESPONSE_METADATAENTRY']._serialized_end=740
+  _globals['_STOREREQUEST']._serialized_start=762
+  _globals['_STOREREQUEST']._serialized_end=1014
+  _globals['_STOREREQUEST_METADATAENTRY']._serialized_start=693
+  _globals['_STOREREQUEST_METADATAENTRY']._serialized_end=740
+  _globals['_STORERESPONSE']._serialized_start=1016
+  _globals['_STORERESPONSE']._serialized_end=1113
+  _globals['_STOREBATCHREQUEST']._serialized_start=1115
+  _globals['_STOREBATCHREQUEST']._serialized_end=1176
+  _globals['_STOREBATCHRESULT']._serialized_start=1178
+  _globals['_STOREBATCHRESULT']._serialized_end=1283
+  _globals['_STOREBATCHRESPONSE']._serialized_start=1285
+  _globals['_STOREBATCHRESPONSE']._serialized_end=1353
+  _globals['_DELETEREQUEST']._serialized_start=1355
+  _globals['_DELETEREQUEST']._serialized_end=1431
+  _globals['_DELETERESPONSE']._serialized_start=1433
+  _globals['_DELETERESPONSE']._serialized_end=1466
+  _globals['_INVALIDATEREQUEST']._serialized_start=1469
+  _globals['_INVALIDATEREQUEST']._serialized_end=1707
+  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_start=1655
+  _globals['_INVALIDATEREQUEST_METADATAMATCHENTRY']._serialized_end=1707
+  _globals['_INVALIDATERESPONSE']._serialized_start=1709
+  _globals['_INVALIDATERESPONSE']._serialized_end=1746
+  _globals['_STATSREQUEST']._serialized_start=1748
+  _globals['_STATSREQUEST']._serialized_end=1829
+  _globals['_PARTITIONSTATS']._serialized_start=1832
+  _globals['_PARTITIONSTATS']._serialized_end=2133
+  _globals['_STATSRESPONSE']._serialized_start=2136
+  _globals['_STATSRESPONSE']._serialized_end=2485
+  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_start=2487
+  _globals['_SETNAMESPACETHRESHOLDREQUEST']._serialized_end=2584
+  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_start=2586
+  _globals['_SETNAMESPACETHRESHOLDRESPONSE']._serialized_end=2641
+  _globals['_SEMANTICCACHE']._serialized_start=2644
+  _globals['_SEMANTICCACHE']._serialized_end=3191
 # @@protoc_insertion_point(module_scope)

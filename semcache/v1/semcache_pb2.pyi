@@ -19,19 +19,23 @@ class Partition(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., system_prompt: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("partition", "query", "embedding", "min_similarity")
+    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_BAND_LOW_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     query: str
     embedding: _containers.RepeatedScalarFieldContainer[float]
     min_similarity: float
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ...) -> None: ...
+    verifier_band_low: float
+    verifier_min_score: float
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason")
+    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +53,8 @@ class LookupResponse(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_VERSION_FIELD_NUMBER: _ClassVar[int]
     GUARD_REASON_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
     hit: bool
     entry_id: str
     response: bytes
@@ -59,7 +65,9 @@ class LookupResponse(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     resolved_version: str
     guard_reason: str
-    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ...) -> None: ...
+    decided_by: str
+    verifier_score: float
+    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("partition", "query", "response", "embedding", "ttl_seconds", "metadata", "cost")

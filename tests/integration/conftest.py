@@ -43,6 +43,7 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
             "data_dir": str(tmp_path / "data"),
             "embedding_dimension": POLICY_DIMENSION,
             "sync_writes": False,
+            "verifier": "none",  # cosine alone, unless a test is about the verifier
         }
         if embedder is None:
             values["embedding_model"] = "none"

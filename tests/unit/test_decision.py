@@ -6,7 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from semcache.decision import BELOW_THRESHOLD, NO_CANDIDATE, THRESHOLD, Candidate, decide
+from semcache.decision import (
+    BELOW_THRESHOLD,
+    NO_CANDIDATE,
+    THRESHOLD,
+    VERIFIER,
+    VERIFIER_REJECTED,
+    Candidate,
+    DecisionPolicy,
+    decide,
+)
 from semcache.v1.records_pb2 import EntryRecord
 
 
@@ -42,7 +51,7 @@ FAR = _candidate(4, "what is the weather in Tampa", 0.40)
     ],
 )
 def test_decide(reason, candidates, threshold, guard_text, hit, best, guard_reason, decided_by):
-    verdict = decide(candidates, threshold, guard_text)
+    verdict = decide(candidates, DecisionPolicy(threshold), guard_text)
     assert (verdict.hit.entry_id if verdict.hit else None) == hit, reason
     assert verdict.best_similarity == best, reason
     assert verdict.guard_reason == guard_reason, reason
@@ -57,5 +66,64 @@ def test_decide_reads_no_further_than_it_needs():
             read.append(candidate.entry_id)
             yield candidate
 
-    assert decide(stream(), 0.9, "").hit is RESET
+    assert decide(stream(), DecisionPolicy(0.9), "").hit is RESET
     assert read == [3]  # the storage fetches more candidates only when they are needed
+
+
+# -- the gray band: candidates under the threshold that the verifier decides -------------
+
+RETURN_ITEM = _candidate(10, "how do I return an item", 0.86)
+RETURN_POLICY = _candidate(11, "what is your return policy", 0.84)
+REFUND_TIME = _candidate(12, "how long does a refund take", 0.81)
+WEATHER = _candidate(13, "weather in boston", 0.60)
+BAND = DecisionPolicy(threshold=0.9, band_low=0.8, min_verifier_score=0.5, max_verified=2)
+SCORES = {"how do I return an item": 0.2, "what is your return policy": 0.9, "how long does a refund take": 0.95}
+
+
+def _verify(asked: list[list[str]]):  # type: ignore[no-untyped-def]
+    def verify(texts):  # type: ignore[no-untyped-def]
+        asked.append(list(texts))
+        import numpy as np
+
+        return np.array([SCORES[t] for t in texts])
+
+    return verify
+
+
+@pytest.mark.parametrize(
+    "reason,candidates,policy,hit,decided_by,score,asked",
+    [
+        ("above the threshold: a hit without asking the verifier",
+         [RESET, RETURN_ITEM], BAND, 3, THRESHOLD, None, []),
+        ("the best verified band candidate wins, not the best cosine",
+         [RETURN_ITEM, RETURN_POLICY], BAND, 11, VERIFIER, 0.9, [["how do I return an item", "what is your return policy"]]),
+        ("at most max_verified band candidates are scored",
+         [RETURN_ITEM, RETURN_POLICY, REFUND_TIME], BAND, 11, VERIFIER, 0.9,
+         [["how do I return an item", "what is your return policy"]]),
+        ("no band candidate reaches the score: a miss",
+         [RETURN_ITEM, WEATHER], BAND, None, VERIFIER_REJECTED, 0.2, [["how do I return an item"]]),
+        ("a stricter score rejects what a looser one accepts",
+         [RETURN_POLICY], DecisionPolicy(0.9, 0.8, min_verifier_score=0.95), None, VERIFIER_REJECTED, 0.9,
+         [["what is your return policy"]]),
+        ("below the band: a miss, and the verifier is not asked", [WEATHER], BAND, None, BELOW_THRESHOLD, None, []),
+        ("no band: the plain threshold", [RETURN_POLICY], DecisionPolicy(0.9), None, BELOW_THRESHOLD, None, []),
+    ],
+)
+def test_decide_with_a_verifier(reason, candidates, policy, hit, decided_by, score, asked):
+    calls: list[list[str]] = []
+    verdict = decide(candidates, policy, "", _verify(calls))
+    assert (verdict.hit.entry_id if verdict.hit else None) == hit, reason
+    assert verdict.decided_by == decided_by, reason
+    assert verdict.verifier_score == (pytest.approx(score) if score is not None else None), reason
+    assert calls == asked, reason
+
+
+def test_the_guard_still_refuses_inside_the_band():
+    calls: list[list[str]] = []
+    port_closed = _candidate(20, "is port 22 closed", 0.85)
+    verdict = decide([port_closed], BAND, "is port 22 open", _verify(calls))
+    assert verdict.hit is None and verdict.guard_reason == "opposites: open/closed" and calls == []
+
+
+def test_without_a_verifier_a_band_changes_nothing():
+    assert decide([RETURN_POLICY], BAND, "", None).decided_by == BELOW_THRESHOLD

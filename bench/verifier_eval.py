@@ -1,0 +1,220 @@
+"""What the verifier buys, on held-out data: hit rate at 1% and 5% false hits for the
+static threshold, the threshold with the lexical guard, and the guard plus the verifier
+in a gray band; the share of lookups that asked the verifier; false hits by kind.
+
+    python bench/verifier_eval.py --verifier DIR --split bench/.cache/verifier-split [--json FILE] [--quick]
+
+Pairs: every held-out pair scored once (cosine, guard, verifier), then each decision
+rule evaluated over a grid of its settings. Replay: each stream replayed through the
+real decision (semcache.decision.decide) with brute-force search, once per setting;
+a miss stores the query. "chosen_on_other_sets": the setting with the best mean hit
+rate on the OTHER sets of the same mode whose false-hit rate is <= --choose-at on every
+one of them, reported on this set, so no figure is tuned on the data it reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from semcache.bench import datasets
+from semcache.bench.harness import bench_parser, write_report
+from semcache.decision import Candidate, DecisionPolicy, decide
+from semcache.embedder import load_embedder
+from semcache.guard import conflict
+from semcache.normalize import normalize_query
+from semcache.v1.records_pb2 import EntryRecord
+from semcache.verifier.model import OnnxVerifier
+
+PAIR_SETS = ("banking77", "clinc150", "hwu64", "paws_wiki", "cannot_negation", "stsb", "gptcache_qqp")
+REPLAY_SETS = ("banking77", "clinc150", "hwu64")
+THRESHOLDS = [round(0.70 + 0.01 * i, 2) for i in range(30)]
+BAND_LOWS = [0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85]
+SCORES = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    kind: str  # static, guard, verifier
+    threshold: float
+    band_low: float | None = None
+    min_score: float = 0.5
+
+    def key(self) -> str:
+        if self.kind == "verifier":
+            return f"verifier t={self.threshold} low={self.band_low} s={self.min_score}"
+        return f"{self.kind} t={self.threshold}"
+
+
+def rules(thresholds: list[float], band_lows: list[float], scores: list[float]) -> list[Rule]:
+    out = [Rule(kind, t) for kind in ("static", "guard") for t in thresholds]
+    out += [Rule("verifier", t, low, s) for t, low, s in itertools.product(thresholds, band_lows, scores) if low < t]
+    return out
+
+
+def pair_figures(pairs, vectors, verifier) -> dict:  # type: ignore[no-untyped-def]
+    sims = np.array([float(vectors[p.a] @ vectors[p.b]) for p in pairs])
+    exact = np.array([normalize_query(p.a) == normalize_query(p.b) for p in pairs])
+    guarded = np.array([conflict(p.b, p.a) is not None for p in pairs])
+    scores = verifier.score_pairs([(p.b, p.a) for p in pairs])
+    labels = np.array([p.label for p in pairs])
+    kinds = np.array([p.kind or "negative" for p in pairs])
+    return {"sims": sims, "exact": exact, "guarded": guarded, "scores": scores, "labels": labels, "kinds": kinds}
+
+
+def pair_hits(f: dict, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
+    """(hit, asked the verifier) per pair under `rule`."""
+    sims, exact = f["sims"], f["exact"]
+    if rule.kind == "static":
+        return exact | (sims >= rule.threshold), np.zeros_like(exact)
+    open_ = ~f["guarded"]
+    if rule.kind == "guard":
+        return exact | (open_ & (sims >= rule.threshold)), np.zeros_like(exact)
+    band = open_ & ~exact & (sims >= rule.band_low) & (sims < rule.threshold)
+    return exact | (open_ & (sims >= rule.threshold)) | (band & (f["scores"] >= rule.min_score)), band
+
+
+def pair_rates(hit: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
+    """(hit rate over label-1 pairs, false-hit rate over label-0 pairs)."""
+    def share(mask: np.ndarray) -> float:
+        return float(hit[mask].mean()) if mask.any() else 0.0
+
+    return share(positives), share(~positives)
+
+
+def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:  # type: ignore[no-untyped-def]
+    """Replay the stream under `rule`: hits, wrong hits, lookups that asked the verifier."""
+    stored_vectors = np.empty((len(queries), next(iter(vectors.values())).shape[0]), dtype=np.float32)
+    stored: list[tuple[str, str]] = []
+    exact_index: dict[str, int] = {}
+    hits = wrong = asked = 0
+    policy = DecisionPolicy(rule.threshold, band_low=rule.band_low, min_verifier_score=rule.min_score)
+    for q in queries:
+        normalized = normalize_query(q.text)
+        if normalized in exact_index:
+            hits += 1
+            wrong += stored[exact_index[normalized]][1] != q.answer_key
+            continue
+        count = len(stored)
+        sims = stored_vectors[:count] @ vectors[q.text] if count else np.empty(0)
+        order = np.argsort(-sims)[:16]
+        candidates = [Candidate(int(i), EntryRecord(query=stored[i][0]), float(sims[i])) for i in order]
+        called = [False]
+
+        def verify(texts, text=q.text, called=called):  # type: ignore[no-untyped-def]
+            called[0] = True
+            missing = [t for t in texts if (text, t) not in cache]
+            if missing:
+                for t, s in zip(missing, verifier.score(text, missing), strict=True):
+                    cache[(text, t)] = float(s)
+            return np.array([cache[(text, t)] for t in texts])
+
+        guard_text = q.text if rule.kind != "static" else ""
+        verdict = decide(candidates, policy, guard_text, verify if rule.kind == "verifier" else None)
+        asked += called[0]
+        if verdict.hit is not None:
+            hits += 1
+            wrong += stored[verdict.hit.entry_id][1] != q.answer_key
+        else:
+            stored_vectors[count] = vectors[q.text]
+            stored.append((q.text, q.answer_key))
+            exact_index.setdefault(normalized, count)
+    n = len(queries)
+    return {"hit_rate": hits / n, "false_hit_rate": wrong / n, "verifier_share": asked / n}
+
+
+def best_at(rows: dict[str, dict], kind: str, fhr: float) -> dict | None:
+    eligible = [(k, r) for k, r in rows.items() if k.startswith(kind) and r["false_hit_rate"] <= fhr]
+    if not eligible:
+        return None
+    key, row = max(eligible, key=lambda kr: (kr[1]["hit_rate"], -kr[1]["false_hit_rate"]))
+    return {"rule": key, **{k: round(v, 4) for k, v in row.items()}}
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--verifier", type=Path, required=True)
+    parser.add_argument("--split", type=Path, default=Path("bench/.cache/verifier-split"))
+    parser.add_argument("--pairs-limit", type=int, default=3000)
+    parser.add_argument("--replay-limit", type=int, default=1500)
+    parser.add_argument("--choose-at", type=float, default=0.0075, help="false-hit rate the chosen settings aim at")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    thresholds, band_lows, scores = THRESHOLDS, BAND_LOWS, SCORES
+    replay_thresholds, replay_lows, replay_scores = [0.84, 0.87, 0.9, 0.92, 0.94], [0.7, 0.75, 0.8], [0.5, 0.8, 0.95]
+    pair_sets, replay_sets = PAIR_SETS, REPLAY_SETS
+    if args.quick:
+        args.pairs_limit, args.replay_limit = 60, 60
+        pair_sets, replay_sets = ("banking77", "paws_wiki"), ("banking77", "hwu64")
+        thresholds, band_lows, scores = [0.8, 0.9], [0.7], [0.5]
+        replay_thresholds, replay_lows, replay_scores = [0.9], [0.7], [0.5]
+    embedder = load_embedder()
+    verifier = OnnxVerifier(args.verifier)
+    result: dict = {"verifier": str(args.verifier), "choose_at": args.choose_at, "pairs": {}, "replay": {}}
+
+    pair_rows: dict[str, dict[str, dict]] = {}
+    pair_data: dict[str, dict] = {}
+    for name in pair_sets:
+        pairs = datasets.load_pairs(args.split / f"holdout-{name}.pairs.jsonl", args.pairs_limit, args.seed)
+        texts = list(dict.fromkeys(t for p in pairs for t in (p.a, p.b)))
+        vectors = dict(zip(texts, embedder.embed(texts), strict=True))
+        f = pair_data[name] = pair_figures(pairs, vectors, verifier)
+        positives = f["labels"] == 1
+        rows = {}
+        for rule in rules(thresholds, band_lows, scores):
+            hit, asked = pair_hits(f, rule)
+            hr, fhr = pair_rates(hit, positives)
+            rows[rule.key()] = {"hit_rate": hr, "false_hit_rate": fhr, "verifier_share": float(asked.mean())}
+        pair_rows[name] = rows
+    replay_rows: dict[str, dict[str, dict]] = {}
+    for name in replay_sets:
+        queries = datasets.load_replay(args.split / f"holdout-{name}.replay.jsonl", args.replay_limit, args.seed)
+        texts = list(dict.fromkeys(q.text for q in queries))
+        vectors = dict(zip(texts, embedder.embed(texts), strict=True))
+        cache: dict = {}
+        grid = rules(replay_thresholds, replay_lows, replay_scores)
+        replay_rows[name] = {rule.key(): replay_figures(queries, vectors, verifier, rule, cache) for rule in grid}
+
+    for mode, all_rows in (("pairs", pair_rows), ("replay", replay_rows)):
+        for name, rows in all_rows.items():
+            entry: dict = {}
+            for kind in ("static", "guard", "verifier"):
+                entry[kind] = {f"at_{int(t * 100)}pct": best_at(rows, kind, t) for t in (0.01, 0.05)}
+                others = [all_rows[o] for o in all_rows if o != name]
+                if others:  # the mean hit rate of the other sets, and their worst false-hit rate
+                    pooled = {k: {"hit_rate": float(np.mean([o[k]["hit_rate"] for o in others])),
+                                  "false_hit_rate": max(o[k]["false_hit_rate"] for o in others)} for k in rows}
+                    chosen = best_at(pooled, kind, args.choose_at)
+                    if chosen is not None:
+                        here = {k: round(v, 4) for k, v in rows[chosen["rule"]].items()}
+                        entry[kind]["chosen_on_other_sets"] = {"rule": chosen["rule"], **here}
+            if mode == "pairs":
+                f = pair_data[name]
+                negatives = f["labels"] == 0
+                chosen_rule = (entry["verifier"].get("chosen_on_other_sets") or {}).get("rule")
+                if chosen_rule:
+                    rule = next(r for r in rules(thresholds, band_lows, scores) if r.key() == chosen_rule)
+                    hit, _ = pair_hits(f, rule)
+                    entry["false_hit_rate_by_kind_at_chosen"] = {
+                        kind: round(float(hit[negatives & (f["kinds"] == kind)].mean()), 4)
+                        for kind in sorted(set(f["kinds"][negatives]))
+                    }
+                entry["auc"] = {"cosine": _auc(f["sims"], f["labels"]), "verifier": _auc(f["scores"], f["labels"])}
+            result[mode][name] = entry
+    write_report(result, args.json)
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    if not len(positives) or not len(negatives):
+        return float("nan")
+    ranks = np.argsort(np.argsort(np.concatenate([positives, negatives]))) + 1
+    p, n = len(positives), len(negatives)
+    return round(float((ranks[:p].sum() - p * (p + 1) / 2) / (p * n)), 4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The verifier: trained here in seconds on a tiny labeled set, served on onnxruntime,
+and the decision paths it adds, over gRPC (client vectors at known cosines, so the path
+taken depends on the policy, not on the model's quality)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from semcache.errors import ConfigError
+from semcache.settings import Settings
+from semcache.verifier import data
+from semcache.verifier.model import OnnxVerifier, load_verifier
+from semcache.verifier.training import MODEL_FILE, TrainingSettings, train
+from tests.helpers import REPO, status_of, unit_vector, vector_at_similarity
+
+DATA = REPO.parent / "shared" / "datasets"
+TINY = TrainingSettings(epochs=1, batch_size=16, max_length=32, seed=3, threads=2)
+
+
+def _tiny_pairs() -> list[data.TrainingPair]:
+    pairs = data.load_pair_files([DATA / "banking77" / "dev.pairs.jsonl"], limit_per_file=40, seed=1)
+    return pairs + data.synthetic_negatives(pairs, 8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_verifier(tmp_path_factory):
+    out = tmp_path_factory.mktemp("verifier")
+    record = train(_tiny_pairs(), out, TINY, progress=False)
+    return out, record
+
+
+def test_training_writes_a_servable_int8_model_whose_scores_agree_with_torch(tiny_verifier):
+    out, record = tiny_verifier
+    assert record["int8"] and record["training"]["pairs"] == 56 and record["training"]["steps"] == 4
+    assert record["training"]["kinds"]["synthetic_negation"] == 8
+    check = record["export_check"]
+    assert check["fp32"]["max_abs_diff"] < 1e-3  # the exported graph is the model
+    assert check["int8"]["max_abs_diff"] < 0.05  # int8 weights move scores little
+    assert json.loads((out / "verifier.json").read_text()) == record
+    assert (out / MODEL_FILE).stat().st_size < 30 << 20
+    scores = OnnxVerifier(out).score("how do I return an item", ["how can I return something", "weather in Tampa"])
+    assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
+
+
+def test_training_is_reproducible(tmp_path):
+    pairs = _tiny_pairs()[:16]
+    first = train(pairs, tmp_path / "a", TINY, progress=False, quantize=False)
+    second = train(pairs, tmp_path / "b", TINY, progress=False, quantize=False)
+    assert first["training"]["final_loss"] == second["training"]["final_loss"]
+    probe = ["how can I get my money back", "is my card on its way"]
+    a = OnnxVerifier(tmp_path / "a").score("I want a refund", probe)
+    b = OnnxVerifier(tmp_path / "b").score("I want a refund", probe)
+    assert np.allclose(a, b, atol=1e-6)
+
+
+def test_made_negatives():
+    assert data.negated("is the store open on sunday") == "is not the store open on sunday"
+    assert data.negated("the card is not working") == "the card is working"
+    assert data.negated("hello there") is None
+    import random
+
+    text = "flights from Boston to Tampa"
+    swapped = data.swapped(text, random.Random(0))
+    assert swapped is not None and swapped != text and sorted(swapped.split()) == sorted(text.split())
+
+
+P = {"namespace": "shop", "model": "m"}
+STORED = "how do I return an item"
+
+
+@pytest.fixture
+def verified_server(make_server, tiny_verifier):
+    out, _ = tiny_verifier
+    server, client = make_server(embedder=None, verifier=str(out), min_similarity=0.9, verifier_band_low=0.8)
+    base = unit_vector(7)
+    client.store(P, STORED, "Use the returns page.", embedding=base)
+    client.store(P, "is port 22 open", "Yes.", embedding=unit_vector(8))
+    return server, client, base
+
+
+def _lookup(client, query: str, vector, **overrides):  # type: ignore[no-untyped-def]
+    return client.lookup(P, query, embedding=vector, **overrides)
+
+
+def test_each_decision_path_over_grpc(verified_server):
+    _, client, base = verified_server
+    exact = _lookup(client, "How do I return an item?", base)
+    assert exact.hit and exact.decided_by == "exact" and not exact.HasField("verifier_score")
+
+    high = _lookup(client, "returning an item", vector_at_similarity(base, 0.95, 1))
+    assert high.hit and high.decided_by == "threshold" and not high.HasField("verifier_score")
+
+    in_band = vector_at_similarity(base, 0.85, 2)
+    verified = _lookup(client, "can I send an item back", in_band, verifier_min_score=0.0)
+    assert verified.hit and verified.decided_by == "verifier" and verified.response == b"Use the returns page."
+    assert 0.0 < verified.verifier_score < 1.0
+
+    rejected = _lookup(client, "can I send an item back", in_band, verifier_min_score=1.0)
+    assert not rejected.hit and rejected.decided_by == "verifier_rejected"
+    assert rejected.verifier_score == pytest.approx(verified.verifier_score, abs=1e-6)
+
+    outside = _lookup(client, "can I send an item back", in_band, verifier_band_low=0.88, verifier_min_score=0.0)
+    assert not outside.hit and outside.decided_by == "below_threshold"
+
+    below = _lookup(client, "what is the weather in Tampa", vector_at_similarity(base, 0.5, 3))
+    assert not below.hit and below.decided_by == "below_threshold" and not below.HasField("verifier_score")
+
+
+def test_the_guard_refuses_in_the_band_before_the_verifier_is_asked(verified_server):
+    _, client, _ = verified_server
+    closed = _lookup(client, "is port 22 closed", vector_at_similarity(unit_vector(8), 0.85, 4), verifier_min_score=0.0)
+    assert not closed.hit and closed.guard_reason == "opposites: closed/open"
+    assert not closed.HasField("verifier_score")
+
+
+@pytest.mark.parametrize("field,value", [("verifier_min_score", 1.5), ("verifier_min_score", -0.1), ("verifier_band_low", 2.0)])
+def test_a_bad_band_on_a_request_is_invalid_argument(verified_server, field, value):
+    _, client, base = verified_server
+    assert status_of(lambda: _lookup(client, "q", base, **{field: value})) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_bad_verifier_paths_are_clear_start_up_errors(tmp_path, tiny_verifier):
+    with pytest.raises(ConfigError, match="not a verifier directory"):
+        load_verifier(str(tmp_path / "missing"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    out, _ = tiny_verifier
+    for name in ("tokenizer.json", "verifier.json"):
+        (broken / name).write_bytes((out / name).read_bytes())
+    (broken / MODEL_FILE).write_bytes(b"not an onnx graph")
+    with pytest.raises(ConfigError, match="cannot load the verifier"):
+        load_verifier(str(broken))
+    assert load_verifier("none") is None
+    result = subprocess.run(
+        [sys.executable, "-m", "semcache", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+         "--embedding-model", "none", "--embedding-dimension", "4", "--verifier", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "not a verifier directory" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_check_the_band():
+    with pytest.raises(ConfigError, match="verifier_min_score"):
+        Settings().with_overrides(verifier_min_score=1.5)
+    with pytest.raises(ConfigError, match="verifier_band_low"):
+        Settings().with_overrides(verifier_band_low=-2.0)
