@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +139,7 @@ def best_at(rows: dict[str, dict], kind: str, fhr: float) -> dict | None:
 
 def main() -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--verifier", type=Path, required=True)
+    parser.add_argument("--verifier", type=Path, help="a trained verifier (--quick: a tiny one is trained first)")
     parser.add_argument("--split", type=Path, default=Path("bench/.cache/verifier-split"))
     parser.add_argument("--pairs-limit", type=int, default=3000)
     parser.add_argument("--replay-limit", type=int, default=1500)
@@ -151,6 +154,10 @@ def main() -> None:
         pair_sets, replay_sets = ("banking77", "paws_wiki"), ("banking77", "hwu64")
         thresholds, band_lows, scores = [0.8, 0.9], [0.7], [0.5]
         replay_thresholds, replay_lows, replay_scores = [0.9], [0.7], [0.5]
+    if args.quick:
+        args.split, args.verifier = _quick_inputs(args.split, args.verifier)
+    if args.verifier is None:
+        parser.error("--verifier DIR is required")
     embedder = load_embedder()
     verifier = OnnxVerifier(args.verifier)
     result: dict = {"verifier": str(args.verifier), "choose_at": args.choose_at, "pairs": {}, "replay": {}}
@@ -205,6 +212,21 @@ def main() -> None:
                 entry["auc"] = {"cosine": _auc(f["sims"], f["labels"]), "verifier": _auc(f["scores"], f["labels"])}
             result[mode][name] = entry
     write_report(result, args.json)
+
+
+def _quick_inputs(split: Path, verifier: Path | None) -> tuple[Path, Path]:
+    """For --quick: a small split in a temporary dir, and a verifier trained on 32 of its pairs."""
+    work = Path(tempfile.mkdtemp(prefix="verifier-eval-"))
+    script = Path(__file__).with_name("verifier_split.py")
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(work / "split")], check=True, capture_output=True)
+    if verifier is None:
+        from semcache.verifier.data import load_pair_files
+        from semcache.verifier.training import TrainingSettings, train
+
+        pairs = load_pair_files([work / "split" / "train-banking77.pairs.jsonl"], limit_per_file=32)
+        train(pairs, work / "verifier", TrainingSettings(epochs=1, batch_size=16, max_length=32), progress=False)
+        verifier = work / "verifier"
+    return work / "split", verifier
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 from semcache.bench.harness import bench_parser, default_datasets_dir, write_report
@@ -31,11 +32,13 @@ def held_out(key: str, share: float) -> bool:
 
 def main() -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--out", type=Path, default=Path("bench/.cache/verifier-split"))
+    parser.add_argument("--out", type=Path, help="default: bench/.cache/verifier-split (--quick: a temporary dir)")
     parser.add_argument("--datasets", type=Path, default=default_datasets_dir())
     parser.add_argument("--holdout-share", type=float, default=0.3)
     args = parser.parse_args()
     limit = 300 if args.quick else None
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="verifier-split-")) if args.quick else Path("bench/.cache/verifier-split")
     args.out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, int]] = {}
     for kind, names in (("pairs", PAIR_SETS), ("replay", REPLAY_SETS)):
