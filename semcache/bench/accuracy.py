@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,6 +106,30 @@ def run_pairs(target: Target, pairs: Sequence[Pair], vectors: dict[str, np.ndarr
     return outcomes
 
 
+VERIFIER_PATHS = ("verifier", "verifier_rejected")
+
+
+def default_figures(target: Target, mode: str, items: Sequence[Pair] | Sequence[Query], vectors: dict[str, np.ndarray],
+                    threshold: float) -> tuple[Point, float]:
+    """(figures, share of lookups that asked the verifier) of the target's default decision:
+    every lookup without a per-request setting. `threshold`: the default min_similarity, reported."""
+    asked = 0
+    if mode == PAIRS:
+        outcomes: list[PairOutcome] = []
+        hit_of: dict[int, bool] = {}  # id(outcome) -> whether the default decision served it
+        for pair in progress(items, len(items), "default"):
+            entry_id = target.store("default", pair.a, b"a", vectors[pair.a])
+            found = target.lookup("default", pair.b, vectors[pair.b], min_similarity=None)
+            target.delete("default", entry_id)
+            asked += found.decided_by in VERIFIER_PATHS
+            outcomes.append(PairOutcome(pair.label, pair.kind, found.exact, found.similarity))
+            hit_of[id(outcomes[-1])] = found.hit
+        point = pairs_point(outcomes, threshold, hit=lambda o: hit_of[id(o)])
+    else:
+        point, asked = run_replay(target, items, vectors, threshold, use_default=True)  # type: ignore[arg-type]
+    return point, asked / max(1, len(items))
+
+
 def pairs_point(outcomes: Sequence[PairOutcome], threshold: float, hit: Callable[[PairOutcome], bool] | None = None) -> Point:
     hit = hit or (lambda o: o.hit_at(threshold))
     positives = sum(1 for o in outcomes if o.label == 1)
@@ -132,17 +157,21 @@ def false_hit_rate_by_kind(outcomes: Sequence[PairOutcome], threshold: float) ->
 
 
 def run_replay(
-    target: Target, queries: Sequence[Query], vectors: dict[str, np.ndarray], threshold: float, *, exact_only: bool = False
-) -> Point:
-    """Replay the stream through a fresh partition at one threshold.
+    target: Target, queries: Sequence[Query], vectors: dict[str, np.ndarray], threshold: float, *,
+    exact_only: bool = False, use_default: bool = False,
+) -> Any:
+    """Replay the stream through a fresh partition at one threshold: its Point.
 
     exact_only: the plain key-value baseline; only exact-tier hits count, and any
-    other lookup is a miss that stores the query.
+    other lookup is a miss that stores the query. use_default: the target's default
+    decision (no per-request threshold); returns (Point, lookups that asked the verifier).
     """
-    version = f"replay-{threshold}-{'exact' if exact_only else 'semantic'}"
-    hits = wrong = 0
+    version = f"replay-{threshold}-{'exact' if exact_only else 'default' if use_default else 'semantic'}"
+    hits = wrong = asked = 0
+    request_threshold = None if use_default else 1.0 if exact_only else threshold
     for query in progress(queries, len(queries), f"replay {threshold:.2f}"):
-        found = target.lookup(version, query.text, vectors[query.text], min_similarity=1.0 if exact_only else threshold)
+        found = target.lookup(version, query.text, vectors[query.text], min_similarity=request_threshold)
+        asked += found.decided_by in VERIFIER_PATHS
         if found.hit and (found.exact or not exact_only):
             hits += 1
             wrong += found.response.decode("utf-8") != query.answer_key
@@ -150,7 +179,7 @@ def run_replay(
             target.store(version, query.text, query.answer_key.encode("utf-8"), vectors[query.text])
     target.drop(version)
     lookups = len(queries)
-    return Point(
+    point = Point(
         threshold=threshold,
         hit_rate=hits / lookups if lookups else 0.0,
         false_hit_rate=wrong / lookups if lookups else 0.0,
@@ -158,6 +187,7 @@ def run_replay(
         hits=hits,
         lookups=lookups,
     )
+    return (point, asked) if use_default else point
 
 
 def recommend(sweep: Sequence[Point], target_false_hit_rate: float) -> Point | None:

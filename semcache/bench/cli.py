@@ -27,8 +27,9 @@ def _add_accuracy_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _accuracy_result(args: argparse.Namespace) -> dict:
-    from semcache.bench.targets import InProcessTarget, ServerTarget
+    from semcache.bench.targets import InProcessTarget, ServerTarget, default_verifier
     from semcache.embedder import load_embedder
+    from semcache.settings import Settings
 
     if not args.dataset.is_file():
         raise SystemExit(f"no dataset file at {args.dataset}")
@@ -52,6 +53,16 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
         sweep, baseline, extras = accuracy.evaluate(target, mode, items, vectors, thresholds)
     finally:
         target.close()
+    # The server's default decision (verifier included): in-process, or that server's own.
+    default_target = ServerTarget(args.server, embedder, args.token) if args.server else InProcessTarget(
+        embedder, default_verifier()
+    )
+    try:
+        default, verifier_share = accuracy.default_figures(
+            default_target, mode, items, vectors, Settings().min_similarity
+        )
+    finally:
+        default_target.close()
     recommended = accuracy.recommend(sweep, args.target_false_hit_rate)
     by_kind = None
     if mode == datasets.PAIRS:
@@ -60,7 +71,7 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
     return report.build_result(
         dataset=datasets.dataset_name(args.dataset), mode=mode, model=embedder.name, n=len(items),
         target_false_hit_rate=args.target_false_hit_rate, sweep=sweep, baseline=baseline,
-        seed=args.seed, limit=args.limit, by_kind=by_kind,
+        seed=args.seed, limit=args.limit, by_kind=by_kind, default=default, default_verifier_share=verifier_share,
     )
 
 

@@ -34,8 +34,11 @@ def build_result(
     seed: int,
     limit: int | None,
     by_kind: dict[str, float] | None = None,
+    default: Point | None = None,
+    default_verifier_share: float | None = None,
 ) -> dict:
-    """The JSON document; the first seven keys are the stable contract."""
+    """The JSON document; the first seven keys are the stable contract. `default`: the
+    figures of the server's default decision (verifier included), keys as a sweep row."""
     recommended = recommend(sweep, target_false_hit_rate)
     result = {
         "dataset": dataset,
@@ -54,6 +57,9 @@ def build_result(
     }
     if by_kind is not None:
         result["false_hit_rate_by_kind_at_recommended"] = by_kind
+    if default is not None:
+        result["default"] = point_dict(default)
+        result["default_verifier_share"] = default_verifier_share
     return result
 
 
@@ -86,6 +92,12 @@ def table(result: dict) -> str:
         )
     else:
         lines.append(f"no threshold in the sweep keeps the false-hit rate at or below {target}")
+    if result.get("default"):
+        d = result["default"]
+        lines.append(
+            f"server defaults (min_similarity={d['threshold']:.2f}, verifier included): hit_rate={d['hit_rate']:.4f} "
+            f"false_hit_rate={d['false_hit_rate']:.4f}; {result['default_verifier_share']:.1%} of lookups asked the verifier"
+        )
     if "false_hit_rate_by_kind_at_recommended" in result:
         kinds = ", ".join(f"{k}={v:.4f}" for k, v in result["false_hit_rate_by_kind_at_recommended"].items())
         lines.append(f"false hits by kind of negative at the recommended threshold: {kinds}")

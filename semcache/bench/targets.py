@@ -17,6 +17,12 @@ from semcache.cache import SemanticCache
 from semcache.embedder import Embedder
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
+from semcache.verifier.model import Verifier, load_verifier
+
+
+def default_verifier() -> Verifier | None:
+    """The verifier a server with default settings serves (None when it serves none)."""
+    return load_verifier(Settings().verifier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,23 +32,27 @@ class Found:
     similarity: float
     response: bytes
     guard_reason: str = ""
+    decided_by: str = ""
 
 
 class Target(Protocol):
     def store(self, version: str, query: str, response: bytes, vector: np.ndarray) -> str: ...
-    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float) -> Found: ...
+    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float | None) -> Found: ...
     def delete(self, version: str, entry_id: str) -> None: ...
     def drop(self, version: str) -> None: ...
     def close(self) -> None: ...
 
 
 class InProcessTarget:
-    """A SemanticCache in a temporary data dir (fsync off: the bench measures answers, not disks)."""
+    """A SemanticCache in a temporary data dir (fsync off: the bench measures answers, not disks).
 
-    def __init__(self, embedder: Embedder) -> None:
+    verifier: None decides by cosine and the guard alone (the sweeps); `default_verifier()`
+    gives the server's default decision."""
+
+    def __init__(self, embedder: Embedder, verifier: Verifier | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="semcache-bench-")
         settings = Settings(data_dir=self._dir.name, sync_writes=False, max_versions_per_model=0)
-        self._cache = SemanticCache(settings, embedder)
+        self._cache = SemanticCache(settings, embedder, verifier=verifier)
 
     def _key(self, version: str) -> PartitionKey:
         return PartitionKey("bench", "bench", version)
@@ -50,9 +60,10 @@ class InProcessTarget:
     def store(self, version: str, query: str, response: bytes, vector: np.ndarray) -> str:
         return self._cache.store(self._key(version), query, response, embedding=vector).entry_id
 
-    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float) -> Found:
+    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float | None) -> Found:
         r = self._cache.lookup(self._key(version), query, embedding=vector, min_similarity=min_similarity)
-        return Found(r.hit, r.exact, -1.0 if r.similarity is None else r.similarity, r.response, r.guard_reason)
+        similarity = -1.0 if r.similarity is None else r.similarity
+        return Found(r.hit, r.exact, similarity, r.response, r.guard_reason, r.decided_by)
 
     def delete(self, version: str, entry_id: str) -> None:
         self._cache.delete(self._key(version), entry_id)
@@ -86,9 +97,9 @@ class ServerTarget:
     def store(self, version: str, query: str, response: bytes, vector: np.ndarray) -> str:
         return self._client.store(self._partition(version), query, response, embedding=vector.tolist()).entry_id
 
-    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float) -> Found:
+    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float | None) -> Found:
         r = self._client.lookup(self._partition(version), query, embedding=vector.tolist(), min_similarity=min_similarity)
-        return Found(r.hit, r.exact, r.similarity, r.response, r.guard_reason)
+        return Found(r.hit, r.exact, r.similarity, r.response, r.guard_reason, r.decided_by)
 
     def delete(self, version: str, entry_id: str) -> None:
         self._client.delete(self._partition(version), entry_id)

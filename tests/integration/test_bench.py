@@ -77,6 +77,9 @@ def test_accuracy_pairs_end_to_end_with_known_answers(tmp_path, embedder, capsys
     result = json.loads(out.read_text())
     assert result.keys() >= RESULT_KEYS
     assert all(set(p) == POINT_KEYS for p in result["sweep"])
+    # The server's default decision, keys as a sweep row (the default threshold is reported).
+    assert set(result["default"]) == POINT_KEYS and result["default"]["threshold"] == 0.92
+    assert result["default"]["lookups"] == 4 and 0.0 <= result["default_verifier_share"] <= 1.0
     dataset = "tmp_path0/tiny.pairs".replace("tmp_path0", tmp_path.name)
     assert (result["mode"], result["n"], result["dataset"]) == ("pairs", 4, dataset)
     by_threshold = {p["threshold"]: p for p in result["sweep"]}
@@ -103,6 +106,7 @@ def test_accuracy_replay_end_to_end_with_known_answers(tmp_path):
     assert main(["bench", "accuracy", str(data), "--thresholds=-1,0.9999", "--seed", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result.keys() >= RESULT_KEYS and result["mode"] == "replay" and result["n"] == 5
+    assert set(result["default"]) == POINT_KEYS and result["default"]["lookups"] == 5
     order = datasets.load_replay(data, seed=3)
     # At -1 every lookup after the first hits the first stored entry.
     wrong = sum(q.answer_key != order[0].answer_key for q in order[1:])
