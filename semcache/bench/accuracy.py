@@ -18,6 +18,7 @@ what earlier misses stored, so it is replayed once per threshold.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -41,6 +42,8 @@ class Point:
     precision: float
     hits: int
     lookups: int
+    false_hits: int = 0  # the false-hit rate's numerator ...
+    negatives: int = 0  # ... and denominator (label-0 pairs; replay: lookups)
 
 
 def parse_thresholds(spec: str) -> list[float]:
@@ -144,6 +147,8 @@ def pairs_point(outcomes: Sequence[PairOutcome], threshold: float, hit: Callable
         precision=true_hits / hits if hits else 1.0,
         hits=hits,
         lookups=len(outcomes),
+        false_hits=false_hits,
+        negatives=negatives,
     )
 
 
@@ -186,6 +191,8 @@ def run_replay(
         precision=(hits - wrong) / hits if hits else 1.0,
         hits=hits,
         lookups=lookups,
+        false_hits=wrong,
+        negatives=lookups,
     )
     return (point, asked) if use_default else point
 
@@ -193,6 +200,30 @@ def run_replay(
 def recommend(sweep: Sequence[Point], target_false_hit_rate: float) -> Point | None:
     """The highest hit rate whose false-hit rate is at most the target (ties: the stricter threshold)."""
     eligible = [p for p in sweep if p.false_hit_rate <= target_false_hit_rate]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda p: (p.hit_rate, p.threshold))
+
+
+# One-sided 95%: the false-hit rate is at most the bound with 95% confidence.
+MARGIN_Z = 1.645
+
+
+def false_hit_upper_bound(point: Point, z: float = MARGIN_Z) -> float:
+    """Wilson score upper bound of the point's false-hit rate: what a setting tuned on
+    this sample can be expected to keep to on unseen data, not just on this sample."""
+    n = point.negatives
+    if n == 0:
+        return 1.0
+    p = point.false_hits / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+def recommend_with_margin(sweep: Sequence[Point], max_false_hit_rate: float, z: float = MARGIN_Z) -> Point | None:
+    """The highest hit rate whose false-hit rate's upper bound is at most the target."""
+    eligible = [p for p in sweep if false_hit_upper_bound(p, z) <= max_false_hit_rate]
     if not eligible:
         return None
     return max(eligible, key=lambda p: (p.hit_rate, p.threshold))

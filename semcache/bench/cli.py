@@ -21,7 +21,8 @@ def _add_accuracy_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help="START:STOP:STEP or a comma list")
     parser.add_argument("--limit", type=int, help="use at most N pairs / queries (a seeded sample)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-false-hit-rate", type=float, default=0.01)
+    parser.add_argument("--target-false-hit-rate", "--max-false-hit-rate", dest="target_false_hit_rate", type=float,
+                        default=0.01, help="the false-hit rate to stay under (tune: its 95%% upper bound)")
     parser.add_argument("--embedding-model", default="", help="model dir (default: the embedded one)")
     parser.add_argument("--embedding-backend", default="onnx", choices=["onnx", "torch"])
 
@@ -64,6 +65,7 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
     finally:
         default_target.close()
     recommended = accuracy.recommend(sweep, args.target_false_hit_rate)
+    with_margin = accuracy.recommend_with_margin(sweep, args.target_false_hit_rate)
     by_kind = None
     if mode == datasets.PAIRS:
         at = recommended.threshold if recommended else max(thresholds)
@@ -72,6 +74,7 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
         dataset=datasets.dataset_name(args.dataset), mode=mode, model=embedder.name, n=len(items),
         target_false_hit_rate=args.target_false_hit_rate, sweep=sweep, baseline=baseline,
         seed=args.seed, limit=args.limit, by_kind=by_kind, default=default, default_verifier_share=verifier_share,
+        with_margin=with_margin,
     )
 
 
@@ -92,9 +95,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(report.table(result))
     if args.json:
         report.write_json(result, args.json)
-    recommended = result["recommended"]
+    recommended = result["recommended"] if args.no_margin else result["recommended_with_margin"]
     if recommended is None:
-        print(f"not tuning {args.namespace!r}: no threshold reaches the target false-hit rate", file=sys.stderr)
+        what = "target false-hit rate" if args.no_margin else "target false-hit rate with a 95% margin (more data helps)"
+        print(f"not tuning {args.namespace!r}: no threshold reaches the {what}", file=sys.stderr)
         return 1
     threshold = recommended["threshold"]
     if args.apply:
@@ -146,6 +150,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     _add_accuracy_flags(tune)
     tune.add_argument("--namespace", required=True)
     tune.add_argument("--apply", action="store_true", help="set it on --server (persisted there)")
+    tune.add_argument("--no-margin", action="store_true",
+                      help="tune to the point estimate of the false-hit rate, not its 95%% upper bound")
     tune.add_argument("--json", metavar="OUT")
     tune.set_defaults(run=cmd_tune)
 

@@ -36,6 +36,7 @@ def build_result(
     by_kind: dict[str, float] | None = None,
     default: Point | None = None,
     default_verifier_share: float | None = None,
+    with_margin: Point | None = None,
 ) -> dict:
     """The JSON document; the first seven keys are the stable contract. `default`: the
     figures of the server's default decision (verifier included), keys as a sweep row."""
@@ -57,6 +58,9 @@ def build_result(
     }
     if by_kind is not None:
         result["false_hit_rate_by_kind_at_recommended"] = by_kind
+    # What `tune` applies: the best setting whose false-hit rate's 95% upper bound
+    # (Wilson) is at most the target, so that it holds on unseen data too.
+    result["recommended_with_margin"] = point_dict(with_margin)
     if default is not None:
         result["default"] = point_dict(default)
         result["default_verifier_share"] = default_verifier_share
@@ -92,6 +96,12 @@ def table(result: dict) -> str:
         )
     else:
         lines.append(f"no threshold in the sweep keeps the false-hit rate at or below {target}")
+    margin = result.get("recommended_with_margin")
+    if margin:
+        lines.append(
+            f"with a 95% margin (what tune applies): min_similarity={margin['threshold']:.3f}, "
+            f"hit_rate={margin['hit_rate']:.4f}, false_hit_rate={margin['false_hit_rate']:.4f}"
+        )
     if result.get("default"):
         d = result["default"]
         lines.append(

@@ -11,7 +11,7 @@ from semcache.bench.accuracy import PairOutcome
 from semcache.cli import main
 
 RESULT_KEYS = {"dataset", "mode", "model", "n", "target_false_hit_rate", "sweep", "recommended"}
-POINT_KEYS = {"threshold", "hit_rate", "false_hit_rate", "precision", "hits", "lookups"}
+POINT_KEYS = {"threshold", "hit_rate", "false_hit_rate", "precision", "hits", "lookups", "false_hits", "negatives"}
 
 
 def write_jsonl(path, records):
@@ -127,11 +127,14 @@ def test_tune_apply_changes_what_a_later_lookup_returns(tmp_path, make_server, e
     support = {"namespace": "support"}
     client.store(support, "Can I cancel my order?", "Yes, within an hour.")
     assert not client.lookup(support, "How do I cancel my order?").hit  # 0.99 is too strict
-    assert main(["bench", "tune", str(data), "--namespace", "support", "--thresholds", "0.80:0.95:0.05"]) == 0
+    # Four pairs cannot show a false-hit rate under 1% with 95% confidence: tune refuses.
+    assert main(["bench", "tune", str(data), "--namespace", "support", "--thresholds", "0.80:0.95:0.05"]) == 1
+    assert "margin" in capsys.readouterr().err
+    assert main(["bench", "tune", str(data), "--namespace", "support", "--thresholds", "0.80:0.95:0.05", "--no-margin"]) == 0
     assert "[namespaces.\"support\"]" in capsys.readouterr().out
     assert not client.lookup(support, "How do I cancel my order?").hit  # without --apply nothing changed
     assert main(["bench", "tune", str(data), "--namespace", "support", "--apply", "--server", address,
-                 "--thresholds", "0.80:0.95:0.05", "--target-false-hit-rate", "0"]) == 0
+                 "--thresholds", "0.80:0.95:0.05", "--target-false-hit-rate", "0", "--no-margin"]) == 0
     result = client.lookup(support, "How do I cancel my order?")
     assert result.hit and result.threshold < 0.99
     assert not client.lookup({"namespace": "other"}, "How do I cancel my order?").hit
