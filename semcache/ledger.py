@@ -124,6 +124,20 @@ class Ledger:
             totals = self.totals.SerializeToString()
         return PendingWrites(pending, expiries, snapshots, totals)
 
+    def put_back(self, pending: PendingWrites, partitions: Sequence[LivePartition]) -> None:
+        """A flush of `pending` failed: its hits and changed counters wait for the next one."""
+        by_id = {p.id: p for p in partitions}
+        with self.lock:
+            for entry_id, (count, last_hit_at, score) in pending.hits.items():
+                newer = self._pending_hits.get(entry_id)
+                if newer is None:
+                    self._pending_hits[entry_id] = (count, last_hit_at, score)
+                else:  # hit again meanwhile: its time and score are the newer ones
+                    self._pending_hits[entry_id] = (count + newer[0], newer[1], newer[2])
+            for partition_id, _ in pending.partitions:
+                if partition_id in by_id:
+                    by_id[partition_id].dirty = True
+
     def settle_expiries(self, expiries: dict[int, float]) -> None:
         """These extensions now live in LMDB."""
         with self.lock:

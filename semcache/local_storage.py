@@ -10,6 +10,7 @@ neither to read: LMDB readers never wait for writers.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,12 +31,13 @@ from semcache.recovery import check_consistency, read_meta, rebuild
 from semcache.settings import Settings
 from semcache.stats import stats_view
 from semcache.store import Store
-from semcache.writes import Writer
+from semcache.writes import FULL_RETRIES, Writer
+
+log = logging.getLogger("semcache")
 
 # Candidates fetched per semantic search; more are fetched only when the best
 # ones turn out to be expired or deleted.
 _SEARCH_K = 8
-_FULL_RETRIES = 8
 
 
 class LocalCandidates:
@@ -155,7 +157,7 @@ class LocalStorage:
     def commit(self, job: StoreJob) -> StoreResult:
         """Commit one Store (grouped with concurrent ones); where LMDB is full, evict the
         least valuable entries and retry."""
-        for _ in range(_FULL_RETRIES):
+        for _ in range(FULL_RETRIES):
             try:
                 return self._commit_once(job)
             except StorageFullError:
@@ -240,5 +242,8 @@ class LocalStorage:
     def close(self) -> None:
         self.maintenance.stop()
         self.wait_for_purges()
-        self.flush_stats()
+        try:
+            self.maintenance.flush_stats_making_room()
+        except StorageFullError as e:  # entries are safe in LMDB; only the last counts are lost
+            log.warning("hit counts since the last flush were not written: %s", e)
         self.store.close()

@@ -8,12 +8,13 @@ import threading
 import time
 
 from semcache import ttl
-from semcache.ledger import Ledger
+from semcache.errors import StorageFullError
+from semcache.ledger import Ledger, PendingWrites
 from semcache.partition_registry import PartitionRegistry
 from semcache.settings import Settings
 from semcache.store import Store
 from semcache.v1.records_pb2 import EntryHits, EntryRecord
-from semcache.writes import Writer
+from semcache.writes import FULL_RETRIES, Writer
 
 log = logging.getLogger("semcache")
 
@@ -55,12 +56,27 @@ class Maintenance:
         next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
         while not self._stop.wait(self.settings.stats_flush_interval_seconds):
             try:
-                self.flush_stats()
+                self.flush_stats_making_room()
                 if time.monotonic() >= next_sweep:
                     self.sweep_expired()
                     next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
+            except StorageFullError as e:  # the next round retries; Stores evict meanwhile
+                log.warning("maintenance round deferred: %s", e)
             except Exception:  # keep maintaining; the next round retries
                 log.exception("maintenance round failed")
+
+    def flush_stats_making_room(self) -> None:
+        """flush_stats; where LMDB is full, evict the least valuable entries (as a Store
+        would) and try again, up to FULL_RETRIES times. StorageFullError if there is still
+        no room (nothing left to evict, or still full)."""
+        for _ in range(FULL_RETRIES):
+            try:
+                self.flush_stats()
+                return
+            except StorageFullError:
+                if not self.writer.evict_for_space():
+                    raise
+        self.flush_stats()
 
     def sweep_expired(self) -> int:
         """Remove every entry whose TTL has run out. Returns how many."""
@@ -74,9 +90,18 @@ class Maintenance:
 
     def flush_stats(self) -> None:
         """Write pending hit counts, LFU scores, sliding expiries and counters to LMDB."""
-        pending = self.ledger.take_pending(self.registry.all())
+        partitions = self.registry.all()
+        pending = self.ledger.take_pending(partitions)
         if not pending:
             return
+        try:
+            self._write(pending)
+        except BaseException:
+            self.ledger.put_back(pending, partitions)
+            raise
+        self.ledger.settle_expiries(pending.expiries)
+
+    def _write(self, pending: PendingWrites) -> None:
         with self.writer.write_lock, self.store.write() as txn:
             for entry_id, (count, last_hit_at, score) in pending.hits.items():
                 hits = self._entry_hits(txn, entry_id)
@@ -101,7 +126,6 @@ class Maintenance:
                 stored.MergeFrom(counters)
                 self.store.put_partition(txn, partition_id, stored)
             self.store.put_meta(txn, "totals", pending.totals.hex())
-        self.ledger.settle_expiries(pending.expiries)
 
     def _entry_hits(self, txn, entry_id: int) -> EntryHits | None:
         """The entry's hit statistics; seeded from its record when a version before the

@@ -12,6 +12,11 @@ from semcache.normalize import normalize_query
 from semcache.settings import Settings
 
 NO_MODEL = "this server runs without an embedding model; send an embedding"
+# Entry ids are 8-byte unsigned in LMDB; ids are ASCII digits (not Arabic-Indic ones, which isdigit() takes too).
+MAX_ENTRY_ID = (1 << 64) - 1
+# The most one response may cost: far above any LLM call, and small enough that the
+# saved-cost totals (cost x hits) stay finite.
+MAX_COST = 1e12
 
 
 def check_similarity(min_similarity: float) -> None:
@@ -20,8 +25,8 @@ def check_similarity(min_similarity: float) -> None:
 
 
 def parse_entry_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 20:
-        raise InvalidArgumentError(f"entry_id {text[:40]!r} is not an entry id")
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) > MAX_ENTRY_ID:
+        raise InvalidArgumentError(f"entry_id {text[:40]!r} is not an entry id (decimal digits, below 2^64)")
     return int(text)
 
 
@@ -74,8 +79,8 @@ class RequestValidator:
                 f"response is {len(response)} bytes; the limit is {self.settings.max_response_bytes} (max_response_bytes)"
             )
         self._metadata(metadata)
-        if not (math.isfinite(cost) and cost >= 0):
-            raise InvalidArgumentError(f"cost must be a finite number >= 0, got {cost}")
+        if not (math.isfinite(cost) and 0 <= cost <= MAX_COST):
+            raise InvalidArgumentError(f"cost must be a number from 0 to {MAX_COST:g}, got {cost}")
         if ttl_seconds < 0:
             raise InvalidArgumentError(f"ttl_seconds must be >= 0, got {ttl_seconds}")
         if not has_vector and not self.has_model:

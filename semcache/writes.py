@@ -36,6 +36,8 @@ DELETE_CHUNK = 2000
 # When LMDB is at max_map_bytes or its volume is full: evict this share of entries
 # (at least one) and retry.
 _FULL_EVICT_FRACTION = 0.01
+# Rounds of that before a write is given up as "storage is full".
+FULL_RETRIES = 8
 
 
 class IndexUpdates:

@@ -115,8 +115,15 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict, path: str | Path) -> None:
-    """Rates against threshold, and hit rate against false-hit rate."""
-    import matplotlib
+    """Rates against threshold, and hit rate against false-hit rate. Without matplotlib:
+    SystemExit naming the extra to install (callers write the JSON first)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "semcache: --plot needs matplotlib, which this install lacks: pip install 'semcache[bench]' "
+            "(or scripts/install-deps --bench); the other results were written"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -159,3 +159,13 @@ def test_load_run_is_bounded_and_reports_percentiles(tmp_path, make_server, embe
         assert 0 < level["lookup_latency"]["p50_ms"] <= level["lookup_latency"]["p99_ms"]
         assert level["seconds"] < 5
     assert client.stats().entries == 0  # the load namespace was removed
+
+
+def test_plot_without_matplotlib_says_what_to_install_and_still_writes_the_json(tmp_path, monkeypatch, capsys):
+    data = write_jsonl(tmp_path / "t.pairs.jsonl", PAIRS)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as on an install without the extra
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "accuracy", str(data), "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    assert "semcache[bench]" in str(exited.value.code)
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 4
+    assert not (tmp_path / "r.png").exists()

@@ -158,6 +158,8 @@ def test_delete_removes_only_from_its_partition(client):
     assert client.lookup(SHOP, "Where is my parcel?").hit
     assert client.delete(SHOP, stored.entry_id)
     assert not client.delete(SHOP, stored.entry_id)
+    for bad in ("18446744073709551616", "١", "12a"):  # past 8 bytes; a non-ASCII digit; not a number
+        assert status_of(lambda bad=bad: client.delete(SHOP, bad)) == grpc.StatusCode.INVALID_ARGUMENT
     assert not client.lookup(SHOP, "Where is my parcel?").hit
     assert not client.lookup(SHOP, "Where's my parcel?").hit
 
@@ -320,6 +322,7 @@ BAD_STORES = [
     ("NaN embedding", pb.StoreRequest(query="q", embedding=[0.1] * 383 + [math.nan]), grpc.StatusCode.INVALID_ARGUMENT),
     ("negative cost", pb.StoreRequest(query="q", cost=-1.0), grpc.StatusCode.INVALID_ARGUMENT),
     ("NaN cost", pb.StoreRequest(query="q", cost=math.nan), grpc.StatusCode.INVALID_ARGUMENT),
+    ("cost near the float maximum", pb.StoreRequest(query="q", cost=1.7e308), grpc.StatusCode.INVALID_ARGUMENT),
     ("too many metadata entries", pb.StoreRequest(query="q", metadata={str(i): "v" for i in range(40)}),
      grpc.StatusCode.RESOURCE_EXHAUSTED),
     ("metadata over max bytes", pb.StoreRequest(query="q", metadata={"k": "v" * 9000}), grpc.StatusCode.RESOURCE_EXHAUSTED),

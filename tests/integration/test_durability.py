@@ -1,4 +1,4 @@
-"""Acknowledged Stores survive kill -9 of the server process."""
+"""Acknowledged Stores survive kill -9 of the server process; a full map does not stop a clean shutdown."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import signal
 import threading
 
 from semcache.client import Client
-from tests.helpers import free_port, start_server_process
+from tests.helpers import POLICY_DIMENSION, free_port, start_server_process, unit_vector
 
 PARTITION = {"namespace": "durable", "model": "m", "prompt_version": "v1"}
 
@@ -64,3 +64,40 @@ def test_kill_9_right_after_acknowledged_stores_loses_none(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+def test_sigterm_with_a_full_map_drains_and_exits_0(tmp_path):
+    """Reported: SIGTERM on a full LMDB map exited 1 with a StorageFullError traceback
+    from the shutdown flush. The map is filled for real before the server starts."""
+    from semcache.cache import SemanticCache
+    from semcache.errors import StorageFullError
+    from semcache.partition import PartitionKey
+    from semcache.settings import Settings
+
+    data_dir = tmp_path / "data"
+    flags = ("--embedding-model", "none", "--embedding-dimension", str(POLICY_DIMENSION), "--max-map-bytes", str(1 << 20))
+    settings = Settings(
+        data_dir=str(data_dir), embedding_model="none", embedding_dimension=POLICY_DIMENSION, max_map_bytes=1 << 20,
+    )
+    cache = SemanticCache(settings, None)
+    for i in range(20):
+        cache.store(PartitionKey("ns", "", ""), f"q{i}", b"x" * 20_000, embedding=unit_vector(i))
+    store = cache.storage.store  # type: ignore[attr-defined]
+    filled = 0
+    while True:
+        try:
+            with store.write() as txn:
+                store.put_meta(txn, f"filler-{filled}", "f" * 8000)
+        except StorageFullError:
+            break
+        filled += 1
+    cache.close()
+    port = free_port()
+    process = start_server_process(data_dir, port, *flags)
+    with Client(f"127.0.0.1:{port}") as client:
+        for i in range(5):
+            assert client.lookup({"namespace": "ns"}, f"q{i}").hit  # counts for the shutdown flush
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    log = (data_dir.parent / f"server-{port}.log").read_text()
+    assert "Traceback" not in log and "StorageFullError" not in log

@@ -1,0 +1,67 @@
+"""A full LMDB map when the stats flush runs: at shutdown (SIGTERM) and in the background.
+The map is filled for real (filler records until LMDB refuses), not simulated."""
+
+from __future__ import annotations
+
+import logging
+
+from semcache.cache import SemanticCache
+from semcache.errors import StorageFullError
+from semcache.partition import PartitionKey
+from semcache.settings import Settings
+from tests.helpers import POLICY_DIMENSION, unit_vector
+
+KEY = PartitionKey("ns", "m", "v")
+
+
+def _full_cache(tmp_path) -> tuple[SemanticCache, Settings, list[int]]:
+    settings = Settings(
+        data_dir=str(tmp_path / "data"), embedding_model="none", embedding_dimension=POLICY_DIMENSION,
+        max_map_bytes=1 << 20, sync_writes=False,
+    )
+    cache = SemanticCache(settings, None)
+    ids = [int(cache.store(KEY, f"q{i}", b"x" * 20_000, embedding=unit_vector(i)).entry_id) for i in range(20)]
+    for i in range(5):
+        assert cache.lookup(KEY, f"q{i}").hit  # hit counts wait for the next flush
+    store = cache.storage.store  # type: ignore[attr-defined]
+    filled = 0
+    while True:
+        try:
+            with store.write() as txn:
+                store.put_meta(txn, f"filler-{filled}", "f" * 8000)
+        except StorageFullError:
+            break
+        filled += 1
+    assert filled > 0
+    return cache, settings, ids
+
+
+def test_a_full_map_at_shutdown_closes_cleanly_and_keeps_every_entry(tmp_path, caplog):
+    cache, settings, ids = _full_cache(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="semcache"):
+        cache.close()  # raised StorageFullError from the shutdown flush before
+    assert not any(r.exc_info for r in caplog.records)
+    reopened = SemanticCache(settings, None)
+    assert reopened.check_consistency() == []
+    survivors = reopened.stats().entries
+    assert survivors >= len(ids) - 8  # at most a few evicted to make room, none lost otherwise
+    for i in range(5):  # the entries that were hit are the last to be evicted
+        assert reopened.lookup(KEY, f"q{i}").hit
+    reopened.close()
+
+
+def test_a_flush_that_cannot_fit_keeps_its_counts_for_the_next_one(tmp_path, caplog):
+    cache, _, _ = _full_cache(tmp_path)
+    storage = cache.storage
+    try:
+        storage.maintenance.flush_stats()  # type: ignore[attr-defined]
+    except StorageFullError:
+        pass
+    else:
+        raise AssertionError("the map should have been full")
+    pending = storage.ledger.take_pending(storage.registry.all())  # type: ignore[attr-defined]
+    assert sum(count for count, _, _ in pending.hits.values()) == 5  # put back, not lost
+    storage.ledger.put_back(pending, storage.registry.all())  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, logger="semcache"):
+        cache.close()
+    assert not any(r.exc_info for r in caplog.records)  # no traceback
