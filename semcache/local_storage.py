@@ -117,6 +117,7 @@ class LocalStorage:
             self.store.close()
             raise
         self.recovery_seconds = time.monotonic() - started
+        self._max_entry_bytes = settings.max_map_bytes // 2
 
     # -- lookups ------------------------------------------------------------------
 
@@ -156,7 +157,13 @@ class LocalStorage:
 
     def commit(self, job: StoreJob) -> StoreResult:
         """Commit one Store (grouped with concurrent ones); where LMDB is full, evict the
-        least valuable entries and retry."""
+        least valuable entries and retry. An entry that could never fit is refused before
+        anything is evicted for it."""
+        if job.size > self._max_entry_bytes:
+            raise StorageFullError(
+                f"entry is {job.size} bytes; no entry over {self._max_entry_bytes} bytes (half of max_map_bytes) "
+                "can be stored, since LMDB writes new pages before it frees old ones; raise max_map_bytes"
+            )
         for _ in range(FULL_RETRIES):
             try:
                 return self._commit_once(job)
