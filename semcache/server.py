@@ -15,8 +15,8 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from semcache.admission import Admission
 from semcache.auth import Authenticator, parse_tokens
@@ -26,9 +26,10 @@ from semcache.embedder import Embedder
 from semcache.embedder import load_embedder as load_model
 from semcache.errors import ConfigError
 from semcache.metrics import Metrics
+from semcache.rpc_registration import register
 from semcache.servicer import CacheServicer
 from semcache.settings import NO_EMBEDDING_MODEL, Settings
-from semcache.v1 import semcache_pb2, semcache_pb2_grpc
+from semcache.v1 import semcache_pb2
 from semcache.verifier.model import load_verifier
 
 log = logging.getLogger("semcache")
@@ -85,10 +86,13 @@ class SemcacheServer:
             options=options,
             maximum_concurrent_rpcs=threads,
         )
-        semcache_pb2_grpc.add_SemanticCacheServicer_to_server(self._servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        # Every service takes raw bytes and parses them itself (rpc_registration): a
+        # malformed message is INVALID_ARGUMENT, not grpcio's INTERNAL with a traceback.
+        register(self._server, semcache_pb2.DESCRIPTOR.services_by_name["SemanticCache"], self._servicer)
+        register(self._server, health_pb2.DESCRIPTOR.services_by_name["Health"], self._health)
+        register(
+            self._server, reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+            reflection.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)),
         )
         self._stopped = threading.Event()
 

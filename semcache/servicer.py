@@ -22,7 +22,6 @@ from semcache.entries import StoreItem, StoreResult
 from semcache.errors import ResourceExhaustedError, SemcacheError, UnavailableError
 from semcache.partition import PartitionKey
 from semcache.v1 import semcache_pb2 as pb
-from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 log = logging.getLogger("semcache")
 Request = TypeVar("Request")
@@ -85,7 +84,7 @@ def _rpc(
     return wrapper
 
 
-class CacheServicer(pb_grpc.SemanticCacheServicer):
+class CacheServicer:
     """Serves semcache.v1.SemanticCache; UNAVAILABLE until the cache is attached."""
 
     def __init__(self, authenticator: Authenticator | None, admission: Admission, *, max_batch_items: int = 1000) -> None:
