@@ -117,6 +117,7 @@ class Store:
                 metasync=sync_writes,
                 readahead=False,
             )
+            self._check_not_truncated(path / "cache.lmdb" / "data.mdb")
             self._meta = self._env.open_db(b"meta")
             self._partitions = self._env.open_db(b"partitions")
             self._partition_names = self._env.open_db(b"partition_names")
@@ -128,6 +129,10 @@ class Store:
         except (OSError, lmdb.Error) as e:
             os.close(self._lock_fd)
             raise ConfigError(f"cannot open the LMDB store in data dir {str(path)!r}: {e}") from None
+        except ConfigError:
+            self._env.close()
+            os.close(self._lock_fd)
+            raise
         self._warn_if_map_exceeds_volume(max_map_bytes)
         with self.write() as txn:
             schema = _get(txn, b"schema_version", db=self._meta)
@@ -137,6 +142,18 @@ class Store:
             self.close()
             raise ConfigError(
                 f"data dir {str(path)!r} has schema {schema.decode()!r}; this server reads {SCHEMA_VERSION.decode()!r}"
+            )
+
+    def _check_not_truncated(self, data_file: Path) -> None:
+        """A data file shorter than its own header says (a copy cut short, a full disk
+        during a restore) would kill the process with SIGBUS on the first read past its
+        end: refuse it first, naming the file. Reads only the meta pages at its start."""
+        needed = (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
+        size = data_file.stat().st_size
+        if size < needed:
+            raise ConfigError(
+                f"the data file {str(data_file)!r} is truncated: it holds {size} bytes and its header says "
+                f"{needed}. Restore it from a backup, or move the data dir aside to start with an empty cache"
             )
 
     def close(self) -> None:

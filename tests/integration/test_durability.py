@@ -101,3 +101,30 @@ def test_sigterm_with_a_full_map_drains_and_exits_0(tmp_path):
     assert process.wait(60) == 0
     log = (data_dir.parent / f"server-{port}.log").read_text()
     assert "Traceback" not in log and "StorageFullError" not in log
+
+
+def test_a_truncated_data_file_is_a_clear_start_up_error_not_sigbus(tmp_path):
+    """Reported: a half-truncated data.mdb killed the server with SIGBUS at start, no message."""
+    import os
+    import subprocess
+    import sys
+
+    from semcache.cache import SemanticCache
+    from semcache.partition import PartitionKey
+    from semcache.settings import Settings
+
+    data_dir = tmp_path / "data"
+    cache = SemanticCache(Settings(data_dir=str(data_dir), embedding_model="none", embedding_dimension=POLICY_DIMENSION), None)
+    for i in range(300):
+        cache.store(PartitionKey("ns", "", ""), f"q{i}", b"r" * 3000, embedding=unit_vector(i))
+    cache.close()
+    data_file = data_dir / "cache.lmdb" / "data.mdb"
+    os.truncate(data_file, data_file.stat().st_size // 2)
+    result = subprocess.run(
+        [sys.executable, "-m", "semcache", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+         "--embedding-model", "none", "--embedding-dimension", str(POLICY_DIMENSION)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])  # -7 was SIGBUS
+    assert "is truncated" in result.stderr and str(data_file) in result.stderr
+    assert "Traceback" not in result.stderr
