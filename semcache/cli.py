@@ -224,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from semcache.bench.cli import add_bench_parser
     from semcache.verifier.cli import add_train_parser
+    from semcache.verify import add_verify_parser
 
     add_bench_parser(commands)
     add_train_parser(commands)
+    add_verify_parser(commands)
     return parser
 
 

@@ -71,6 +71,7 @@ class StatsView:
     totals: PartitionRecord
     partitions: list[PartitionStatsView]  # the first `listed` of the matching ones, in key order
     partitions_total: int  # how many partitions matched
+    damaged_entries: int = 0  # server-wide: entry records found damaged since start
 
 
 def entry_bytes(record: EntryRecord) -> int:

@@ -103,6 +103,9 @@ class Invalidator:
                         if record is not None:
                             self.store.delete_entry(txn, entry_id, record)
                             deleted.append((entry_id, record))
+                        else:  # damaged (or gone): its row must not bring the purge back to it
+                            self.store.drop_damaged(txn, entry_id)
+                            self.store.delete_partition_row(txn, partition_id, entry_id)
                     if not chunk:
                         self.store.delete_partition(txn, partition_id)
                 self.writer.forget_locked(deleted, "invalidations")

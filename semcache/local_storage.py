@@ -228,7 +228,10 @@ class LocalStorage:
         self, namespace: str | None = None, model: str = "", version: str = "", *,
         allowed: Callable[[str], bool] | None = None, listed: int | None = None,
     ) -> StatsView:
-        return stats_view(self.registry, self.ledger, namespace, model, version, allowed=allowed, listed=listed)
+        return stats_view(
+            self.registry, self.ledger, namespace, model, version, allowed=allowed, listed=listed,
+            damaged_entries=len(self.store.corrupt_entry_ids),
+        )
 
     def check_consistency(self) -> list[str]:
         with self.write_lock:

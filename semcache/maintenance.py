@@ -7,6 +7,8 @@ import logging
 import threading
 import time
 
+import numpy as np
+
 from semcache import ttl
 from semcache.errors import StorageFullError
 from semcache.ledger import Ledger, PendingWrites
@@ -39,6 +41,7 @@ class Maintenance:
         self.hits_table_from_entry_id = hits_table_from_entry_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dropped: set[int] = set()  # damaged entries already removed
 
     def start(self) -> None:
         """Start the background thread that flushes hit counts and sweeps expired entries."""
@@ -78,8 +81,29 @@ class Maintenance:
                     raise
         self.flush_stats()
 
+    def drop_damaged(self) -> int:
+        """Remove the entries found damaged since the last round from LMDB, every index
+        and the policy. Returns how many."""
+        with self.writer.write_lock:
+            damaged = sorted(self.store.corrupt_entry_ids - self._dropped)
+            if not damaged:
+                return 0
+            with self.store.write() as txn:
+                for entry_id in damaged:
+                    self.store.drop_damaged(txn, entry_id)
+            ids = np.asarray(damaged, dtype=np.int64)
+            for partition in self.registry.all():  # its partition is unknown: the record does not parse
+                partition.index.remove(ids)
+            with self.ledger.lock:
+                for entry_id in damaged:
+                    self.ledger.policy.remove(entry_id)
+            self._dropped.update(damaged)
+        log.warning("dropped %d damaged entries", len(damaged))
+        return len(damaged)
+
     def sweep_expired(self) -> int:
-        """Remove every entry whose TTL has run out. Returns how many."""
+        """Remove every entry whose TTL has run out (and any found damaged). Returns how many expired."""
+        self.drop_damaged()
         self.flush_stats()  # sliding-TTL extensions reach LMDB first
         now = self.writer.clock()
         with self.store.read() as txn:

@@ -117,6 +117,10 @@ class _StatsCollector(Collector):
         ):
             yield CounterMetricFamily(f"semcache_{name}", help_text, value=getattr(view.totals, name))
         yield CounterMetricFamily(
+            "semcache_damaged_entries", "Entry records found damaged (checksum or parse); never served.",
+            value=view.damaged_entries,
+        )
+        yield CounterMetricFamily(
             "semcache_store_commits", "LMDB transactions that committed Stores (stores / commits = group-commit size).",
             value=self._store_commits(),
         )

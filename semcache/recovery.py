@@ -16,9 +16,9 @@ from semcache.invalidation import Invalidator
 from semcache.partition import PartitionKey
 from semcache.partition_registry import LivePartition, PartitionRegistry
 from semcache.settings import Settings
-from semcache.store import Store
+from semcache.store import ENTRY_ID_COUNTER, Store
 from semcache.v1.records_pb2 import PartitionRecord
-from semcache.writes import ENTRY_ID_COUNTER, Writer
+from semcache.writes import Writer
 
 log = logging.getLogger("semcache")
 

@@ -19,6 +19,7 @@ def stats_view(
     *,
     allowed: Callable[[str], bool] | None = None,
     listed: int | None = None,
+    damaged_entries: int = 0,
 ) -> StatsView:
     """Counters for the server (namespace None) or for partitions matching the filter.
 
@@ -55,5 +56,5 @@ def stats_view(
                     setattr(totals, name, getattr(totals, name) + getattr(record, name))
     return StatsView(
         entries=sum(len(p.index) for p in selected), bytes=sum(p.bytes for p in selected), totals=totals,
-        partitions=views, partitions_total=len(selected),
+        partitions=views, partitions_total=len(selected), damaged_entries=damaged_entries,
     )

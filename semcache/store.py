@@ -20,17 +20,21 @@ import hashlib
 import logging
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import lmdb
+from google.protobuf.message import DecodeError
 
 from semcache.errors import ConfigError, StorageFullError
 from semcache.partition import PartitionKey
 from semcache.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
 
 SCHEMA_VERSION = b"1"
+# The meta counter entry ids come from.
+ENTRY_ID_COUNTER = "next_entry_id"
 # A failed LMDB write while the data volume has less free space than this is taken for
 # a full volume: LMDB reports the ENOSPC of its page writes as EIO.
 _VOLUME_FULL_BYTES = 16 << 20
@@ -59,6 +63,24 @@ def _items(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
 
 def _keys(cursor: lmdb.Cursor) -> Iterator[bytes]:
     return cast("Iterator[bytes]", cursor.iternext(keys=True, values=False))
+
+
+# An entry record is stored as its bytes (crc32 unset) + field 14 as fixed32: the tag
+# byte, then the CRC-32 of those bytes, little-endian. Parsing the whole sets crc32.
+_CRC_TAG = bytes([(14 << 3) | 5])
+_CRC = struct.Struct("<I")
+
+
+def encode_entry(record: EntryRecord) -> bytes:
+    record.ClearField("crc32")
+    body = record.SerializeToString()
+    return body + _CRC_TAG + _CRC.pack(zlib.crc32(body))
+
+
+def _checksum_ok(raw: bytes) -> bool:
+    if len(raw) < 5 or raw[-5] != _CRC_TAG[0]:
+        return False
+    return zlib.crc32(memoryview(raw)[:-5]) == _CRC.unpack_from(raw, len(raw) - 4)[0]
 
 
 def _exact_key(partition_id: int, normalized_query: str) -> bytes:
@@ -134,10 +156,18 @@ class Store:
             os.close(self._lock_fd)
             raise
         self._warn_if_map_exceeds_volume(max_map_bytes)
+        # Damaged entry records seen (never served; dropped by drop_damaged).
+        self.corrupt_entry_ids: set[int] = set()
         with self.write() as txn:
             schema = _get(txn, b"schema_version", db=self._meta)
             if schema is None:
                 txn.put(b"schema_version", SCHEMA_VERSION, db=self._meta)
+            # Entries from this id on carry a checksum; older ones were written without.
+            first = self.get_meta(txn, "checksums_from_entry_id")
+            if first is None:
+                first = str(self.last_id(txn, ENTRY_ID_COUNTER) + 1)
+                self.put_meta(txn, "checksums_from_entry_id", first)
+            self.checksums_from_entry_id = int(first)
         if schema is not None and schema != SCHEMA_VERSION:
             self.close()
             raise ConfigError(
@@ -278,8 +308,29 @@ class Store:
     # -- entries ------------------------------------------------------------
 
     def get_entry(self, txn: lmdb.Transaction, entry_id: int) -> EntryRecord | None:
+        """The entry, or None when there is none, or when its record is damaged (then it
+        is counted and logged once, and never served; see corrupt_entry_ids)."""
         raw = _get(txn, pack_id(entry_id), db=self._entries)
-        return None if raw is None else EntryRecord.FromString(raw)
+        return None if raw is None else self._decode_entry(entry_id, raw)
+
+    def _decode_entry(self, entry_id: int, raw: bytes) -> EntryRecord | None:
+        if entry_id >= self.checksums_from_entry_id and not _checksum_ok(raw):
+            self._damaged(entry_id, "its checksum does not match")
+            return None
+        try:
+            return EntryRecord.FromString(raw)
+        except DecodeError:
+            self._damaged(entry_id, "it does not parse")
+            return None
+
+    def _damaged(self, entry_id: int, why: str) -> None:
+        if entry_id not in self.corrupt_entry_ids:
+            self.corrupt_entry_ids.add(entry_id)
+            log.error(
+                "entry %d in %s is damaged (%s): it is not served and will be dropped; "
+                "run `semcache verify` on the data dir when the server is stopped",
+                entry_id, self._path, why,
+            )
 
     def raw_entry(self, txn: lmdb.Transaction, entry_id: int) -> bytes | None:
         """The entry's record as stored (serialized EntryRecord)."""
@@ -311,7 +362,7 @@ class Store:
     def put_entry(self, txn: lmdb.Transaction, entry_id: int, record: EntryRecord) -> None:
         """Insert a new entry with all its index rows."""
         packed = pack_id(entry_id)
-        txn.put(packed, record.SerializeToString(), db=self._entries)
+        txn.put(packed, encode_entry(record), db=self._entries)
         txn.put(pack_id(record.partition_id) + packed, b"", db=self._by_partition)
         if record.normalized_query:
             txn.put(_exact_key(record.partition_id, record.normalized_query), packed, db=self._exact)
@@ -325,7 +376,7 @@ class Store:
                 txn.delete(_expiry_key(old.expires_at, entry_id), db=self._expiry)
             if new.expires_at:
                 txn.put(_expiry_key(new.expires_at, entry_id), b"", db=self._expiry)
-        txn.put(pack_id(entry_id), new.SerializeToString(), db=self._entries)
+        txn.put(pack_id(entry_id), encode_entry(new), db=self._entries)
 
     def delete_entry(self, txn: lmdb.Transaction, entry_id: int, record: EntryRecord) -> None:
         """Remove an entry and every index row that points at it."""
@@ -352,8 +403,53 @@ class Store:
             yield unpack_id(key[8:])
 
     def iter_entries(self, txn: lmdb.Transaction) -> Iterator[tuple[int, EntryRecord]]:
+        """Every intact entry; damaged ones are skipped (counted and logged)."""
         for key, value in _items(txn.cursor(db=self._entries)):
-            yield unpack_id(key), EntryRecord.FromString(value)
+            entry_id = unpack_id(key)
+            record = self._decode_entry(entry_id, value)
+            if record is not None:
+                yield entry_id, record
+
+    def drop_damaged(self, txn: lmdb.Transaction, entry_id: int) -> None:
+        """Remove a damaged entry's record and hit row (its index rows are found by
+        scans and skipped, since they point at nothing)."""
+        packed = pack_id(entry_id)
+        txn.delete(packed, db=self._entries)
+        txn.delete(packed, db=self._entry_hits)
+
+    def verify_entries(self, txn: lmdb.Transaction) -> dict[str, int]:
+        """Check every entry record (checksums, parsing); damaged ones join corrupt_entry_ids."""
+        counts = {"entries": 0, "checked": 0, "unchecked_older": 0, "damaged": 0}
+        for key, value in _items(txn.cursor(db=self._entries)):
+            entry_id = unpack_id(key)
+            counts["entries"] += 1
+            counts["checked" if entry_id >= self.checksums_from_entry_id else "unchecked_older"] += 1
+            if self._decode_entry(entry_id, value) is None:
+                counts["damaged"] += 1
+        return counts
+
+    def repair(self, txn: lmdb.Transaction, entry_ids: set[int]) -> int:
+        """Remove these (damaged) entries and every index row that points at them, found by
+        scanning the index tables (a damaged record cannot say where its rows are)."""
+        for entry_id in entry_ids:
+            self.drop_damaged(txn, entry_id)
+        stale: list[tuple[bytes, lmdb._Database]] = []
+        for key in _keys(txn.cursor(db=self._by_partition)):
+            if unpack_id(key[8:]) in entry_ids:
+                stale.append((key, self._by_partition))
+        for key in _keys(txn.cursor(db=self._expiry)):
+            if unpack_id(key[8:]) in entry_ids:
+                stale.append((key, self._expiry))
+        for key, value in _items(txn.cursor(db=self._exact)):
+            if unpack_id(value) in entry_ids:
+                stale.append((key, self._exact))
+        for key, db in stale:
+            txn.delete(key, db=db)
+        return len(entry_ids)
+
+    def delete_partition_row(self, txn: lmdb.Transaction, partition_id: int, entry_id: int) -> None:
+        """Drop one by_partition row (of an entry that is gone)."""
+        txn.delete(pack_id(partition_id) + pack_id(entry_id), db=self._by_partition)
 
     def iter_expired(self, txn: lmdb.Transaction, now: float) -> Iterator[int]:
         """Entry ids whose expiry is at or before `now`, soonest first."""

@@ -63,6 +63,7 @@ def stats_response(view: StatsView, embedding_model: str, embedding_dimension: i
         entries=view.entries,
         bytes=view.bytes,
         partitions_total=view.partitions_total,
+        damaged_entries=view.damaged_entries,
         embedding_model=embedding_model,
         embedding_dimension=embedding_dimension,
         partitions=[

@@ -23,13 +23,12 @@ from semcache.ledger import Ledger
 from semcache.partition import PartitionKey
 from semcache.partition_registry import LivePartition, PartitionRegistry, versions_to_retire
 from semcache.settings import Settings
-from semcache.store import Store
+from semcache.store import ENTRY_ID_COUNTER, Store
 from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
 from semcache.vector_index import VectorIndex
 
 log = logging.getLogger("semcache")
 
-ENTRY_ID_COUNTER = "next_entry_id"
 # Entries removed per write transaction by invalidation and sweeps, so other
 # writers get the lock between chunks.
 DELETE_CHUNK = 2000

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EntryRecord(_message.Message):
-    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds", "lfu_score")
+    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds", "lfu_score", "crc32")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class EntryRecord(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LFU_SCORE_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     partition_id: int
     query: str
     normalized_query: str
@@ -41,7 +42,8 @@ class EntryRecord(_message.Message):
     cost: float
     ttl_seconds: int
     lfu_score: float
-    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ...) -> None: ...
+    crc32: int
+    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class EntryHits(_message.Message):
     __slots__ = ("hit_count", "last_hit_at", "lfu_score")
