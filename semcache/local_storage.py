@@ -15,7 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import lmdb
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from semcache.decision import Candidate
 from semcache.entries import StatsView, StoreResult
@@ -30,7 +32,7 @@ from semcache.partition_registry import LivePartition, PartitionRegistry
 from semcache.recovery import check_consistency, read_meta, rebuild
 from semcache.settings import Settings
 from semcache.stats import stats_view
-from semcache.store import Store
+from semcache.store import Store, damaged_data_error
 from semcache.writes import FULL_RETRIES, Writer
 
 log = logging.getLogger("semcache")
@@ -113,6 +115,9 @@ class LocalStorage:
                 self.store, self.registry, self.ledger, self.writer, settings, recovered.hits_table_from_entry_id
             )
             rebuild(self.store, self.registry, policy, self.writer, self.invalidator, settings, dimension)
+        except (lmdb.Error, DecodeError, ValueError) as e:  # damage below the entry records' checksums
+            self.store.close()
+            raise damaged_data_error(settings.data_dir, e) from None
         except BaseException:
             self.store.close()
             raise

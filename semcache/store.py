@@ -71,6 +71,16 @@ _CRC_TAG = bytes([(14 << 3) | 5])
 _CRC = struct.Struct("<I")
 
 
+def damaged_data_error(data_dir: str, error: BaseException) -> ConfigError:
+    """What start-up says when LMDB or a record reports damage below the entries' checksums."""
+    return ConfigError(
+        f"the data in {data_dir!r} is damaged ({type(error).__name__}: {str(error)[:200]}). With the server "
+        f"stopped, `semcache verify --data-dir {data_dir} --repair` drops damaged entries; where LMDB's own "
+        "pages are damaged it cannot open the file either: restore the data dir from a backup, or move it "
+        "aside to start with an empty cache"
+    )
+
+
 def encode_entry(record: EntryRecord) -> bytes:
     record.ClearField("crc32")
     body = record.SerializeToString()
@@ -158,16 +168,20 @@ class Store:
         self._warn_if_map_exceeds_volume(max_map_bytes)
         # Damaged entry records seen (never served; dropped by drop_damaged).
         self.corrupt_entry_ids: set[int] = set()
-        with self.write() as txn:
-            schema = _get(txn, b"schema_version", db=self._meta)
-            if schema is None:
-                txn.put(b"schema_version", SCHEMA_VERSION, db=self._meta)
-            # Entries from this id on carry a checksum; older ones were written without.
-            first = self.get_meta(txn, "checksums_from_entry_id")
-            if first is None:
-                first = str(self.last_id(txn, ENTRY_ID_COUNTER) + 1)
-                self.put_meta(txn, "checksums_from_entry_id", first)
-            self.checksums_from_entry_id = int(first)
+        try:
+            with self.write() as txn:
+                schema = _get(txn, b"schema_version", db=self._meta)
+                if schema is None:
+                    txn.put(b"schema_version", SCHEMA_VERSION, db=self._meta)
+                # Entries from this id on carry a checksum; older ones were written without.
+                first = self.get_meta(txn, "checksums_from_entry_id")
+                if first is None:
+                    first = str(self.last_id(txn, ENTRY_ID_COUNTER) + 1)
+                    self.put_meta(txn, "checksums_from_entry_id", first)
+                self.checksums_from_entry_id = int(first)
+        except (lmdb.Error, ValueError) as e:
+            self.close()
+            raise damaged_data_error(str(path), e) from None
         if schema is not None and schema != SCHEMA_VERSION:
             self.close()
             raise ConfigError(
