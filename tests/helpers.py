@@ -13,7 +13,7 @@ import pytest
 from semcache.bench.harness import free_port, health_status, start_server
 
 __all__ = [
-    "POLICY_DIMENSION", "REPO", "ManualClock", "free_port", "health_status", "start_server_process",
+    "POLICY_DIMENSION", "REPO", "ManualClock", "fill_map", "free_port", "health_status", "start_server_process",
     "status_of", "unit_vector", "vector_at_similarity",
 ]
 
@@ -47,6 +47,21 @@ def vector_at_similarity(base: list[float], similarity: float, seed: int) -> lis
     noise -= noise.dot(b) * b
     noise /= np.linalg.norm(noise)
     return list(similarity * b + np.sqrt(1 - similarity**2) * noise)
+
+
+def fill_map(store) -> int:  # type: ignore[no-untyped-def]
+    """Fill an LMDB store's map for real: filler meta records, one transaction each, until
+    LMDB refuses. Returns how many went in."""
+    from semcache.errors import StorageFullError
+
+    filled = 0
+    while True:
+        try:
+            with store.write() as txn:
+                store.put_meta(txn, f"filler-{filled}", "f" * 8000)
+        except StorageFullError:
+            return filled
+        filled += 1
 
 
 def status_of(call: Callable[[], object]) -> grpc.StatusCode:

@@ -6,7 +6,7 @@ import signal
 import threading
 
 from semcache.client import Client
-from tests.helpers import POLICY_DIMENSION, free_port, start_server_process, unit_vector
+from tests.helpers import POLICY_DIMENSION, fill_map, free_port, start_server_process, unit_vector
 
 PARTITION = {"namespace": "durable", "model": "m", "prompt_version": "v1"}
 
@@ -70,7 +70,6 @@ def test_sigterm_with_a_full_map_drains_and_exits_0(tmp_path):
     """Reported: SIGTERM on a full LMDB map exited 1 with a StorageFullError traceback
     from the shutdown flush. The map is filled for real before the server starts."""
     from semcache.cache import SemanticCache
-    from semcache.errors import StorageFullError
     from semcache.partition import PartitionKey
     from semcache.settings import Settings
 
@@ -82,15 +81,7 @@ def test_sigterm_with_a_full_map_drains_and_exits_0(tmp_path):
     cache = SemanticCache(settings, None)
     for i in range(20):
         cache.store(PartitionKey("ns", "", ""), f"q{i}", b"x" * 20_000, embedding=unit_vector(i))
-    store = cache.storage.store  # type: ignore[attr-defined]
-    filled = 0
-    while True:
-        try:
-            with store.write() as txn:
-                store.put_meta(txn, f"filler-{filled}", "f" * 8000)
-        except StorageFullError:
-            break
-        filled += 1
+    assert fill_map(cache.storage.store) > 0  # type: ignore[attr-defined]
     cache.close()
     port = free_port()
     process = start_server_process(data_dir, port, *flags)

@@ -9,7 +9,7 @@ from semcache.cache import SemanticCache
 from semcache.errors import StorageFullError
 from semcache.partition import PartitionKey
 from semcache.settings import Settings
-from tests.helpers import POLICY_DIMENSION, unit_vector
+from tests.helpers import POLICY_DIMENSION, fill_map, unit_vector
 
 KEY = PartitionKey("ns", "m", "v")
 
@@ -23,16 +23,7 @@ def _full_cache(tmp_path) -> tuple[SemanticCache, Settings, list[int]]:
     ids = [int(cache.store(KEY, f"q{i}", b"x" * 20_000, embedding=unit_vector(i)).entry_id) for i in range(20)]
     for i in range(5):
         assert cache.lookup(KEY, f"q{i}").hit  # hit counts wait for the next flush
-    store = cache.storage.store  # type: ignore[attr-defined]
-    filled = 0
-    while True:
-        try:
-            with store.write() as txn:
-                store.put_meta(txn, f"filler-{filled}", "f" * 8000)
-        except StorageFullError:
-            break
-        filled += 1
-    assert filled > 0
+    assert fill_map(cache.storage.store) > 0  # type: ignore[attr-defined]
     return cache, settings, ids
 
 
