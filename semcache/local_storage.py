@@ -19,6 +19,7 @@ import lmdb
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from semcache.data_dir import damaged_data_error
 from semcache.decision import Candidate
 from semcache.entries import StatsView, StoreResult
 from semcache.errors import SemcacheError, StorageFullError
@@ -32,7 +33,7 @@ from semcache.partition_registry import LivePartition, PartitionRegistry
 from semcache.recovery import check_consistency, read_meta, rebuild
 from semcache.settings import Settings
 from semcache.stats import stats_view
-from semcache.store import Store, damaged_data_error
+from semcache.store import Store
 from semcache.writes import FULL_RETRIES, Writer
 
 log = logging.getLogger("semcache")

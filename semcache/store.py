@@ -15,12 +15,10 @@ Named databases (ids are 8-byte big-endian, so keys sort by id):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -28,8 +26,10 @@ from typing import cast
 import lmdb
 from google.protobuf.message import DecodeError
 
+from semcache.data_dir import check_not_truncated, damaged_data_error, lock_data_dir
 from semcache.errors import ConfigError, StorageFullError
 from semcache.partition import PartitionKey
+from semcache.record_checksums import checksum_ok, encode_entry
 from semcache.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
 
 SCHEMA_VERSION = b"1"
@@ -65,34 +65,6 @@ def _keys(cursor: lmdb.Cursor) -> Iterator[bytes]:
     return cast("Iterator[bytes]", cursor.iternext(keys=True, values=False))
 
 
-# An entry record is stored as its bytes (crc32 unset) + field 14 as fixed32: the tag
-# byte, then the CRC-32 of those bytes, little-endian. Parsing the whole sets crc32.
-_CRC_TAG = bytes([(14 << 3) | 5])
-_CRC = struct.Struct("<I")
-
-
-def damaged_data_error(data_dir: str, error: BaseException) -> ConfigError:
-    """What start-up says when LMDB or a record reports damage below the entries' checksums."""
-    return ConfigError(
-        f"the data in {data_dir!r} is damaged ({type(error).__name__}: {str(error)[:200]}). With the server "
-        f"stopped, `semcache verify --data-dir {data_dir} --repair` drops damaged entries; where LMDB's own "
-        "pages are damaged it cannot open the file either: restore the data dir from a backup, or move it "
-        "aside to start with an empty cache"
-    )
-
-
-def encode_entry(record: EntryRecord) -> bytes:
-    record.ClearField("crc32")
-    body = record.SerializeToString()
-    return body + _CRC_TAG + _CRC.pack(zlib.crc32(body))
-
-
-def _checksum_ok(raw: bytes) -> bool:
-    if len(raw) < 5 or raw[-5] != _CRC_TAG[0]:
-        return False
-    return zlib.crc32(memoryview(raw)[:-5]) == _CRC.unpack_from(raw, len(raw) - 4)[0]
-
-
 def _exact_key(partition_id: int, normalized_query: str) -> bytes:
     return pack_id(partition_id) + hashlib.sha256(normalized_query.encode("utf-8", "surrogatepass")).digest()
 
@@ -101,28 +73,6 @@ def _expiry_key(expires_at: float, entry_id: int) -> bytes:
     return pack_id(int(expires_at * 1000)) + pack_id(entry_id)
 
 
-def _lock_data_dir(path: Path) -> int:
-    """Hold an exclusive lock on the data dir (semcache.lock, which names the holder's
-    pid) until close or process exit; the kernel drops it when the process dies,
-    kill -9 included, so a crash leaves nothing stale. Two servers on one data dir
-    would each keep their own indexes, budgets and counters over one LMDB file and
-    disagree about what is stored: the second is refused at start."""
-    fd = os.open(path / "semcache.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ConfigError(
-            f"data dir {str(path)!r} is in use by another semcache server (pid {holder}); "
-            "each server needs a data dir of its own"
-        ) from None
-    except OSError:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 class Store:
@@ -133,7 +83,7 @@ class Store:
         self._path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _lock_data_dir(path)
+            self._lock_fd = lock_data_dir(path)
         except OSError as e:
             raise ConfigError(f"cannot use data dir {str(path)!r}: {e}") from None
         try:
@@ -149,7 +99,7 @@ class Store:
                 metasync=sync_writes,
                 readahead=False,
             )
-            self._check_not_truncated(path / "cache.lmdb" / "data.mdb")
+            check_not_truncated(self._env, path / "cache.lmdb" / "data.mdb")
             self._meta = self._env.open_db(b"meta")
             self._partitions = self._env.open_db(b"partitions")
             self._partition_names = self._env.open_db(b"partition_names")
@@ -186,18 +136,6 @@ class Store:
             self.close()
             raise ConfigError(
                 f"data dir {str(path)!r} has schema {schema.decode()!r}; this server reads {SCHEMA_VERSION.decode()!r}"
-            )
-
-    def _check_not_truncated(self, data_file: Path) -> None:
-        """A data file shorter than its own header says (a copy cut short, a full disk
-        during a restore) would kill the process with SIGBUS on the first read past its
-        end: refuse it first, naming the file. Reads only the meta pages at its start."""
-        needed = (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
-        size = data_file.stat().st_size
-        if size < needed:
-            raise ConfigError(
-                f"the data file {str(data_file)!r} is truncated: it holds {size} bytes and its header says "
-                f"{needed}. Restore it from a backup, or move the data dir aside to start with an empty cache"
             )
 
     def close(self) -> None:
@@ -328,7 +266,7 @@ class Store:
         return None if raw is None else self._decode_entry(entry_id, raw)
 
     def _decode_entry(self, entry_id: int, raw: bytes) -> EntryRecord | None:
-        if entry_id >= self.checksums_from_entry_id and not _checksum_ok(raw):
+        if entry_id >= self.checksums_from_entry_id and not checksum_ok(raw):
             self._damaged(entry_id, "its checksum does not match")
             return None
         try:
