@@ -1,0 +1,64 @@
+"""The verifier's cost per Lookup: scoring 1 and 4 gray-band candidates, int8 on
+onnxruntime, on 1 and 2 threads (verifier_threads), p50 and p90 over 200 calls.
+
+    python bench/verifier_speed.py --verifier DIR [--json FILE] [--quick]
+
+--quick trains a tiny model first (its speed is the same as a real one's: same graph).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from semcache.bench.harness import bench_parser, default_datasets_dir, write_report
+from semcache.verifier.model import OnnxVerifier
+
+QUERY = "how long does it take for my new card to arrive"
+CANDIDATES = [
+    "when will my card be delivered", "my card has not arrived yet", "how do I activate my card",
+    "can I track the card you sent me",
+]
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--verifier", type=Path)
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args()
+    if args.quick:
+        from semcache.verifier.data import load_pair_files
+        from semcache.verifier.training import TrainingSettings, train
+
+        args.calls = 20
+        if args.verifier is None:
+            out = Path(tempfile.mkdtemp(prefix="verifier-speed-")) / "verifier"
+            pairs = load_pair_files([default_datasets_dir() / "banking77" / "dev.pairs.jsonl"], limit_per_file=16)
+            train(pairs, out, TrainingSettings(epochs=1, batch_size=16, max_length=32), progress=False)
+            args.verifier = out
+    if args.verifier is None:
+        parser.error("--verifier DIR is required")
+    rows = []
+    for threads in (1, 2):
+        verifier = OnnxVerifier(args.verifier, threads=threads)
+        for n in (1, 4):
+            for _ in range(10):
+                verifier.score(QUERY, CANDIDATES[:n])
+            seconds = []
+            for _ in range(args.calls):
+                started = time.perf_counter()
+                verifier.score(QUERY, CANDIDATES[:n])
+                seconds.append(time.perf_counter() - started)
+            seconds.sort()
+            rows.append({
+                "threads": threads, "candidates": n,
+                "p50_ms": round(statistics.median(seconds) * 1000, 2),
+                "p90_ms": round(seconds[int(len(seconds) * 0.9)] * 1000, 2),
+            })
+    write_report({"verifier": str(args.verifier), "rows": rows}, args.json)
+
+
+if __name__ == "__main__":
+    main()
