@@ -46,6 +46,10 @@ def valid_messages(rng: random.Random) -> dict[str, list[bytes]]:
         pb.LookupRequest(partition=pb.Partition(namespace="n" * 300), query="q"),
         pb.LookupRequest(partition=part, query="q", verifier_min_score=math.nan, verifier_band_low=5.0),
         pb.LookupRequest(partition=part, query="\ud800"[:0] + "\u0000\u202e\uffff"),
+        pb.LookupRequest(partition=part, query="q", lease=True, lease_wait_ms=2**32 - 1,
+                         cache_control=pb.CacheControl(max_age_seconds=2**32 - 1, refresh=True)),
+        pb.LookupRequest(partition=part, query="q", key=pb.RequestKey(
+            settings={"tools": "[" * 5000, "": "\u0000"}, context=[pb.Turn(role="user", content="x" * 100)] * 2000)),
     ]
     stores = [
         pb.StoreRequest(partition=part, query=f"fuzz {rng.random()}", response=b"r", embedding=vector),
@@ -67,6 +71,7 @@ def valid_messages(rng: random.Random) -> dict[str, list[bytes]]:
             pb.StatsRequest().SerializeToString(),
             pb.StatsRequest(partition=part, max_partitions=2**31 - 1).SerializeToString(),
         ],
+        "ReleaseLease": [pb.ReleaseLeaseRequest(partition=part, lease_id=i).SerializeToString() for i in ("", "x" * 5000)],
         "SetNamespaceThreshold": [pb.SetNamespaceThresholdRequest(namespace="fuzz", min_similarity=2.0).SerializeToString()],
         "Check": [health_pb2.HealthCheckRequest(service="x" * 5000).SerializeToString()],
         "Watch": [health_pb2.HealthCheckRequest(service="nonexistent").SerializeToString()],

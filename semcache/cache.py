@@ -10,28 +10,34 @@ is `semcache.decision.decide`; this module alone records metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from semcache import ttl
+from semcache.cache_control import DEFAULT_CONTROL, REFRESH, CacheControl
 from semcache.decision import EXACT, NO_CANDIDATE, Candidate, DecisionPolicy, Verdict, decide
 from semcache.embedder import Embedder
-from semcache.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult, entry_bytes, format_entry_id
-from semcache.errors import ConfigError, DeadlineExceededError, FailedPreconditionError, ResourceExhaustedError, SemcacheError
-from semcache.group_commit import StoreJob
+from semcache.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult, format_entry_id
+from semcache.errors import ConfigError, DeadlineExceededError, FailedPreconditionError, SemcacheError
+from semcache.leases import LeaseTable
 from semcache.ledger import EXACT_HIT, MISS, SEMANTIC_HIT
 from semcache.local_storage import LocalStorage
 from semcache.metrics import Metrics
 from semcache.partition import PartitionKey
+from semcache.prepared import LookupRequest, StoreJobPlan, embed_plans, plan_store, prepare_lookup
+from semcache.request_key import NO_KEY, KeyParts
 from semcache.settings import Settings
 from semcache.storage import CacheStorage, CandidateStream, PartitionHandle
 from semcache.thresholds import Thresholds
-from semcache.v1.records_pb2 import EntryRecord
 from semcache.validation import NO_MODEL, RequestValidator, parse_entry_id
 from semcache.verifier.model import Verifier
+
+# A waiter stops this long before its call's deadline, to answer in time.
+_ANSWER_MARGIN_SECONDS = 0.05
+
 
 __all__ = ["COUNTERS", "LookupResult", "SemanticCache", "StatsView", "StoreItem", "StoreResult"]
 
@@ -65,6 +71,7 @@ class SemanticCache:
         self.storage: CacheStorage[Any] = LocalStorage(settings, self.dimension, self.embedding_model, clock)
         self.recovery_seconds = self.storage.recovery_seconds
         self.thresholds = Thresholds(settings, self.storage.namespace_thresholds)
+        self.leases = LeaseTable(settings.lease_seconds, settings.lease_waiters)
 
     # -- lookup -------------------------------------------------------------------
 
@@ -78,48 +85,104 @@ class SemanticCache:
         *,
         verifier_band_low: float | None = None,
         verifier_min_score: float | None = None,
+        request_key: KeyParts = NO_KEY,
+        control: CacheControl = DEFAULT_CONTROL,
+        lease: bool = False,
+        lease_wait_seconds: float | None = None,
     ) -> LookupResult:
-        """The stored response for this query, or a miss. Never crosses partitions.
+        """The stored response for this query, or a miss. Never crosses partitions, and
+        never answers with an entry whose request key (settings, tools, context) differs.
         deadline: time.monotonic() past which the caller has given up (see _embed).
-        verifier_band_low, verifier_min_score: this request's gray band (see decision.py)."""
+        verifier_band_low, verifier_min_score: this request's gray band (see decision.py).
+        lease: the caller computes and stores on a miss, so concurrent misses of the same
+        question wait for its Store (see semcache/leases.py), at most lease_wait_seconds."""
         started = time.perf_counter()
         policy = self.thresholds.policy(key.namespace, min_similarity, verifier_band_low, verifier_min_score)
-        result = self._lookup(key, query, embedding, policy, deadline)
+        request = prepare_lookup(
+            key, query, embedding, request_key, control, self.validator, self.settings, has_model=self.embedder is not None
+        )
+        leased = lease and not control.no_store and not control.refresh
+        result = self._lookup(key, request, policy, deadline, count_miss=not leased)
+        if leased and not result.hit:
+            result = self._single_flight(key, request, policy, deadline, result, lease_wait_seconds)
         outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
         self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
         return result
 
     def _lookup(
-        self,
-        key: PartitionKey,
-        query: str,
-        embedding: Sequence[float] | np.ndarray | None,
-        policy: DecisionPolicy,
-        deadline: float | None,
+        self, key: PartitionKey, request: LookupRequest, policy: DecisionPolicy, deadline: float | None, *, count_miss: bool,
     ) -> LookupResult:
-        vector = self.validator.client_vector(embedding)
-        normalized = self.validator.query(query, vector is not None)
         threshold = policy.threshold
         partition = self.storage.partition(key)
-        if partition is None:
-            self.storage.count_lookup(None, MISS)
-            return LookupResult(hit=False, threshold=threshold, resolved_version=key.version, decided_by="no_partition")
+        if partition is None or request.control.refresh:
+            if count_miss:
+                self.storage.count_lookup(partition, MISS)
+            decided_by = REFRESH if request.control.refresh else "no_partition"
+            return LookupResult(hit=False, threshold=threshold, resolved_version=key.version, decided_by=decided_by)
         now = self.clock()
-        exact = self.storage.exact_candidate(partition, normalized, now) if normalized else None
+        match = request.match(now, self.settings.for_namespace(key.namespace, "context_min_similarity"))
+        normalized = request.normalized
+        exact = self.storage.exact_candidate(partition, normalized, now, match) if normalized else None
         if exact is not None:
             return self._hit(partition, exact, threshold, now, Verdict(exact, 1.0, "", EXACT))
-        if vector is None:
-            if self.embedder is None:  # no model and no client vector: the exact tier was all there is
-                return self._miss(partition, threshold, now, Verdict(None, None, "", NO_CANDIDATE))
-            vector = self._embed([query], deadline)[0]
-        guard_text = query if normalized and self.settings.semantic_guard_for(key.namespace) else ""
-        verify = self._verifier_for(query) if query and self.verifier is not None else None
-        with self.storage.candidates(partition, vector, now) as candidates:
+        if request.vector is None and self.embedder is None:  # no model, no client vector: the exact tier was all
+            return self._miss(partition, threshold, now, Verdict(None, None, "", NO_CANDIDATE), count=count_miss)
+        self._embed_request(request, deadline)
+        assert request.vector is not None
+        match = request.match(now, self.settings.for_namespace(key.namespace, "context_min_similarity"))
+        guard_text = request.query if normalized and self.settings.semantic_guard_for(key.namespace) else ""
+        verify = self._verifier_for(request.query) if request.query and self.verifier is not None else None
+        with self.storage.candidates(partition, request.vector, now, match) as candidates:
             verdict = decide(candidates, policy, guard_text, verify)
         self._observe_searches(candidates)
         if verdict.hit is None:
-            return self._miss(partition, threshold, now, verdict)
+            return self._miss(partition, threshold, now, verdict, count=count_miss)
         return self._hit(partition, verdict.hit, threshold, now, verdict)
+
+    def _embed_request(self, request: LookupRequest, deadline: float | None) -> None:
+        """The query's vector (unless the client sent one) and, with semantic context, the
+        previous turn's, in one model call; once per request."""
+        texts = [] if request.vector is not None else [request.query]
+        if request.key.semantic_context and request.context_vector is None:
+            texts.append(request.key.previous_turn)
+        if not texts:
+            return
+        vectors = self._embed(texts, deadline)
+        if request.vector is None:
+            request.vector = vectors[0]
+        if request.key.semantic_context:
+            request.context_vector = vectors[-1]
+
+    def _single_flight(
+        self, key: PartitionKey, request: LookupRequest, policy: DecisionPolicy, deadline: float | None,
+        result: LookupResult, lease_wait_seconds: float | None,
+    ) -> LookupResult:
+        """A leased miss: take the question's lease, or wait for its holder's Store and
+        look up again. Counts one lookup in all."""
+        mode = self.settings.for_namespace(key.namespace, "coalesce")
+        wait_seconds = self.settings.for_namespace(key.namespace, "lease_wait_seconds")
+        if lease_wait_seconds is not None:
+            wait_seconds = lease_wait_seconds
+        started = time.monotonic()
+        until = started + (wait_seconds if mode != "off" else 0.0)
+        if deadline is not None:
+            until = min(until, deadline - _ANSWER_MARGIN_SECONDS)
+        question = (key, request.key.exact_suffix, request.normalized)
+        semantic_threshold = policy.threshold if mode == "semantic" else None
+        while True:
+            claim = self.leases.claim(question, request.vector, semantic_threshold)
+            if claim.mine:
+                result = dataclasses.replace(result, lease_id=claim.lease.id)
+                break
+            if not self.leases.wait(claim.lease, until):
+                break  # waited long enough (or too many wait): a plain miss, computed by the caller
+            result = self._lookup(key, request, policy, deadline, count_miss=False)
+            if result.hit:
+                self.leases.note_coalesced()
+                waited_ms = int((time.monotonic() - started) * 1000)
+                return dataclasses.replace(result, coalesced=True, waited_ms=waited_ms)
+        self.storage.count_lookup(self.storage.partition(key), MISS, now=self.clock())
+        return result
 
     def _verifier_for(self, query: str) -> Callable[[Sequence[str]], np.ndarray]:
         """The verifier bound to this query, timed into the metrics."""
@@ -155,8 +218,11 @@ class SemanticCache:
             verifier_score=verdict.verifier_score,
         )
 
-    def _miss(self, partition: PartitionHandle, threshold: float, now: float, verdict: Verdict) -> LookupResult:
-        self.storage.count_lookup(partition, MISS, now=now)
+    def _miss(
+        self, partition: PartitionHandle, threshold: float, now: float, verdict: Verdict, *, count: bool = True,
+    ) -> LookupResult:
+        if count:
+            self.storage.count_lookup(partition, MISS, now=now)
         return LookupResult(
             hit=False, threshold=threshold, resolved_version=partition.key.version, similarity=verdict.best_similarity,
             guard_reason=verdict.guard_reason, decided_by=verdict.decided_by, verifier_score=verdict.verifier_score,
@@ -179,70 +245,58 @@ class SemanticCache:
         metadata: Mapping[str, str] | None = None,
         cost: float = 0.0,
         deadline: float | None = None,
+        request_key: KeyParts = NO_KEY,
+        lease_id: str = "",
     ) -> StoreResult:
         """Store a response; returns once it is committed to LMDB.
 
         Evicts least-frequently-used entries first when a budget would be exceeded,
         and when LMDB is at max_map_bytes. A deadline (time.monotonic()) that passes
         while the query waits for the model stores nothing (DeadlineExceededError).
+        The entry answers only Lookups whose request key agrees; its commit ends the
+        question's lease (and lease_id's), answering the Lookups waiting on it.
         """
-        job = self._job(StoreItem(key, query, response, embedding, ttl_seconds, metadata, cost))
-        if job.vector.size == 0:
-            self._set_vectors([job], self._embed([query], deadline))
-        result = self.storage.commit(job)
-        self.metrics.count_stores(key.namespace)
+        job = self._job(StoreItem(key, query, response, embedding, ttl_seconds, metadata, cost, request_key, lease_id))
+        self._embed_jobs([job], deadline)
+        result = self.storage.commit(job.job)
+        self._stored(job)
         return result
 
     def store_batch(self, items: Sequence[StoreItem], deadline: float | None = None) -> list[StoreResult | SemcacheError]:
         """Store many entries: one model call for those without a vector, one commit for all.
         Each item gets its own result or its own error; a deadline that passes before the
         model runs stores nothing (DeadlineExceededError)."""
-        jobs: list[StoreJob | SemcacheError] = []
+        jobs: list[StoreJobPlan | SemcacheError] = []
         for item in items:
             try:
                 jobs.append(self._job(item))
             except SemcacheError as e:
                 jobs.append(e)
-        valid = [j for j in jobs if isinstance(j, StoreJob)]
-        # _job already refused text-only items on a server without a model.
-        to_embed = [j for j in valid if j.vector.size == 0]
-        if to_embed:
-            self._set_vectors(to_embed, self._embed([j.record.query for j in to_embed], deadline))
-        committed = iter(self.storage.commit_all(valid))
-        results = [job if isinstance(job, SemcacheError) else next(committed) for job in jobs]
-        for item, result in zip(items, results, strict=True):
+        valid = [j for j in jobs if isinstance(j, StoreJobPlan)]
+        self._embed_jobs(valid, deadline)
+        committed = iter(self.storage.commit_all([j.job for j in valid]))
+        results: list[StoreResult | SemcacheError] = []
+        for job in jobs:
+            if isinstance(job, SemcacheError):
+                results.append(job)
+                continue
+            result = next(committed)
+            results.append(result)
             if isinstance(result, StoreResult):
-                self.metrics.count_stores(item.key.namespace)
+                self._stored(job)
         return results
 
-    def _job(self, item: StoreItem) -> StoreJob:
-        """A validated Store; its vector is empty when the model must compute it."""
-        metadata = dict(item.metadata or {})
-        vector = self.validator.client_vector(item.embedding)
-        normalized = self.validator.query(item.query, vector is not None)
-        self.validator.store_fields(item.response, metadata, item.cost, item.ttl_seconds, vector is not None)
-        record = EntryRecord(
-            query=item.query,
-            normalized_query=normalized,
-            response=bytes(item.response),
-            embedding=b"" if vector is None else vector.astype(np.float32).tobytes(),
-            metadata=metadata,
-            cost=item.cost,
-            ttl_seconds=ttl.ttl_seconds_for(item.ttl_seconds, self.settings.default_ttl_seconds_for(item.key.namespace)),
-        )
-        # The vector's bytes count whether or not the client sent it.
-        size = entry_bytes(record) + (4 * self.dimension if vector is None else 0)
-        budget_bytes = self.storage.budget_refuses(item.key.namespace, size)
-        if budget_bytes:
-            raise ResourceExhaustedError(f"entry is {size} bytes; the byte budget of its scope is {budget_bytes}")
-        empty = np.empty(0, dtype=np.float32)
-        return StoreJob(item.key, record, empty if vector is None else vector, size)
+    def _stored(self, job: StoreJobPlan) -> None:
+        self.leases.complete(job.question, job.lease_id)
+        self.metrics.count_stores(job.job.key.namespace)
 
-    @staticmethod
-    def _set_vectors(jobs: Sequence[StoreJob], vectors: np.ndarray) -> None:
-        for job, vector in zip(jobs, vectors, strict=True):
-            job.vector = vector
-            job.record.embedding = vector.tobytes()
+    def _job(self, item: StoreItem) -> StoreJobPlan:
+        return plan_store(
+            item, self.validator, self.settings, self.storage.budget_refuses, self.dimension, has_model=self.embedder is not None
+        )
+
+    def _embed_jobs(self, jobs: Sequence[StoreJobPlan], deadline: float | None) -> None:
+        embed_plans(jobs, lambda texts: self._embed(texts, deadline))
 
     def _embed(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
         """The texts' vectors; DeadlineExceededError, without running the model, once
@@ -257,6 +311,10 @@ class SemanticCache:
             raise
 
     # -- removal, thresholds ----------------------------------------------------------
+
+    def release_lease(self, key: PartitionKey, lease_id: str) -> bool:
+        """End a lease without a Store (its holder's LLM call failed); waiters wake."""
+        return self.leases.release(lease_id, key.namespace)
 
     def delete(self, key: PartitionKey, entry_id_text: str) -> bool:
         """Remove one entry of this partition; False when there is no such entry in it."""

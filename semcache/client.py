@@ -1,31 +1,39 @@
-"""A thin Python client over the gRPC API."""
+"""A thin Python client over the gRPC API (see semcache.aio_client for asyncio)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
+from semcache import client_requests as build
+from semcache.client_requests import (
+    CACHE_UNAVAILABLE_CODES,
+    KeyLike,
+    PartitionLike,
+    as_key,
+    as_partition,
+    cache_unavailable,
+    cached_value,
+    request_key,
+    tagged_metadata,
+)
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 Partition = pb.Partition
-# Codes that mean "the cache cannot answer now", not "the request is wrong": get_or_compute
-# treats them as a miss, so a busy, slow or restarting cache never fails the application.
-CACHE_UNAVAILABLE_CODES = frozenset({
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
-})
-PartitionLike = pb.Partition | Mapping[str, str] | None
+__all__ = [
+    "CACHE_UNAVAILABLE_CODES", "Client", "KeyLike", "Partition", "PartitionLike", "as_key", "as_partition", "request_key",
+]
 
 
-def as_partition(partition: PartitionLike) -> pb.Partition:
-    """A Partition from a message, a dict of its fields, or None (the default partition)."""
-    if partition is None:
-        return pb.Partition()
-    if isinstance(partition, pb.Partition):
-        return partition
-    return pb.Partition(**partition)
+def secure_or_insecure_channel(address: str, root_certificates: bytes | None, module: Any = grpc) -> Any:
+    """A channel to address (TLS with root_certificates); module: grpc or grpc.aio."""
+    if root_certificates is not None:
+        return module.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root_certificates))
+    return module.insecure_channel(address)
 
 
 class Client:
@@ -45,14 +53,8 @@ class Client:
         root_certificates: bytes | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        if channel is None:
-            if root_certificates is not None:
-                credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-                channel = grpc.secure_channel(address, credentials)
-            else:
-                channel = grpc.insecure_channel(address)
-        self._channel = channel
-        self._stub = pb_grpc.SemanticCacheStub(channel)
+        self._channel = channel or secure_or_insecure_channel(address, root_certificates)
+        self._stub = pb_grpc.SemanticCacheStub(self._channel)
         self._timeout_seconds = timeout_seconds
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
@@ -65,64 +67,36 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., Any], request: Any) -> Any:
-        return method(request, timeout=self._timeout_seconds, metadata=self._metadata)
+    def _call(self, method: Callable[..., Any], request: Any, timeout_seconds: float | None = None) -> Any:
+        return method(request, timeout=timeout_seconds or self._timeout_seconds, metadata=self._metadata)
 
-    def lookup(
-        self,
-        partition: PartitionLike,
-        query: str,
-        *,
-        embedding: Sequence[float] | None = None,
-        min_similarity: float | None = None,
-        verifier_band_low: float | None = None,
-        verifier_min_score: float | None = None,
-    ) -> pb.LookupResponse:
-        """None leaves a setting to the namespace and server (see LookupRequest)."""
-        request = pb.LookupRequest(partition=as_partition(partition), query=query, embedding=embedding or [])
-        if min_similarity is not None:
-            request.min_similarity = min_similarity
-        if verifier_band_low is not None:
-            request.verifier_band_low = verifier_band_low
-        if verifier_min_score is not None:
-            request.verifier_min_score = verifier_min_score
-        return self._call(self._stub.Lookup, request)
+    def lookup(self, partition: PartitionLike, query: str, **options: Any) -> pb.LookupResponse:
+        """Options (see LookupRequest; None leaves a setting to the namespace and server):
+        embedding, min_similarity, verifier_band_low, verifier_min_score, key (settings,
+        tools and context: see request_key), no_store, refresh, max_age_seconds, lease,
+        lease_wait_ms. A leased Lookup may wait up to lease_wait_ms (plus the timeout)."""
+        request = build.lookup_request(partition, query, **options)
+        return self._call(self._stub.Lookup, request, self._lookup_timeout(request))
 
-    def store(
-        self,
-        partition: PartitionLike,
-        query: str,
-        response: bytes | str,
-        *,
-        embedding: Sequence[float] | None = None,
-        ttl_seconds: int = 0,
-        metadata: Mapping[str, str] | None = None,
-        cost: float = 0.0,
-    ) -> pb.StoreResponse:
-        if isinstance(response, str):
-            response = response.encode("utf-8")
-        request = pb.StoreRequest(
-            partition=as_partition(partition),
-            query=query,
-            response=response,
-            embedding=embedding or [],
-            ttl_seconds=ttl_seconds,
-            metadata=metadata or {},
-            cost=cost,
-        )
-        return self._call(self._stub.Store, request)
+    def _lookup_timeout(self, request: pb.LookupRequest) -> float | None:
+        """A leased Lookup's timeout covers its wait for another caller's Store."""
+        if not request.lease:
+            return None
+        return self._timeout_seconds + (request.lease_wait_ms / 1000 if request.HasField("lease_wait_ms") else 30.0)
+
+    def store(self, partition: PartitionLike, query: str, response: bytes | str, **options: Any) -> pb.StoreResponse:
+        """Options: embedding, ttl_seconds, metadata, cost, key (as in its Lookup), lease_id."""
+        return self._call(self._stub.Store, build.store_request(partition, query, response, **options))
 
     def store_batch(self, items: Sequence[Mapping[str, Any]]) -> pb.StoreBatchResponse:
         """Store many entries in one call. Each item is a dict of StoreRequest fields
-        (partition may be a dict); results come back in order, each stored or failed alone."""
-        requests = []
-        for item in items:
-            fields = dict(item)
-            fields["partition"] = as_partition(fields.get("partition"))
-            if isinstance(fields.get("response"), str):
-                fields["response"] = fields["response"].encode("utf-8")
-            requests.append(pb.StoreRequest(**fields))
-        return self._call(self._stub.StoreBatch, pb.StoreBatchRequest(items=requests))
+        (partition and key may be dicts); results come back in order, each stored or failed alone."""
+        return self._call(self._stub.StoreBatch, build.store_batch_request(items))
+
+    def release_lease(self, partition: PartitionLike, lease_id: str) -> bool:
+        """Give up a lease without storing (the LLM call failed): its waiters take over."""
+        request = pb.ReleaseLeaseRequest(partition=as_partition(partition), lease_id=lease_id)
+        return self._call(self._stub.ReleaseLease, request).released
 
     def delete(self, partition: PartitionLike, entry_id: str) -> bool:
         request = pb.DeleteRequest(partition=as_partition(partition), entry_id=entry_id)
@@ -162,6 +136,28 @@ class Client:
             request.min_similarity = min_similarity
         return self._call(self._stub.SetNamespaceThreshold, request).min_similarity
 
+    def lookup_or_none(self, partition: PartitionLike, query: str, **options: Any) -> pb.LookupResponse | None:
+        """lookup(), or None when the cache cannot answer now (CACHE_UNAVAILABLE_CODES)."""
+        try:
+            return self.lookup(partition, query, **options)
+        except grpc.RpcError as e:
+            if not cache_unavailable(e):
+                raise
+            return None
+
+    def store_or_skip(self, partition: PartitionLike, query: str, value: str | bytes, **options: Any) -> None:
+        """store(), skipped when the cache cannot take it now (CACHE_UNAVAILABLE_CODES)."""
+        try:
+            self.store(partition, query, value, **options)
+        except grpc.RpcError as e:
+            if not cache_unavailable(e):
+                raise
+
+    def release_or_skip(self, partition: PartitionLike, lease_id: str) -> None:
+        if lease_id:
+            with contextlib.suppress(grpc.RpcError):  # the lease expires on its own
+                self.release_lease(partition, lease_id)
+
     def get_or_compute(
         self,
         partition: PartitionLike,
@@ -172,30 +168,45 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         cost: float = 0.0,
         min_similarity: float | None = None,
+        embedding: Sequence[float] | None = None,
+        key: KeyLike = None,
+        no_store: bool = False,
+        refresh: bool = False,
+        max_age_seconds: int | None = None,
+        coalesce: bool = True,
+        lease_wait_ms: int | None = None,
     ) -> str | bytes:
         """The cached response when one matches; otherwise compute(), stored, then returned.
+
+        embedding: the query's vector, where the app embeds (else the server's model does).
+        key: the request's settings, tools and context (see request_key); only an entry
+        stored under an agreeing key answers. no_store: never store this one; refresh:
+        skip the lookup and store a fresh answer; max_age_seconds: accept only younger
+        entries. coalesce: concurrent misses of the same question compute once (the
+        others wait up to lease_wait_ms for its Store).
 
         A str from compute is stored as UTF-8 and a hit is returned as str; bytes stay bytes.
         When the cache cannot answer now (CACHE_UNAVAILABLE_CODES: overloaded, past the
         timeout, not running), the Lookup counts as a miss and a failed Store is skipped:
         compute()'s value is returned all the same. Other errors (a bad request, a
-        refused token) are raised.
+        refused token) are raised. If compute() raises, the lease is released.
         """
-        try:
-            found = self.lookup(partition, query, min_similarity=min_similarity)
-        except grpc.RpcError as e:
-            if e.code() not in CACHE_UNAVAILABLE_CODES:
-                raise
-            found = None
+        found = self.lookup_or_none(
+            partition, query, embedding=embedding, min_similarity=min_similarity, key=key, no_store=no_store, refresh=refresh,
+            max_age_seconds=max_age_seconds, lease=coalesce and not no_store, lease_wait_ms=lease_wait_ms,
+        )
         if found is not None and found.hit:
-            return found.response.decode("utf-8") if found.metadata.get("semcache.encoding") == "utf-8" else found.response
-        value = compute()
-        tagged = dict(metadata or {})
-        if isinstance(value, str):
-            tagged["semcache.encoding"] = "utf-8"
+            return cached_value(found)
+        lease_id = found.lease_id if found is not None else ""
         try:
-            self.store(partition, query, value, ttl_seconds=ttl_seconds, metadata=tagged, cost=cost)
-        except grpc.RpcError as e:
-            if e.code() not in CACHE_UNAVAILABLE_CODES:
-                raise
+            value = compute()
+        except BaseException:
+            self.release_or_skip(partition, lease_id)
+            raise
+        if no_store:
+            return value
+        self.store_or_skip(
+            partition, query, value, embedding=embedding, ttl_seconds=ttl_seconds, metadata=tagged_metadata(metadata, value),
+            cost=cost, key=key, lease_id=lease_id,
+        )
         return value

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from semcache.partition import PartitionKey
+from semcache.request_key import NO_KEY, KeyParts
 from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
 
 # PartitionRecord counters, summed for totals and shown in Stats.
@@ -33,6 +34,11 @@ class LookupResult:
     guard_reason: str = ""
     decided_by: str = ""  # see semcache.decision
     verifier_score: float | None = None
+    # Single flight: the lease this caller holds (a leased miss), or, on a hit answered
+    # from another caller's lease, how long this Lookup waited for it.
+    lease_id: str = ""
+    coalesced: bool = False
+    waited_ms: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +60,8 @@ class StoreItem:
     ttl_seconds: int = 0
     metadata: Mapping[str, str] | None = None
     cost: float = 0.0
+    request_key: KeyParts = NO_KEY
+    lease_id: str = ""
 
 
 @dataclasses.dataclass
@@ -77,7 +85,8 @@ class StatsView:
 def entry_bytes(record: EntryRecord) -> int:
     """What an entry counts against byte budgets: query + response + vector + metadata."""
     metadata = sum(len(k.encode()) + len(v.encode()) for k, v in record.metadata.items())
-    return len(record.query.encode("utf-8", "surrogatepass")) + len(record.response) + len(record.embedding) + metadata
+    vectors = len(record.embedding) + len(record.context_embedding)
+    return len(record.query.encode("utf-8", "surrogatepass")) + len(record.response) + vectors + metadata
 
 
 def format_entry_id(entry_id: int) -> str:

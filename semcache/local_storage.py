@@ -31,6 +31,7 @@ from semcache.maintenance import Maintenance
 from semcache.partition import PartitionKey
 from semcache.partition_registry import LivePartition, PartitionRegistry
 from semcache.recovery import check_consistency, read_meta, rebuild
+from semcache.request_key import NO_FILTER, CandidateFilter, record_exact_suffix
 from semcache.settings import Settings
 from semcache.stats import stats_view
 from semcache.store import Store
@@ -47,8 +48,11 @@ class LocalCandidates:
     """Live candidates from a partition's index, best first, with their LMDB records.
     Searches again with a larger k only when the first ones are expired or deleted."""
 
-    def __init__(self, store: Store, ledger: Ledger, partition: LivePartition, vector: np.ndarray, now: float) -> None:
+    def __init__(
+        self, store: Store, ledger: Ledger, partition: LivePartition, vector: np.ndarray, now: float, match: CandidateFilter,
+    ) -> None:
         self._store = store
+        self._match = match
         self._ledger = ledger
         self._partition = partition
         self._vector = vector
@@ -76,7 +80,7 @@ class LocalCandidates:
             with self._store.read() as txn:
                 for entry_id, similarity in found[seen:]:
                     record = self._store.get_entry(txn, entry_id)
-                    if record is None or record.partition_id != partition.id:
+                    if record is None or record.partition_id != partition.id or not self._match.accepts(record):
                         continue
                     if self._ledger.is_expired(entry_id, record, self._now):
                         continue
@@ -130,19 +134,25 @@ class LocalStorage:
     def partition(self, key: PartitionKey) -> LivePartition | None:
         return self.registry.get(key)
 
-    def exact_candidate(self, partition: LivePartition, normalized_query: str, now: float) -> Candidate | None:
-        """The live entry stored under this normalized query, as a candidate of similarity 1."""
+    def exact_candidate(
+        self, partition: LivePartition, normalized_query: str, now: float, match: CandidateFilter = NO_FILTER,
+    ) -> Candidate | None:
+        """The live entry stored under this normalized query and key, as a candidate of similarity 1."""
         with self.store.read() as txn:
-            entry_id = self.store.find_exact(txn, partition.id, normalized_query)
+            entry_id = self.store.find_exact(txn, partition.id, normalized_query, match.exact_suffix)
             record = None if entry_id is None else self.store.get_entry(txn, entry_id)
         if entry_id is None or record is None or record.normalized_query != normalized_query:
+            return None
+        if record_exact_suffix(record) != match.exact_suffix or not match.accepts(record, check_context=False):
             return None
         if self.ledger.is_expired(entry_id, record, now):
             return None
         return Candidate(entry_id, record, 1.0)
 
-    def candidates(self, partition: LivePartition, vector: np.ndarray, now: float) -> LocalCandidates:
-        return LocalCandidates(self.store, self.ledger, partition, vector, now)
+    def candidates(
+        self, partition: LivePartition, vector: np.ndarray, now: float, match: CandidateFilter = NO_FILTER,
+    ) -> LocalCandidates:
+        return LocalCandidates(self.store, self.ledger, partition, vector, now, match)
 
     def count_lookup(
         self, partition: LivePartition | None, outcome: str, *, candidate: Candidate | None = None,

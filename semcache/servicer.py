@@ -119,6 +119,10 @@ class CacheServicer:
             deadline=deadline,
             verifier_band_low=wire.optional(request, "verifier_band_low"),
             verifier_min_score=wire.optional(request, "verifier_min_score"),
+            request_key=wire.key_parts(request.key),
+            control=wire.cache_control(request.cache_control),
+            lease=request.lease,
+            lease_wait_seconds=wire.lease_wait_seconds(request),
         )
         return wire.lookup_response(result)
 
@@ -127,9 +131,14 @@ class CacheServicer:
         item = wire.store_item(self._key(request.partition, grant), request)
         result = self._ready().store(
             item.key, item.query, item.response, embedding=item.embedding, ttl_seconds=item.ttl_seconds,
-            metadata=item.metadata, cost=item.cost, deadline=deadline,
+            metadata=item.metadata, cost=item.cost, deadline=deadline, request_key=item.request_key, lease_id=item.lease_id,
         )
         return wire.store_response(result)
+
+    @_rpc
+    def ReleaseLease(self, request: pb.ReleaseLeaseRequest, grant: Grant, deadline: float | None) -> pb.ReleaseLeaseResponse:
+        released = self._ready().release_lease(self._key(request.partition, grant), request.lease_id)
+        return pb.ReleaseLeaseResponse(released=released)
 
     @_rpc
     def StoreBatch(self, request: pb.StoreBatchRequest, grant: Grant, deadline: float | None) -> pb.StoreBatchResponse:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from semcache.errors import ConfigError
+from semcache.request_key import CONTEXT_MATCHES, DEFAULT_IGNORED_SETTINGS, EXACT_CONTEXT, KeyPolicy, names
 
 ENV_PREFIX = "SEMCACHE_"
 # The embedding model value that means "no model: clients supply every embedding".
@@ -33,6 +34,12 @@ class NamespaceSettings:
     sliding_ttl: bool | None = None
     max_entries: int | None = None
     max_bytes: int | None = None
+    key_settings: str | None = None
+    key_settings_ignored: str | None = None
+    context_match: str | None = None
+    context_min_similarity: float | None = None
+    coalesce: str | None = None
+    lease_wait_seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +92,25 @@ class Settings:
     default_ttl_seconds: int = 0
     # Refresh an entry's TTL on each hit.
     sliding_ttl: bool = False
+    # The request key (LookupRequest.key; see semcache/request_key.py): the settings
+    # names that count, comma-separated ("" = every name), less the ignored ones.
+    key_settings: str = ""
+    key_settings_ignored: str = DEFAULT_IGNORED_SETTINGS
+    # How the conversation context must agree: "exact" (every earlier turn), or
+    # "semantic" (the previous user turn by meaning, at context_min_similarity).
+    context_match: str = EXACT_CONTEXT
+    context_min_similarity: float = 0.9
+    # Leased Lookups (single flight, semcache/leases.py) wait for the Store of the same
+    # question ("exact"), also of one the threshold matches ("semantic"), or never ("off"),
+    # for at most lease_wait_seconds; a lease ends lease_seconds after it was granted.
+    coalesce: str = "exact"
+    lease_seconds: float = 60.0
+    lease_wait_seconds: float = 30.0
+    # Lookups waiting on leases at once; more miss at once (0 = 3/4 of grpc_workers).
+    max_lease_waiters: int = 0
+    # What a request key may hold: bytes of settings and context together, and turns.
+    max_key_bytes: int = 1 << 20
+    max_context_turns: int = 1000
     max_query_bytes: int = 8192
     max_response_bytes: int = 1 << 20
     max_metadata_entries: int = 32
@@ -151,6 +177,23 @@ class Settings:
     def sliding_ttl_for(self, namespace: str) -> bool:
         override = self.namespace(namespace).sliding_ttl
         return self.sliding_ttl if override is None else override
+
+    def for_namespace(self, namespace: str, name: str) -> Any:
+        """The namespace's value of a setting that NamespaceSettings can override."""
+        override = getattr(self.namespace(namespace), name)
+        return getattr(self, name) if override is None else override
+
+    def key_policy_for(self, namespace: str) -> KeyPolicy:
+        counted = self.for_namespace(namespace, "key_settings")
+        return KeyPolicy(
+            counted=names(counted) or None,
+            ignored=names(self.for_namespace(namespace, "key_settings_ignored")),
+            context_match=self.for_namespace(namespace, "context_match"),
+        )
+
+    @property
+    def lease_waiters(self) -> int:
+        return self.max_lease_waiters or max(1, self.grpc_workers * 3 // 4)
 
     def redacted(self) -> dict[str, Any]:
         """Every setting as plain data, secrets replaced (token names hidden, scopes kept)."""
@@ -288,8 +331,19 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"setting {where} cannot be set this way")
 
 
+COALESCE_MODES = ("off", "exact", "semantic")
+
+
 def _check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
-    for name, low in (("min_similarity", -1.0), ("verifier_band_low", -1.0), ("verifier_min_score", 0.0)):
+    if obj.context_match is not None and obj.context_match not in CONTEXT_MATCHES:
+        raise ConfigError(f"{prefix}context_match must be one of {', '.join(CONTEXT_MATCHES)}, got {obj.context_match!r}")
+    if obj.coalesce is not None and obj.coalesce not in COALESCE_MODES:
+        raise ConfigError(f"{prefix}coalesce must be one of {', '.join(COALESCE_MODES)}, got {obj.coalesce!r}")
+    if obj.lease_wait_seconds is not None and not 0 <= obj.lease_wait_seconds <= 3600:
+        raise ConfigError(f"{prefix}lease_wait_seconds must be from 0 to 3600, got {obj.lease_wait_seconds}")
+    for name, low in (
+        ("min_similarity", -1.0), ("verifier_band_low", -1.0), ("verifier_min_score", 0.0), ("context_min_similarity", -1.0),
+    ):
         value = getattr(obj, name)
         if value is not None and not low <= value <= 1.0:
             raise ConfigError(f"{prefix}{name} must be between {low:g} and 1, got {value}")
@@ -315,13 +369,14 @@ def _validate(s: Settings) -> None:
     positive = (
         "max_query_bytes", "max_response_bytes", "max_message_bytes", "max_map_bytes",
         "lfu_half_life_seconds", "sweep_interval_seconds", "stats_flush_interval_seconds",
-        "grpc_workers",
+        "grpc_workers", "lease_seconds", "max_key_bytes", "max_context_turns",
     )
     for name in positive:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
     non_negative = (
         "max_metadata_entries", "max_metadata_bytes", "max_versions_per_model", "ivf_min_entries", "metrics_max_namespaces",
+        "max_lease_waiters",
     )
     for name in non_negative:
         if getattr(s, name) < 0:
@@ -358,6 +413,7 @@ def _validate(s: Settings) -> None:
     from semcache.auth import parse_tokens  # checks the token spec, naming the key
 
     parse_tokens(s.auth_tokens)
+    # A request key is bounded by max_key_bytes and, with the rest of its message, by max_message_bytes.
     if s.max_response_bytes + s.max_query_bytes + s.max_metadata_bytes > s.max_message_bytes:
         raise ConfigError(
             "max_message_bytes must hold max_response_bytes + max_query_bytes + max_metadata_bytes"

@@ -17,6 +17,7 @@ from semcache.entries import StatsView, StoreResult
 from semcache.errors import SemcacheError
 from semcache.group_commit import StoreJob
 from semcache.partition import PartitionKey
+from semcache.request_key import CandidateFilter
 
 
 class PartitionHandle(Protocol):
@@ -47,8 +48,13 @@ class CacheStorage(Protocol[PartitionT]):
 
     # -- lookups
     def partition(self, key: PartitionKey) -> PartitionT | None: ...
-    def exact_candidate(self, partition: PartitionT, normalized_query: str, now: float) -> Candidate | None: ...
-    def candidates(self, partition: PartitionT, vector: np.ndarray, now: float) -> CandidateStream: ...
+    # `match`: what a candidate must agree on besides the partition (key, context, age).
+    def exact_candidate(
+        self, partition: PartitionT, normalized_query: str, now: float, match: CandidateFilter = ...,
+    ) -> Candidate | None: ...
+    def candidates(
+        self, partition: PartitionT, vector: np.ndarray, now: float, match: CandidateFilter = ...,
+    ) -> CandidateStream: ...
     def count_lookup(
         self, partition: PartitionT | None, outcome: str, *, candidate: Candidate | None = None,
         now: float = 0.0, sliding_ttl: bool = False,

@@ -30,6 +30,7 @@ from semcache.data_dir import check_not_truncated, damaged_data_error, lock_data
 from semcache.errors import ConfigError, StorageFullError
 from semcache.partition import PartitionKey
 from semcache.record_checksums import checksum_ok, encode_entry
+from semcache.request_key import record_exact_suffix
 from semcache.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
 
 SCHEMA_VERSION = b"1"
@@ -65,8 +66,10 @@ def _keys(cursor: lmdb.Cursor) -> Iterator[bytes]:
     return cast("Iterator[bytes]", cursor.iternext(keys=True, values=False))
 
 
-def _exact_key(partition_id: int, normalized_query: str) -> bytes:
-    return pack_id(partition_id) + hashlib.sha256(normalized_query.encode("utf-8", "surrogatepass")).digest()
+def _exact_key(partition_id: int, normalized_query: str, key_suffix: str = "") -> bytes:
+    """key_suffix: the request key's part of it (semcache/request_key.py); "" for a plain one."""
+    text = normalized_query + "\x00" + key_suffix if key_suffix else normalized_query
+    return pack_id(partition_id) + hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def _expiry_key(expires_at: float, entry_id: int) -> bytes:
@@ -307,8 +310,8 @@ class Store:
             if _get(txn, key, db=self._entries) is None
         )
 
-    def find_exact(self, txn: lmdb.Transaction, partition_id: int, normalized_query: str) -> int | None:
-        raw = _get(txn, _exact_key(partition_id, normalized_query), db=self._exact)
+    def find_exact(self, txn: lmdb.Transaction, partition_id: int, normalized_query: str, key_suffix: str = "") -> int | None:
+        raw = _get(txn, _exact_key(partition_id, normalized_query, key_suffix), db=self._exact)
         return None if raw is None else unpack_id(raw)
 
     def put_entry(self, txn: lmdb.Transaction, entry_id: int, record: EntryRecord) -> None:
@@ -317,7 +320,7 @@ class Store:
         txn.put(packed, encode_entry(record), db=self._entries)
         txn.put(pack_id(record.partition_id) + packed, b"", db=self._by_partition)
         if record.normalized_query:
-            txn.put(_exact_key(record.partition_id, record.normalized_query), packed, db=self._exact)
+            txn.put(_exact_key(record.partition_id, record.normalized_query, record_exact_suffix(record)), packed, db=self._exact)
         if record.expires_at:
             txn.put(_expiry_key(record.expires_at, entry_id), b"", db=self._expiry)
 
@@ -337,7 +340,7 @@ class Store:
         txn.delete(packed, db=self._entry_hits)
         txn.delete(pack_id(record.partition_id) + packed, db=self._by_partition)
         if record.normalized_query:
-            exact_key = _exact_key(record.partition_id, record.normalized_query)
+            exact_key = _exact_key(record.partition_id, record.normalized_query, record_exact_suffix(record))
             # Only drop the exact row if it still points at this entry.
             if _get(txn, exact_key, db=self._exact) == packed:
                 txn.delete(exact_key, db=self._exact)

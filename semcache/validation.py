@@ -9,6 +9,7 @@ import numpy as np
 
 from semcache.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from semcache.normalize import normalize_query
+from semcache.request_key import KeyParts
 from semcache.settings import Settings
 
 NO_MODEL = "this server runs without an embedding model; send an embedding"
@@ -69,6 +70,18 @@ class RequestValidator:
         if not normalized and not has_embedding:
             raise InvalidArgumentError("query is empty and no embedding was given")
         return normalized
+
+    def key(self, parts: KeyParts) -> None:
+        """A request key's size: settings and context together, and the number of turns."""
+        if len(parts.context) > self.settings.max_context_turns:
+            raise ResourceExhaustedError(
+                f"key.context has {len(parts.context)} turns; the limit is {self.settings.max_context_turns} (max_context_turns)"
+            )
+        texts = [*parts.settings.keys(), *parts.settings.values(), *(t.role for t in parts.context)]
+        texts += [t.content for t in parts.context]
+        size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
+        if size > self.settings.max_key_bytes:
+            raise ResourceExhaustedError(f"key is {size} bytes; the limit is {self.settings.max_key_bytes} (max_key_bytes)")
 
     def store_fields(
         self, response: bytes, metadata: Mapping[str, str], cost: float, ttl_seconds: int, has_vector: bool

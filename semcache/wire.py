@@ -3,8 +3,12 @@ to messages. No gRPC here; the servicer owns calls and status codes."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from semcache.cache_control import CacheControl
 from semcache.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult
 from semcache.partition import PartitionKey
+from semcache.request_key import NO_KEY, KeyParts, Turn
 from semcache.v1 import semcache_pb2 as pb
 
 
@@ -17,9 +21,24 @@ def partition_key(partition: pb.Partition) -> PartitionKey:
     )
 
 
-def optional(request: pb.LookupRequest, field: str) -> float | None:
-    """An optional float field's value, None when the request does not set it."""
+def optional(request: Any, field: str) -> Any:
+    """An optional field's value, None when the request does not set it."""
     return getattr(request, field) if request.HasField(field) else None
+
+
+def key_parts(key: pb.RequestKey) -> KeyParts:
+    if not key.settings and not key.context:
+        return NO_KEY
+    return KeyParts(dict(key.settings), tuple(Turn(t.role, t.content) for t in key.context))
+
+
+def cache_control(control: pb.CacheControl) -> CacheControl:
+    return CacheControl(control.no_store, control.refresh, optional(control, "max_age_seconds"))
+
+
+def lease_wait_seconds(request: pb.LookupRequest) -> float | None:
+    milliseconds = optional(request, "lease_wait_ms")
+    return None if milliseconds is None else milliseconds / 1000.0
 
 
 def lookup_response(result: LookupResult) -> pb.LookupResponse:
@@ -34,6 +53,9 @@ def lookup_response(result: LookupResult) -> pb.LookupResponse:
         resolved_version=result.resolved_version,
         guard_reason=result.guard_reason,
         decided_by=result.decided_by,
+        lease_id=result.lease_id,
+        coalesced=result.coalesced,
+        waited_ms=result.waited_ms,
     )
     if result.verifier_score is not None:
         response.verifier_score = result.verifier_score
@@ -45,7 +67,7 @@ def lookup_response(result: LookupResult) -> pb.LookupResponse:
 def store_item(key: PartitionKey, item: pb.StoreRequest) -> StoreItem:
     return StoreItem(
         key, item.query, item.response, embedding=item.embedding, ttl_seconds=item.ttl_seconds,
-        metadata=item.metadata, cost=item.cost,
+        metadata=item.metadata, cost=item.cost, request_key=key_parts(item.key), lease_id=item.lease_id,
     )
 
 

@@ -22,6 +22,7 @@ from semcache.group_commit import StoreJob
 from semcache.ledger import Ledger
 from semcache.partition import PartitionKey
 from semcache.partition_registry import LivePartition, PartitionRegistry, versions_to_retire
+from semcache.request_key import record_exact_suffix
 from semcache.settings import Settings
 from semcache.store import ENTRY_ID_COUNTER, Store
 from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
@@ -166,7 +167,9 @@ class Writer:
         policy = self.ledger.policy
         try:
             if record.normalized_query:
-                done.replaced_id = self.store.find_exact(txn, partition.id, record.normalized_query)
+                done.replaced_id = self.store.find_exact(
+                    txn, partition.id, record.normalized_query, record_exact_suffix(record)
+                )
             if done.replaced_id is not None:
                 done.replaced = self.store.get_entry(txn, done.replaced_id)
                 if done.replaced is not None:

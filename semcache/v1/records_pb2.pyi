@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EntryRecord(_message.Message):
-    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds", "lfu_score", "crc32")
+    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds", "lfu_score", "crc32", "key_fingerprint", "context_embedding", "context_digest")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,9 @@ class EntryRecord(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LFU_SCORE_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     partition_id: int
     query: str
     normalized_query: str
@@ -43,7 +46,10 @@ class EntryRecord(_message.Message):
     ttl_seconds: int
     lfu_score: float
     crc32: int
-    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ..., crc32: _Optional[int] = ...) -> None: ...
+    key_fingerprint: str
+    context_embedding: bytes
+    context_digest: str
+    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ..., crc32: _Optional[int] = ..., key_fingerprint: _Optional[str] = ..., context_embedding: _Optional[bytes] = ..., context_digest: _Optional[str] = ...) -> None: ...
 
 class EntryHits(_message.Message):
     __slots__ = ("hit_count", "last_hit_at", "lfu_score")

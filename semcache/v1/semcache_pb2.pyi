@@ -6,6 +6,39 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Turn(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class RequestKey(_message.Message):
+    __slots__ = ("settings", "context")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    settings: _containers.ScalarMap[str, str]
+    context: _containers.RepeatedCompositeFieldContainer[Turn]
+    def __init__(self, settings: _Optional[_Mapping[str, str]] = ..., context: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ...) -> None: ...
+
+class CacheControl(_message.Message):
+    __slots__ = ("no_store", "refresh", "max_age_seconds")
+    NO_STORE_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    no_store: bool
+    refresh: bool
+    max_age_seconds: int
+    def __init__(self, no_store: _Optional[bool] = ..., refresh: _Optional[bool] = ..., max_age_seconds: _Optional[int] = ...) -> None: ...
+
 class Partition(_message.Message):
     __slots__ = ("namespace", "model", "prompt_version", "system_prompt")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -19,23 +52,31 @@ class Partition(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., system_prompt: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score")
+    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score", "key", "cache_control", "lease", "lease_wait_ms")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_BAND_LOW_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     query: str
     embedding: _containers.RepeatedScalarFieldContainer[float]
     min_similarity: float
     verifier_band_low: float
     verifier_min_score: float
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ...) -> None: ...
+    key: RequestKey
+    cache_control: CacheControl
+    lease: bool
+    lease_wait_ms: int
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score")
+    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +96,9 @@ class LookupResponse(_message.Message):
     GUARD_REASON_FIELD_NUMBER: _ClassVar[int]
     DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    COALESCED_FIELD_NUMBER: _ClassVar[int]
+    WAITED_MS_FIELD_NUMBER: _ClassVar[int]
     hit: bool
     entry_id: str
     response: bytes
@@ -67,10 +111,13 @@ class LookupResponse(_message.Message):
     guard_reason: str
     decided_by: str
     verifier_score: float
-    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ...) -> None: ...
+    lease_id: str
+    coalesced: bool
+    waited_ms: int
+    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ..., lease_id: _Optional[str] = ..., coalesced: _Optional[bool] = ..., waited_ms: _Optional[int] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
-    __slots__ = ("partition", "query", "response", "embedding", "ttl_seconds", "metadata", "cost")
+    __slots__ = ("partition", "query", "response", "embedding", "ttl_seconds", "metadata", "cost", "key", "lease_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +132,8 @@ class StoreRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     query: str
     response: bytes
@@ -92,7 +141,9 @@ class StoreRequest(_message.Message):
     ttl_seconds: int
     metadata: _containers.ScalarMap[str, str]
     cost: float
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[_Iterable[float]] = ..., ttl_seconds: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., cost: _Optional[float] = ...) -> None: ...
+    key: RequestKey
+    lease_id: str
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[_Iterable[float]] = ..., ttl_seconds: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., cost: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class StoreResponse(_message.Message):
     __slots__ = ("entry_id", "replaced", "expires_at", "resolved_version")
@@ -244,6 +295,20 @@ class StatsResponse(_message.Message):
     partitions_total: int
     damaged_entries: int
     def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., partitions_total: _Optional[int] = ..., damaged_entries: _Optional[int] = ...) -> None: ...
+
+class ReleaseLeaseRequest(_message.Message):
+    __slots__ = ("partition", "lease_id")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    lease_id: str
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseLeaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class SetNamespaceThresholdRequest(_message.Message):
     __slots__ = ("namespace", "min_similarity")

@@ -70,6 +70,11 @@ class SemanticCacheStub:
                 request_serializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdRequest.SerializeToString,
                 response_deserializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdResponse.FromString,
                 _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/semcache.v1.SemanticCache/ReleaseLease',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServicer:
@@ -128,6 +133,14 @@ class SemanticCacheServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseLease(self, request, context):
+        """Gives up a lease (LookupRequest.lease) without storing, e.g. when the LLM call
+        failed: the callers waiting on it wake at once and one of them takes it over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +178,11 @@ def add_SemanticCacheServicer_to_server(servicer, server):
                     servicer.SetNamespaceThreshold,
                     request_deserializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdRequest.FromString,
                     response_serializer=semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.ReleaseLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +375,33 @@ class SemanticCache:
             '/semcache.v1.SemanticCache/SetNamespaceThreshold',
             semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdRequest.SerializeToString,
             semcache_dot_v1_dot_semcache__pb2.SetNamespaceThresholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCache/ReleaseLease',
+            semcache_dot_v1_dot_semcache__pb2.ReleaseLeaseRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.ReleaseLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -186,6 +186,7 @@ def _every_rpc(client: Client, namespace: str):
         "InvalidateNamespace": lambda: client.invalidate(partition, whole_namespace=True),
         "Stats": lambda: client.stats(partition),
         "SetNamespaceThreshold": lambda: client.set_namespace_threshold(namespace, 0.9),
+        "ReleaseLease": lambda: client.release_lease(partition, "lease"),
     }
 
 
