@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from semcache import client_requests as build
+import semcache.client_requests as build
 from semcache.client import secure_or_insecure_channel
 from semcache.client_requests import KeyLike, PartitionLike, as_partition, cache_unavailable, cached_value, tagged_metadata
 from semcache.v1 import semcache_pb2 as pb

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from semcache import client_requests as build
+import semcache.client_requests as build
 from semcache.client_requests import (
     CACHE_UNAVAILABLE_CODES,
     KeyLike,
