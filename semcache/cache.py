@@ -169,6 +169,8 @@ class SemanticCache:
             until = min(until, deadline - _ANSWER_MARGIN_SECONDS)
         question = (key, request.key.exact_suffix, request.normalized)
         semantic_threshold = policy.threshold if mode == "semantic" else None
+        if semantic_threshold is not None and request.vector is None and self.embedder is not None:
+            self._embed_request(request, deadline)  # a miss without a partition yet was not embedded
         while True:
             claim = self.leases.claim(question, request.vector, semantic_threshold)
             if claim.mine:
