@@ -66,6 +66,13 @@ class LeaseTable:
         with self._lock:
             return len(self._by_id)
 
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "active": len(self._by_id), "granted": self.granted, "coalesced": self.coalesced,
+                "expired": self.expired, "refused_waits": self.refused_waits,
+            }
+
     def claim(self, question: Question, vector: np.ndarray | None, semantic_threshold: float | None) -> Claim:
         """The live lease on this question (or, with semantic_threshold, on a question
         whose vector this one matches), else a new lease that the caller holds."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -91,16 +91,31 @@ class Metrics:
     def count_stores(self, namespace: str, count: int = 1) -> None:
         self._child(self._store_counters, self.stores, namespace).inc(count)
 
-    def watch(self, stats: Callable[[], StatsView], store_commits: Callable[[], int]) -> None:
+    def watch(
+        self, stats: Callable[[], StatsView], store_commits: Callable[[], int],
+        leases: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         """Expose entries, bytes and the persisted removal and saved-cost totals from `stats`,
-        and the LMDB commits of Stores from `store_commits`, read at each scrape."""
-        self.registry.register(_StatsCollector(stats, store_commits))
+        the LMDB commits of Stores from `store_commits`, and the single-flight counters
+        from `leases` (active, granted, coalesced, expired, refused_waits), read at each scrape."""
+        self.registry.register(_StatsCollector(stats, store_commits, leases or (lambda: {})))
+
+
+_LEASE_COUNTERS = (
+    ("leases_granted", "Single-flight leases granted (leased misses that computed)."),
+    ("leases_coalesced", "Leased Lookups answered from another caller's lease, after waiting for its Store."),
+    ("leases_expired", "Leases whose holder never stored within lease_seconds."),
+    ("leases_refused_waits", "Leased Lookups that could not wait (max_lease_waiters already waiting): they computed."),
+)
 
 
 class _StatsCollector(Collector):
-    def __init__(self, stats: Callable[[], StatsView], store_commits: Callable[[], int]) -> None:
+    def __init__(
+        self, stats: Callable[[], StatsView], store_commits: Callable[[], int], leases: Callable[[], Mapping[str, int]],
+    ) -> None:
         self._stats = stats
         self._store_commits = store_commits
+        self._leases = leases
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         view = self._stats()
@@ -124,6 +139,11 @@ class _StatsCollector(Collector):
             "semcache_store_commits", "LMDB transactions that committed Stores (stores / commits = group-commit size).",
             value=self._store_commits(),
         )
+        leases = self._leases()
+        if leases:
+            yield GaugeMetricFamily("semcache_leases_active", "Single-flight leases held now.", value=leases["active"])
+            for name, help_text in _LEASE_COUNTERS:
+                yield CounterMetricFamily(f"semcache_{name}", help_text, value=leases[name.removeprefix("leases_")])
 
     def describe(self) -> Iterator:
         return iter(())

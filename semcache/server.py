@@ -129,7 +129,9 @@ class SemcacheServer:
         verifier = load_verifier(self.settings.verifier, self.settings.verifier_threads)
         self.cache = SemanticCache(self.settings, embedder, verifier=verifier, clock=self._clock, metrics=self.metrics)
         cache = self.cache
-        self.metrics.watch(functools.partial(cache.stats, listed=0), lambda: cache.store_commits)  # at every scrape
+        self.metrics.watch(  # read at every scrape
+            functools.partial(cache.stats, listed=0), lambda: cache.store_commits, cache.leases.counters
+        )
         if self.settings.metrics_listen:
             self._start_metrics_server()
         self.cache.start_maintenance()
