@@ -22,13 +22,13 @@ from semcache.decision import EXACT, NO_CANDIDATE, Candidate, DecisionPolicy, Ve
 from semcache.embedder import Embedder
 from semcache.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult, format_entry_id
 from semcache.errors import ConfigError, DeadlineExceededError, FailedPreconditionError, SemcacheError
+from semcache.key_fingerprint import NO_KEY, KeyParts
 from semcache.leases import LeaseTable
 from semcache.ledger import EXACT_HIT, MISS, SEMANTIC_HIT
 from semcache.local_storage import LocalStorage
 from semcache.metrics import Metrics
 from semcache.partition import PartitionKey
 from semcache.prepared import LookupRequest, StoreJobPlan, embed_plans, plan_store, prepare_lookup
-from semcache.request_key import NO_KEY, KeyParts
 from semcache.settings import Settings
 from semcache.storage import CacheStorage, CandidateStream, PartitionHandle
 from semcache.thresholds import Thresholds

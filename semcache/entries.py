@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from semcache.key_fingerprint import NO_KEY, KeyParts
 from semcache.partition import PartitionKey
-from semcache.request_key import NO_KEY, KeyParts
 from semcache.v1.records_pb2 import EntryRecord, PartitionRecord
 
 # PartitionRecord counters, summed for totals and shown in Stats.

@@ -26,12 +26,12 @@ from semcache.errors import SemcacheError, StorageFullError
 from semcache.eviction import Budget, EvictionPolicy
 from semcache.group_commit import GroupCommit, StoreJob
 from semcache.invalidation import Invalidator
+from semcache.key_fingerprint import NO_FILTER, CandidateFilter, record_exact_suffix
 from semcache.ledger import Ledger
 from semcache.maintenance import Maintenance
 from semcache.partition import PartitionKey
 from semcache.partition_registry import LivePartition, PartitionRegistry
 from semcache.recovery import check_consistency, read_meta, rebuild
-from semcache.request_key import NO_FILTER, CandidateFilter, record_exact_suffix
 from semcache.settings import Settings
 from semcache.stats import stats_view
 from semcache.store import Store

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from semcache import request_key, ttl
+from semcache import key_fingerprint, ttl
 from semcache.cache_control import CacheControl
 from semcache.entries import StoreItem, entry_bytes
 from semcache.errors import FailedPreconditionError, ResourceExhaustedError
 from semcache.group_commit import StoreJob
+from semcache.key_fingerprint import CandidateFilter, KeyParts, ResolvedKey
 from semcache.partition import PartitionKey
-from semcache.request_key import CandidateFilter, KeyParts, ResolvedKey
 from semcache.settings import Settings
 from semcache.v1.records_pb2 import EntryRecord
 from semcache.validation import RequestValidator
@@ -51,7 +51,7 @@ def prepare_lookup(
     vector = validator.client_vector(embedding)
     normalized = validator.query(query, vector is not None)
     validator.key(parts)
-    resolved = request_key.resolve(parts, settings.key_policy_for(key.namespace))
+    resolved = key_fingerprint.resolve(parts, settings.key_policy_for(key.namespace))
     if resolved.semantic_context and not has_model:
         raise FailedPreconditionError(SEMANTIC_CONTEXT_NEEDS_MODEL)
     return LookupRequest(query, normalized, vector, resolved, control)
@@ -69,7 +69,7 @@ class StoreJobPlan:
     def question(self) -> tuple[PartitionKey, str, str]:
         """Its question for the lease table (semcache/leases.py)."""
         record = self.job.record
-        return self.job.key, request_key.record_exact_suffix(record), record.normalized_query
+        return self.job.key, key_fingerprint.record_exact_suffix(record), record.normalized_query
 
 
 def plan_store(
@@ -82,7 +82,7 @@ def plan_store(
     normalized = validator.query(item.query, vector is not None)
     validator.store_fields(item.response, metadata, item.cost, item.ttl_seconds, vector is not None)
     validator.key(item.request_key)
-    resolved = request_key.resolve(item.request_key, settings.key_policy_for(item.key.namespace))
+    resolved = key_fingerprint.resolve(item.request_key, settings.key_policy_for(item.key.namespace))
     if resolved.semantic_context and not has_model:
         raise FailedPreconditionError(SEMANTIC_CONTEXT_NEEDS_MODEL)
     record = EntryRecord(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from semcache.errors import ConfigError
-from semcache.request_key import CONTEXT_MATCHES, DEFAULT_IGNORED_SETTINGS, EXACT_CONTEXT, KeyPolicy, names
+from semcache.key_fingerprint import CONTEXT_MATCHES, DEFAULT_IGNORED_SETTINGS, EXACT_CONTEXT, KeyPolicy, names
 
 ENV_PREFIX = "SEMCACHE_"
 # The embedding model value that means "no model: clients supply every embedding".
@@ -92,7 +92,7 @@ class Settings:
     default_ttl_seconds: int = 0
     # Refresh an entry's TTL on each hit.
     sliding_ttl: bool = False
-    # The request key (LookupRequest.key; see semcache/request_key.py): the settings
+    # The request key (LookupRequest.key; see semcache/key_fingerprint.py): the settings
     # names that count, comma-separated ("" = every name), less the ignored ones.
     key_settings: str = ""
     key_settings_ignored: str = DEFAULT_IGNORED_SETTINGS

@@ -16,8 +16,8 @@ from semcache.decision import Candidate
 from semcache.entries import StatsView, StoreResult
 from semcache.errors import SemcacheError
 from semcache.group_commit import StoreJob
+from semcache.key_fingerprint import CandidateFilter
 from semcache.partition import PartitionKey
-from semcache.request_key import CandidateFilter
 
 
 class PartitionHandle(Protocol):

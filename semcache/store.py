@@ -28,9 +28,9 @@ from google.protobuf.message import DecodeError
 
 from semcache.data_dir import check_not_truncated, damaged_data_error, lock_data_dir
 from semcache.errors import ConfigError, StorageFullError
+from semcache.key_fingerprint import record_exact_suffix
 from semcache.partition import PartitionKey
 from semcache.record_checksums import checksum_ok, encode_entry
-from semcache.request_key import record_exact_suffix
 from semcache.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
 
 SCHEMA_VERSION = b"1"
@@ -67,7 +67,7 @@ def _keys(cursor: lmdb.Cursor) -> Iterator[bytes]:
 
 
 def _exact_key(partition_id: int, normalized_query: str, key_suffix: str = "") -> bytes:
-    """key_suffix: the request key's part of it (semcache/request_key.py); "" for a plain one."""
+    """key_suffix: the request key's part of it (semcache/key_fingerprint.py); "" for a plain one."""
     text = normalized_query + "\x00" + key_suffix if key_suffix else normalized_query
     return pack_id(partition_id) + hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 

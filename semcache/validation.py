@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from semcache.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from semcache.key_fingerprint import KeyParts
 from semcache.normalize import normalize_query
-from semcache.request_key import KeyParts
 from semcache.settings import Settings
 
 NO_MODEL = "this server runs without an embedding model; send an embedding"

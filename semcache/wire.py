@@ -7,8 +7,8 @@ from typing import Any
 
 from semcache.cache_control import CacheControl
 from semcache.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult
+from semcache.key_fingerprint import NO_KEY, KeyParts, Turn
 from semcache.partition import PartitionKey
-from semcache.request_key import NO_KEY, KeyParts, Turn
 from semcache.v1 import semcache_pb2 as pb
 
 

@@ -19,10 +19,10 @@ from semcache import ttl
 from semcache.entries import StoreResult, entry_bytes, format_entry_id
 from semcache.eviction import EvictionPolicy, Victim
 from semcache.group_commit import StoreJob
+from semcache.key_fingerprint import record_exact_suffix
 from semcache.ledger import Ledger
 from semcache.partition import PartitionKey
 from semcache.partition_registry import LivePartition, PartitionRegistry, versions_to_retire
-from semcache.request_key import record_exact_suffix
 from semcache.settings import Settings
 from semcache.store import ENTRY_ID_COUNTER, Store
 from semcache.v1.records_pb2 import EntryRecord, PartitionRecord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semcache.request_key import (
+from semcache.key_fingerprint import (
     PLAIN_KEY,
     SEMANTIC_CONTEXT,
     CandidateFilter,
