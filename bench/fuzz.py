@@ -22,8 +22,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from semcache.bench.harness import bench_parser, free_port, rss_anon_bytes, start_server, stop_server, write_report
-from semcache.v1 import semcache_pb2 as pb
+from semcache_server.bench.harness import bench_parser, free_port, rss_anon_bytes, start_server, stop_server, write_report
+from semcache_server.v1 import semcache_pb2 as pb
 
 DIMENSION = 16
 SERVICES = [

@@ -24,7 +24,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from semcache.bench.harness import bench_parser, cpu_seconds, free_port, stop_server, write_report
+from semcache_server.bench.harness import bench_parser, cpu_seconds, free_port, stop_server, write_report
 
 
 def serve(port: int) -> None:

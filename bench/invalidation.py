@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-from semcache.bench.harness import bench_parser, percentile_ms, write_report
-from semcache.cache import SemanticCache
-from semcache.partition import PartitionKey
-from semcache.settings import Settings
+from semcache_server.bench.harness import bench_parser, percentile_ms, write_report
+from semcache_server.cache import SemanticCache
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 
 DIMENSION = 384
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from semcache.bench.harness import bench_parser, default_datasets_dir, derived_vectors, percentile_ms, write_report
+from semcache_server.bench.harness import bench_parser, default_datasets_dir, derived_vectors, percentile_ms, write_report
 
 # Probes whose exact best match is at or above this count for agreement (as bench/million.py).
 THRESHOLD = 0.90

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import time
 
-from semcache.bench.harness import bench_parser, write_report
-from semcache.eviction import Budget, EvictionPolicy
+from semcache_server.bench.harness import bench_parser, write_report
+from semcache_server.eviction import Budget, EvictionPolicy
 
 
 def main() -> None:

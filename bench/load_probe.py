@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semcache.bench.harness import bench_parser, free_port, percentile_ms, start_server, stop_server, write_report
-from semcache.client import Client
+from semcache_server.bench.harness import bench_parser, free_port, percentile_ms, start_server, stop_server, write_report
+from semcache_server.client import Client
 
 PARTITION = {"namespace": "load", "model": "m"}
 _SITECUSTOMIZE = '''

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semcache.bench.harness import bench_parser, free_port, p50_ms, start_server, stop_server, texts, write_report
+from semcache_server.bench.harness import bench_parser, free_port, p50_ms, start_server, stop_server, texts, write_report
 
 BLOCK = 25
 STAMPS = ("call", "enter", "model0", "model1", "exit")
@@ -47,9 +47,9 @@ def serve_stamped(stamps_path: str, serve_args: list[str]) -> int:
     written to stamps_path when it exits (SIGTERM drains and returns normally)."""
     import grpc._server
 
-    import semcache.embedder
-    import semcache.servicer
-    from semcache.cli import main
+    import semcache_server.embedder
+    import semcache_server.servicer
+    from semcache_server.cli import main
 
     stamps: dict[str, list[float]] = {name: [] for name in STAMPS}
     clock = time.perf_counter
@@ -79,10 +79,10 @@ def serve_stamped(stamps_path: str, serve_args: list[str]) -> int:
             return handle_call(rpc_event, method, *args, **kwargs)
 
         grpc._server._handle_call = stamped_handle_call
-    stamped(semcache.servicer.CacheServicer, "Lookup", "enter", "exit")
+    stamped(semcache_server.servicer.CacheServicer, "Lookup", "enter", "exit")
     # A Lookup's text reaches the model through one of these two (the batcher picks).
-    stamped(semcache.embedder.OnnxEmbedder, "embed", "model0", "model1")
-    stamped(semcache.embedder.OnnxEmbedder, "embed_on_one_core", "model0", "model1")
+    stamped(semcache_server.embedder.OnnxEmbedder, "embed", "model0", "model1")
+    stamped(semcache_server.embedder.OnnxEmbedder, "embed_on_one_core", "model0", "model1")
     atexit.register(lambda: Path(stamps_path).write_text(json.dumps(stamps)))
     return main(["serve", *serve_args])
 
@@ -91,8 +91,8 @@ def measure(rounds: int) -> dict:
     def median_ms(seconds: np.ndarray) -> float:
         return round(p50_ms(list(seconds)), 3)
 
-    from semcache.client import Client
-    from semcache.embedder import load_embedder
+    from semcache_server.client import Client
+    from semcache_server.embedder import load_embedder
 
     address = f"127.0.0.1:{free_port()}"
     work = tempfile.mkdtemp(prefix="semcache-legs-")

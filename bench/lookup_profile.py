@@ -15,13 +15,13 @@ import time
 
 import numpy as np
 
-from semcache.bench.harness import bench_parser, p50_ms, write_report
-from semcache.cache import SemanticCache, StoreItem
-from semcache.embedder import load_embedder
-from semcache.local_storage import LocalStorage
-from semcache.normalize import normalize_query
-from semcache.partition import PartitionKey
-from semcache.settings import Settings
+from semcache_server.bench.harness import bench_parser, p50_ms, write_report
+from semcache_server.cache import SemanticCache, StoreItem
+from semcache_server.embedder import load_embedder
+from semcache_server.local_storage import LocalStorage
+from semcache_server.normalize import normalize_query
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 
 
 def main() -> None:

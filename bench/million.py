@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semcache.bench.harness import (
+from semcache_server.bench.harness import (
     bench_parser,
     default_datasets_dir,
     derived_vectors,
@@ -34,8 +34,8 @@ from semcache.bench.harness import (
     stop_server,
     write_report,
 )
-from semcache.client import Client
-from semcache.vector_index import VectorIndex
+from semcache_server.client import Client
+from semcache_server.vector_index import VectorIndex
 
 PARTITION = {"namespace": "million", "model": "m"}
 THRESHOLD = 0.90

@@ -30,10 +30,18 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from semcache.bench.harness import bench_parser, concurrent_rate, free_port, percentile_ms, serve_in_child, texts, write_report
-from semcache.client import Client
-from semcache.v1 import semcache_pb2 as pb
-from semcache.v1 import semcache_pb2_grpc as pb_grpc
+from semcache_server.bench.harness import (
+    bench_parser,
+    concurrent_rate,
+    free_port,
+    percentile_ms,
+    serve_in_child,
+    texts,
+    write_report,
+)
+from semcache_server.client import Client
+from semcache_server.v1 import semcache_pb2 as pb
+from semcache_server.v1 import semcache_pb2_grpc as pb_grpc
 
 PARTITION = {"namespace": "perf", "model": "m"}
 

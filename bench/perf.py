@@ -57,8 +57,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from semcache.batcher import BatchingEmbedder
-from semcache.bench.harness import (
+from semcache_server.batcher import BatchingEmbedder
+from semcache_server.bench.harness import (
     bench_parser,
     concurrent_rate,
     embedder_batch_qps,
@@ -70,11 +70,11 @@ from semcache.bench.harness import (
     texts,
     write_report,
 )
-from semcache.cache import SemanticCache
-from semcache.client import Client
-from semcache.embedder import load_embedder
-from semcache.partition import PartitionKey
-from semcache.settings import Settings
+from semcache_server.cache import SemanticCache
+from semcache_server.client import Client
+from semcache_server.embedder import load_embedder
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 
 
 def batcher_rate(embedder, queries: list[str], threads: int, seconds: float) -> float:

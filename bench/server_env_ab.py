@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from semcache.bench.harness import (
+from semcache_server.bench.harness import (
     bench_parser,
     concurrent_rate,
     embedder_batch_qps,
@@ -87,8 +87,8 @@ def main() -> None:
         parser.error("--b-env KEY=VALUE is required")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from semcache.client import Client
-    from semcache.embedder import load_embedder
+    from semcache_server.client import Client
+    from semcache_server.embedder import load_embedder
 
     b_env = dict(item.split("=", 1) for item in args.b_env)
     servers: dict[str, tuple[str, subprocess.Popen]] = {}

@@ -20,8 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from semcache.bench.harness import bench_parser, free_port, percentile_ms, start_server, stop_server, write_report
-from semcache.client import Client
+from semcache_server.bench.harness import bench_parser, free_port, percentile_ms, start_server, stop_server, write_report
+from semcache_server.client import Client
 
 PARAPHRASES = [
     "How do I get a refund for order {n}?", "how can i get my money back for order {n}", "Refund for order {n} please",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from semcache.bench.harness import bench_parser
+from semcache_server.bench.harness import bench_parser
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -6,7 +6,7 @@ in a gray band; the share of lookups that asked the verifier; false hits by kind
 
 Pairs: every held-out pair scored once (cosine, guard, verifier), then each decision
 rule evaluated over a grid of its settings. Replay: each stream replayed through the
-real decision (semcache.decision.decide) with brute-force search, once per setting;
+real decision (semcache_server.decision.decide) with brute-force search, once per setting;
 a miss stores the query. "chosen_on_other_sets": the setting with the best mean hit
 rate on the OTHER sets of the same mode whose false-hit rate is <= --choose-at on every
 one of them, reported on this set, so no figure is tuned on the data it reports.
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from semcache.bench import datasets
-from semcache.bench.harness import bench_parser, write_report
-from semcache.decision import Candidate, DecisionPolicy, decide
-from semcache.embedder import load_embedder
-from semcache.guard import conflict
-from semcache.normalize import normalize_query
-from semcache.v1.records_pb2 import EntryRecord
-from semcache.verifier.model import OnnxVerifier
+from semcache_server.bench import datasets
+from semcache_server.bench.harness import bench_parser, write_report
+from semcache_server.decision import Candidate, DecisionPolicy, decide
+from semcache_server.embedder import load_embedder
+from semcache_server.guard import conflict
+from semcache_server.normalize import normalize_query
+from semcache_server.v1.records_pb2 import EntryRecord
+from semcache_server.verifier.model import OnnxVerifier
 
 PAIR_SETS = ("banking77", "clinc150", "hwu64", "paws_wiki", "cannot_negation", "stsb", "gptcache_qqp")
 REPLAY_SETS = ("banking77", "clinc150", "hwu64")
@@ -220,8 +220,8 @@ def _quick_inputs(split: Path, verifier: Path | None) -> tuple[Path, Path]:
     script = Path(__file__).with_name("verifier_split.py")
     subprocess.run([sys.executable, str(script), "--quick", "--out", str(work / "split")], check=True, capture_output=True)
     if verifier is None:
-        from semcache.verifier.data import load_pair_files
-        from semcache.verifier.training import TrainingSettings, train
+        from semcache_server.verifier.data import load_pair_files
+        from semcache_server.verifier.training import TrainingSettings, train
 
         pairs = load_pair_files([work / "split" / "train-banking77.pairs.jsonl"], limit_per_file=32)
         train(pairs, work / "verifier", TrainingSettings(epochs=1, batch_size=16, max_length=32), progress=False)

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from semcache.bench.harness import bench_parser, default_datasets_dir, write_report
-from semcache.verifier.model import OnnxVerifier
+from semcache_server.bench.harness import bench_parser, default_datasets_dir, write_report
+from semcache_server.verifier.model import OnnxVerifier
 
 QUERY = "how long does it take for my new card to arrive"
 CANDIDATES = [
@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
     if args.quick:
-        from semcache.verifier.data import load_pair_files
-        from semcache.verifier.training import TrainingSettings, train
+        from semcache_server.verifier.data import load_pair_files
+        from semcache_server.verifier.training import TrainingSettings, train
 
         args.calls = 20
         if args.verifier is None:

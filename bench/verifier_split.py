@@ -19,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from semcache.bench.harness import bench_parser, default_datasets_dir, write_report
+from semcache_server.bench.harness import bench_parser, default_datasets_dir, write_report
 
 PAIR_SETS = ("banking77", "clinc150", "hwu64", "paws_wiki", "cannot_negation", "stsb", "gptcache_qqp")
 REPLAY_SETS = ("banking77", "clinc150", "hwu64")

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from semcache.bench.harness import free_port, health_status, start_server
+from semcache_server.bench.harness import free_port, health_status, start_server
 
 __all__ = [
     "POLICY_DIMENSION", "REPO", "ManualClock", "fill_map", "free_port", "health_status", "start_server_process",
@@ -52,7 +52,7 @@ def vector_at_similarity(base: list[float], similarity: float, seed: int) -> lis
 def fill_map(store) -> int:  # type: ignore[no-untyped-def]
     """Fill an LMDB store's map for real: filler meta records, one transaction each, until
     LMDB refuses. Returns how many went in."""
-    from semcache.errors import StorageFullError
+    from semcache_server.errors import StorageFullError
 
     filled = 0
     while True:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from semcache.client import Client
-from semcache.embedder import Embedder, load_embedder
-from semcache.server import SemcacheServer, create_server
-from semcache.settings import Settings
+from semcache_server.client import Client
+from semcache_server.embedder import Embedder, load_embedder
+from semcache_server.server import SemcacheServer, create_server
+from semcache_server.settings import Settings
 from tests.helpers import POLICY_DIMENSION
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from semcache.bench import accuracy, datasets
-from semcache.bench.accuracy import PairOutcome
-from semcache.cli import main
+from semcache_server.bench import accuracy, datasets
+from semcache_server.bench.accuracy import PairOutcome
+from semcache_server.cli import main
 
 RESULT_KEYS = {"dataset", "mode", "model", "n", "target_false_hit_rate", "sweep", "recommended"}
 POINT_KEYS = {"threshold", "hit_rate", "false_hit_rate", "precision", "hits", "lookups", "false_hits", "negatives"}

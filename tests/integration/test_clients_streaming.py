@@ -7,9 +7,9 @@ import asyncio
 import grpc
 import pytest
 
-from semcache.aio_client import AsyncClient
-from semcache.client import Client
-from semcache.streaming import acached_stream, cached_stream
+from semcache_server.aio_client import AsyncClient
+from semcache_server.client import Client
+from semcache_server.streaming import acached_stream, cached_stream
 from tests.helpers import free_port, unit_vector
 
 APP = {"namespace": "app", "model": "gpt-x"}

@@ -10,10 +10,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from semcache.client import Client
-from semcache.settings import NamespaceSettings
-from semcache.v1 import semcache_pb2 as pb
-from semcache.v1.semcache_pb2_grpc import SemanticCacheStub
+from semcache_server.client import Client
+from semcache_server.settings import NamespaceSettings
+from semcache_server.v1 import semcache_pb2 as pb
+from semcache_server.v1.semcache_pb2_grpc import SemanticCacheStub
 from tests.helpers import status_of, unit_vector, vector_at_similarity
 
 SHOP = {"namespace": "shop", "model": "gpt-x", "prompt_version": "v1"}

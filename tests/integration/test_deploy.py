@@ -11,8 +11,8 @@ import urllib.request
 
 import yaml
 
-from semcache.auth import parse_tokens
-from semcache.settings import Settings
+from semcache_server.auth import parse_tokens
+from semcache_server.settings import Settings
 from tests.helpers import REPO, unit_vector
 
 DASHBOARD = REPO / "deploy" / "grafana" / "semcache-dashboard.json"
@@ -86,7 +86,7 @@ def test_sidecar_settings_are_valid_for_this_server():
             env[item["name"]] = item["value"]
     parse_tokens(secret["stringData"]["auth-tokens"])
     result = subprocess.run(
-        [sys.executable, "-m", "semcache", "config", *container["args"][1:]],
+        [sys.executable, "-m", "semcache_server", "config", *container["args"][1:]],
         env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from semcache.client import Client
+from semcache_server.client import Client
 from tests.helpers import POLICY_DIMENSION, fill_map, free_port, start_server_process, unit_vector
 
 PARTITION = {"namespace": "durable", "model": "m", "prompt_version": "v1"}
@@ -69,9 +69,9 @@ def test_kill_9_right_after_acknowledged_stores_loses_none(tmp_path):
 def test_sigterm_with_a_full_map_drains_and_exits_0(tmp_path):
     """Reported: SIGTERM on a full LMDB map exited 1 with a StorageFullError traceback
     from the shutdown flush. The map is filled for real before the server starts."""
-    from semcache.cache import SemanticCache
-    from semcache.partition import PartitionKey
-    from semcache.settings import Settings
+    from semcache_server.cache import SemanticCache
+    from semcache_server.partition import PartitionKey
+    from semcache_server.settings import Settings
 
     data_dir = tmp_path / "data"
     flags = ("--embedding-model", "none", "--embedding-dimension", str(POLICY_DIMENSION), "--max-map-bytes", str(1 << 20))
@@ -100,9 +100,9 @@ def test_a_truncated_data_file_is_a_clear_start_up_error_not_sigbus(tmp_path):
     import subprocess
     import sys
 
-    from semcache.cache import SemanticCache
-    from semcache.partition import PartitionKey
-    from semcache.settings import Settings
+    from semcache_server.cache import SemanticCache
+    from semcache_server.partition import PartitionKey
+    from semcache_server.settings import Settings
 
     data_dir = tmp_path / "data"
     cache = SemanticCache(Settings(data_dir=str(data_dir), embedding_model="none", embedding_dimension=POLICY_DIMENSION), None)
@@ -112,7 +112,7 @@ def test_a_truncated_data_file_is_a_clear_start_up_error_not_sigbus(tmp_path):
     data_file = data_dir / "cache.lmdb" / "data.mdb"
     os.truncate(data_file, data_file.stat().st_size // 2)
     result = subprocess.run(
-        [sys.executable, "-m", "semcache", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "semcache_server", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
          "--embedding-model", "none", "--embedding-dimension", str(POLICY_DIMENSION)],
         capture_output=True, text=True, timeout=120,
     )
@@ -126,9 +126,9 @@ def test_zeroed_pages_are_a_clear_start_up_error_or_a_start_never_a_traceback(tm
     import subprocess
     import sys
 
-    from semcache.cache import SemanticCache
-    from semcache.partition import PartitionKey
-    from semcache.settings import Settings
+    from semcache_server.cache import SemanticCache
+    from semcache_server.partition import PartitionKey
+    from semcache_server.settings import Settings
 
     data_dir = tmp_path / "data"
     cache = SemanticCache(Settings(data_dir=str(data_dir), embedding_model="none", embedding_dimension=POLICY_DIMENSION), None)
@@ -149,7 +149,7 @@ def test_zeroed_pages_are_a_clear_start_up_error_or_a_start_never_a_traceback(tm
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "semcache", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+            [sys.executable, "-m", "semcache_server", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
              "--embedding-model", "none", "--embedding-dimension", str(POLICY_DIMENSION)],
             stdout=log_file, stderr=subprocess.STDOUT,
         )

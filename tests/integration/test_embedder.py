@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from semcache.batcher import BatchingEmbedder
-from semcache.embedder import TorchEmbedder, available_cores, check_deadline
+from semcache_server.batcher import BatchingEmbedder
+from semcache_server.embedder import TorchEmbedder, available_cores, check_deadline
 
 SAMPLE = [
     "How do I return an item?",

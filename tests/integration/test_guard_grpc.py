@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semcache.settings import NamespaceSettings
+from semcache_server.settings import NamespaceSettings
 
 P = {"namespace": "ops", "model": "m"}
 

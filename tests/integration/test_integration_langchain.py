@@ -10,8 +10,8 @@ langchain_openai = pytest.importorskip("langchain_openai")
 from langchain_core.globals import set_llm_cache  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
 
-from semcache.client import Client  # noqa: E402
-from semcache.integrations.langchain import SemcacheCache  # noqa: E402
+from semcache_server.client import Client  # noqa: E402
+from semcache_server.integrations.langchain import SemcacheCache  # noqa: E402
 from tests.fake_openai import fake_openai  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 

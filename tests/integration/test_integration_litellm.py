@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet at import
 litellm = pytest.importorskip("litellm")
 
-from semcache.client import Client  # noqa: E402
-from semcache.integrations.litellm import enable  # noqa: E402
+from semcache_server.client import Client  # noqa: E402
+from semcache_server.integrations.litellm import enable  # noqa: E402
 from tests.fake_openai import fake_openai  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 

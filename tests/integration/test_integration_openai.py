@@ -8,9 +8,9 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from semcache.aio_client import AsyncClient  # noqa: E402
-from semcache.client import Client  # noqa: E402
-from semcache.integrations.openai import cached  # noqa: E402
+from semcache_server.aio_client import AsyncClient  # noqa: E402
+from semcache_server.client import Client  # noqa: E402
+from semcache_server.integrations.openai import cached  # noqa: E402
 from tests.fake_openai import fake_openai  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 

@@ -7,7 +7,7 @@ import subprocess
 import grpc
 import pytest
 
-from semcache.settings import NamespaceSettings
+from semcache_server.settings import NamespaceSettings
 from tests.helpers import status_of, unit_vector, vector_at_similarity
 
 P = {"namespace": "app", "model": "m", "prompt_version": "v1"}

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from semcache.v1 import semcache_pb2
+from semcache_server.v1 import semcache_pb2
 
 SERVICES = [
     semcache_pb2.DESCRIPTOR.services_by_name["SemanticCache"],

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from semcache.client import Client
+from semcache_server.client import Client
 from tests.helpers import POLICY_DIMENSION, free_port, health_status, start_server_process, status_of, unit_vector
 
 P = {"namespace": "ops", "model": "m"}
@@ -95,7 +95,7 @@ def test_health_reports_not_serving_while_recovering_and_refuses_calls(tmp_path)
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "semcache", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"),
+            [sys.executable, "-m", "semcache_server", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"),
              "--log-format", "json"],
             stdout=log_file, stderr=subprocess.STDOUT,
         )
@@ -249,7 +249,7 @@ def test_tls_with_a_self_signed_certificate(make_server, certificate, tmp_path):
     with Client(address, token="t", timeout_seconds=3) as plaintext:
         assert status_of(lambda: plaintext.lookup(P, "q")) == grpc.StatusCode.UNAVAILABLE
     health = subprocess.run(
-        [sys.executable, "-m", "semcache", "health", "--address", address, "--tls-ca", str(cert)], capture_output=True
+        [sys.executable, "-m", "semcache_server", "health", "--address", address, "--tls-ca", str(cert)], capture_output=True
     )
     assert health.returncode == 0, health.stderr
 
@@ -259,7 +259,7 @@ def test_tls_with_a_self_signed_certificate(make_server, certificate, tmp_path):
 
 def _semcache(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "semcache", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "semcache_server", *args], capture_output=True, text=True, timeout=60,
         env={**os.environ, **(env or {})},
     )
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from semcache.embedder import check_deadline
-from semcache.errors import DeadlineExceededError
-from semcache.v1 import semcache_pb2 as pb
+from semcache_server.embedder import check_deadline
+from semcache_server.errors import DeadlineExceededError
+from semcache_server.v1 import semcache_pb2 as pb
 from tests.helpers import status_of
 
 PARTITION = {"namespace": "busy", "model": "m"}

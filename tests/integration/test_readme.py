@@ -38,7 +38,7 @@ def test_shell_example_runs(make_server, embedder):
     for line in commands:
         args = line.split(maxsplit=1)[1]
         result = subprocess.run(
-            f"{sys.executable} -m semcache {args} --address 127.0.0.1:{server.port}",
+            f"{sys.executable} -m semcache_server {args} --address 127.0.0.1:{server.port}",
             shell=True, capture_output=True, text=True, timeout=60,
         )
         assert result.returncode == 0, result.stderr

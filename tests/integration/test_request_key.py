@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from semcache.client import request_key
-from semcache.settings import NamespaceSettings
+from semcache_server.client import request_key
+from semcache_server.settings import NamespaceSettings
 from tests.helpers import ManualClock, status_of, unit_vector, vector_at_similarity
 
 APP = {"namespace": "app", "model": "gpt-x"}

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from semcache.client import Client
-from semcache.settings import NamespaceSettings
+from semcache_server.client import Client
+from semcache_server.settings import NamespaceSettings
 from tests.helpers import unit_vector, vector_at_similarity
 
 APP = {"namespace": "app", "model": "gpt-x"}

@@ -12,11 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
-from semcache.errors import ConfigError
-from semcache.settings import Settings
-from semcache.verifier import data
-from semcache.verifier.model import OnnxVerifier, load_verifier
-from semcache.verifier.training import MODEL_FILE, TrainingSettings, train
+from semcache_server.errors import ConfigError
+from semcache_server.settings import Settings
+from semcache_server.verifier import data
+from semcache_server.verifier.model import OnnxVerifier, load_verifier
+from semcache_server.verifier.training import MODEL_FILE, TrainingSettings, train
 from tests.helpers import REPO, status_of, unit_vector, vector_at_similarity
 
 DATA = REPO.parent / "shared" / "datasets"
@@ -138,7 +138,7 @@ def test_bad_verifier_paths_are_clear_start_up_errors(tmp_path, tiny_verifier):
         load_verifier(str(broken))
     assert load_verifier("none") is None
     result = subprocess.run(
-        [sys.executable, "-m", "semcache", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+        [sys.executable, "-m", "semcache_server", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
          "--embedding-model", "none", "--embedding-dimension", "4", "--verifier", str(tmp_path / "missing")],
         capture_output=True, text=True, timeout=120,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semcache.batcher import _MARGIN_TEXTS, _Request, plan_batch
+from semcache_server.batcher import _MARGIN_TEXTS, _Request, plan_batch
 
 
 def _requests(*deadlines: float | None) -> list[_Request]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from semcache.decision import (
+from semcache_server.decision import (
     BELOW_THRESHOLD,
     NO_CANDIDATE,
     THRESHOLD,
@@ -16,7 +16,7 @@ from semcache.decision import (
     DecisionPolicy,
     decide,
 )
-from semcache.v1.records_pb2 import EntryRecord
+from semcache_server.v1.records_pb2 import EntryRecord
 
 
 def _candidate(entry_id: int, query: str, similarity: float) -> Candidate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from semcache.cli import build_parser
+from semcache_server.cli import build_parser
 from tests.helpers import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -60,7 +60,7 @@ def test_every_file_the_install_needs_is_copied():
         if keyword == "COPY" and not rest.startswith("--from"):
             copied.update(shlex.split(rest)[:-1])
     pyproject = (REPO / "pyproject.toml").read_text()
-    needed = {"pyproject.toml", "scripts/install-deps", "semcache"}
+    needed = {"pyproject.toml", "scripts/install-deps", "semcache_server"}
     if 'readme = "README.md"' in pyproject:
         needed.add("README.md")
     assert needed <= copied, needed - copied

@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from semcache import errors, wire
-from semcache.entries import LookupResult, StoreResult
-from semcache.partition import PartitionKey
-from semcache.servicer import grpc_status_for
-from semcache.v1 import semcache_pb2 as pb
+from semcache_server import errors, wire
+from semcache_server.entries import LookupResult, StoreResult
+from semcache_server.partition import PartitionKey
+from semcache_server.servicer import grpc_status_for
+from semcache_server.v1 import semcache_pb2 as pb
 
 ERRORS = [
     cls for cls in vars(errors).values()

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from semcache.eviction import Budget, EvictionPolicy
-from semcache.lfu_queue import LfuQueue
+from semcache_server.eviction import Budget, EvictionPolicy
+from semcache_server.lfu_queue import LfuQueue
 
 DAY = 86400.0
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from semcache.cache import SemanticCache
-from semcache.errors import StorageFullError
-from semcache.partition import PartitionKey
-from semcache.settings import Settings
+from semcache_server.cache import SemanticCache
+from semcache_server.errors import StorageFullError
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 from tests.helpers import POLICY_DIMENSION, fill_map, unit_vector
 
 KEY = PartitionKey("ns", "m", "v")

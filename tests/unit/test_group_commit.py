@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from semcache.cache import SemanticCache
-from semcache.errors import ResourceExhaustedError
-from semcache.group_commit import GroupCommit
-from semcache.partition import PartitionKey
-from semcache.settings import Settings
+from semcache_server.cache import SemanticCache
+from semcache_server.errors import ResourceExhaustedError
+from semcache_server.group_commit import GroupCommit
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 from tests.helpers import POLICY_DIMENSION, unit_vector
 
 
@@ -130,7 +130,7 @@ def test_eviction_budget_holds_under_concurrency(tmp_path, threads):
 def test_one_batch_that_replaces_and_evicts_its_own_entries_leaves_indexes_exact(tmp_path, ivf):
     # A commit's vectors reach the index in one call; an entry added earlier in the same
     # commit and then replaced or evicted must not stay searchable.
-    from semcache.cache import StoreItem
+    from semcache_server.cache import StoreItem
 
     cache = _cache(tmp_path, max_entries=30, ivf_min_entries=20 if ivf else 0)
     key = PartitionKey("ns", "m", "v1")

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from semcache.entries import StoreResult
-from semcache.group_commit import GroupCommit, StoreJob
-from semcache.partition import PartitionKey
-from semcache.v1.records_pb2 import EntryRecord
+from semcache_server.entries import StoreResult
+from semcache_server.group_commit import GroupCommit, StoreJob
+from semcache_server.partition import PartitionKey
+from semcache_server.v1.records_pb2 import EntryRecord
 
 KEY = PartitionKey("ns", "m", "v")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from semcache.guard import conflict
+from semcache_server.guard import conflict
 
 
 @pytest.mark.parametrize(

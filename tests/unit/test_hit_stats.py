@@ -3,9 +3,9 @@ entries, and the counts must survive restarts and steer eviction."""
 
 from __future__ import annotations
 
-from semcache.cache import SemanticCache
-from semcache.partition import PartitionKey
-from semcache.settings import Settings
+from semcache_server.cache import SemanticCache
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 from tests.helpers import POLICY_DIMENSION, ManualClock, unit_vector
 
 KEY = PartitionKey("ns", "m", "v1")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from semcache.cache import SemanticCache
-from semcache.cli import main
-from semcache.partition import PartitionKey
-from semcache.settings import Settings
+from semcache_server.cache import SemanticCache
+from semcache_server.cli import main
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 from tests.helpers import POLICY_DIMENSION, unit_vector
 
 KEY = PartitionKey("ns", "m", "v")

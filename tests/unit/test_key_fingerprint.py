@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semcache.key_fingerprint import (
+from semcache_server.key_fingerprint import (
     PLAIN_KEY,
     SEMANTIC_CONTEXT,
     CandidateFilter,
@@ -14,7 +14,7 @@ from semcache.key_fingerprint import (
     names,
     resolve,
 )
-from semcache.v1.records_pb2 import EntryRecord
+from semcache_server.v1.records_pb2 import EntryRecord
 
 DEFAULT = KeyPolicy()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "semcache"
+PACKAGE = Path(__file__).resolve().parents[2] / "semcache_server"
 GENERATED = PACKAGE / "v1"
 
 
@@ -53,8 +53,8 @@ def test_no_import_cycles():
 
 
 def test_only_the_facade_and_the_server_use_metrics():
-    users = {name for name, path in _modules().items() if "semcache.metrics" in _imports(path)}
-    assert users <= {"semcache.cache", "semcache.server"}, users
+    users = {name for name, path in _modules().items() if "semcache_server.metrics" in _imports(path)}
+    assert users <= {"semcache_server.cache", "semcache_server.server"}, users
 
 
 def test_errors_do_not_import_grpc():

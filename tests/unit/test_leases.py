@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from semcache.leases import EXPIRED, RELEASED, STORED, LeaseTable
-from semcache.partition import PartitionKey
+from semcache_server.leases import EXPIRED, RELEASED, STORED, LeaseTable
+from semcache_server.partition import PartitionKey
 
 KEY = PartitionKey("ns", "m", "")
 QUESTION = (KEY, "", "what is the refund policy")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from semcache.partition import PartitionKey
-from semcache.partition_registry import LivePartition, PartitionRegistry, versions_to_retire
-from semcache.settings import Settings
-from semcache.v1.records_pb2 import PartitionRecord
+from semcache_server.partition import PartitionKey
+from semcache_server.partition_registry import LivePartition, PartitionRegistry, versions_to_retire
+from semcache_server.settings import Settings
+from semcache_server.v1.records_pb2 import PartitionRecord
 
 
 def _partition(partition_id: int, namespace: str, model: str, version: str, last_used_at: float = 0.0) -> LivePartition:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from semcache.errors import ConfigError, InvalidArgumentError
-from semcache.normalize import normalize_query
-from semcache.partition import PartitionKey
-from semcache.settings import load_settings
+from semcache_server.errors import ConfigError, InvalidArgumentError
+from semcache_server.normalize import normalize_query
+from semcache_server.partition import PartitionKey
+from semcache_server.settings import load_settings
 
 
 @pytest.mark.parametrize(

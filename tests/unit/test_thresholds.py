@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from semcache.errors import InvalidArgumentError
-from semcache.settings import NamespaceSettings, Settings
-from semcache.thresholds import Thresholds
+from semcache_server.errors import InvalidArgumentError
+from semcache_server.settings import NamespaceSettings, Settings
+from semcache_server.thresholds import Thresholds
 
 SETTINGS = dataclasses.replace(
     Settings(min_similarity=0.92), namespaces={"support": NamespaceSettings(min_similarity=0.85)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semcache import ttl
+from semcache_server import ttl
 
 
 def test_a_store_takes_its_own_ttl_else_the_default():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semcache.bench.accuracy import Point, false_hit_upper_bound, recommend, recommend_with_margin
+from semcache_server.bench.accuracy import Point, false_hit_upper_bound, recommend, recommend_with_margin
 
 THRESHOLDS = [round(0.80 + 0.01 * i, 2) for i in range(20)]
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semcache.errors import InvalidArgumentError, ResourceExhaustedError
-from semcache.settings import Settings
-from semcache.validation import MAX_COST, MAX_ENTRY_ID, RequestValidator, parse_entry_id
+from semcache_server.errors import InvalidArgumentError, ResourceExhaustedError
+from semcache_server.settings import Settings
+from semcache_server.validation import MAX_COST, MAX_ENTRY_ID, RequestValidator, parse_entry_id
 
 VALIDATOR = RequestValidator(Settings(max_query_bytes=64), 4, has_model=True)
 

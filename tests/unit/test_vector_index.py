@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from semcache.vector_index import VectorIndex
+from semcache_server.vector_index import VectorIndex
 
 
 def _unit_rows(rng: np.random.Generator, n: int, dimension: int) -> np.ndarray:

@@ -1,6 +1,0 @@
-"""semcache: a semantic cache for LLM responses, served over gRPC."""
-
-from semcache.client import Client, Partition, request_key
-
-__all__ = ["Client", "Partition", "request_key"]
-__version__ = "0.1.0"

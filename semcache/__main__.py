@@ -1,5 +1,0 @@
-import sys
-
-from semcache.cli import main
-
-sys.exit(main())

@@ -1,0 +1,169 @@
+"""`semcache bench accuracy | tune | load`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from semcache_server.bench import accuracy, datasets, report
+
+DEFAULT_THRESHOLDS = "0.70:0.99:0.01"
+
+
+def _add_accuracy_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", type=Path, help="a *.pairs.jsonl or *.replay.jsonl file")
+    parser.add_argument("--mode", choices=[datasets.PAIRS, datasets.REPLAY], help="default: from the file")
+    parser.add_argument("--server", metavar="ADDR", help="run against this server instead of in-process")
+    parser.add_argument("--token", default=os.environ.get("SEMCACHE_TOKEN"))
+    parser.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help="START:STOP:STEP or a comma list")
+    parser.add_argument("--limit", type=int, help="use at most N pairs / queries (a seeded sample)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-false-hit-rate", "--max-false-hit-rate", dest="target_false_hit_rate", type=float,
+                        default=0.01, help="the false-hit rate to stay under (tune: its 95%% upper bound)")
+    parser.add_argument("--embedding-model", default="", help="model dir (default: the embedded one)")
+    parser.add_argument("--embedding-backend", default="onnx", choices=["onnx", "torch"])
+
+
+def _accuracy_result(args: argparse.Namespace) -> dict:
+    from semcache_server.bench.targets import InProcessTarget, ServerTarget, default_verifier
+    from semcache_server.embedder import load_embedder
+    from semcache_server.settings import Settings
+
+    if not args.dataset.is_file():
+        raise SystemExit(f"no dataset file at {args.dataset}")
+    if not 0.0 <= args.target_false_hit_rate <= 1.0:
+        raise SystemExit("--target-false-hit-rate must be within 0..1")
+    if args.limit is not None and args.limit <= 0:
+        raise SystemExit("--limit must be > 0")
+    thresholds = accuracy.parse_thresholds(args.thresholds)
+    mode = args.mode or datasets.detect_mode(args.dataset)
+    items: list[datasets.Pair] | list[datasets.Query]
+    if mode == datasets.PAIRS:
+        pairs = datasets.load_pairs(args.dataset, args.limit, args.seed)
+        items, texts = pairs, [t for p in pairs for t in (p.a, p.b)]
+    else:
+        queries = datasets.load_replay(args.dataset, args.limit, args.seed)
+        items, texts = queries, [q.text for q in queries]
+    embedder = load_embedder(args.embedding_model, args.embedding_backend)
+    vectors = accuracy.embed_all(embedder, texts)
+    target = ServerTarget(args.server, embedder, args.token) if args.server else InProcessTarget(embedder)
+    try:
+        sweep, baseline, extras = accuracy.evaluate(target, mode, items, vectors, thresholds)
+    finally:
+        target.close()
+    # The server's default decision (verifier included): in-process, or that server's own.
+    default_target = ServerTarget(args.server, embedder, args.token) if args.server else InProcessTarget(
+        embedder, default_verifier()
+    )
+    try:
+        default, verifier_share = accuracy.default_figures(
+            default_target, mode, items, vectors, Settings().min_similarity
+        )
+    finally:
+        default_target.close()
+    recommended = accuracy.recommend(sweep, args.target_false_hit_rate)
+    with_margin = accuracy.recommend_with_margin(sweep, args.target_false_hit_rate)
+    by_kind = None
+    if mode == datasets.PAIRS:
+        at = recommended.threshold if recommended else max(thresholds)
+        by_kind = accuracy.false_hit_rate_by_kind(extras["outcomes"], at)
+    return report.build_result(
+        dataset=datasets.dataset_name(args.dataset), mode=mode, model=embedder.name, n=len(items),
+        target_false_hit_rate=args.target_false_hit_rate, sweep=sweep, baseline=baseline,
+        seed=args.seed, limit=args.limit, by_kind=by_kind, default=default, default_verifier_share=verifier_share,
+        with_margin=with_margin,
+    )
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    result = _accuracy_result(args)
+    print(report.table(result))
+    if args.json:
+        report.write_json(result, args.json)
+    if args.plot:
+        report.plot(result, args.plot)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    if args.apply and not args.server:
+        raise SystemExit("--apply needs --server ADDR")
+    result = _accuracy_result(args)
+    print(report.table(result))
+    if args.json:
+        report.write_json(result, args.json)
+    recommended = result["recommended"] if args.no_margin else result["recommended_with_margin"]
+    if recommended is None:
+        what = "target false-hit rate" if args.no_margin else "target false-hit rate with a 95% margin (more data helps)"
+        print(f"not tuning {args.namespace!r}: no threshold reaches the {what}", file=sys.stderr)
+        return 1
+    threshold = recommended["threshold"]
+    if args.apply:
+        from semcache_server.client import Client
+
+        with Client(args.server, token=args.token) as client:
+            in_force = client.set_namespace_threshold(args.namespace, threshold)
+        print(f"namespace {args.namespace!r} on {args.server} now uses min_similarity={in_force:.3f}")
+    else:
+        print(f"\n# add to the config file:\n[namespaces.{json.dumps(args.namespace)}]\nmin_similarity = {threshold}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from semcache_server.bench.load import load_table, run_load
+
+    try:
+        concurrency = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        raise SystemExit(f"--concurrency takes a comma list of numbers, got {args.concurrency!r}") from None
+    if any(c <= 0 for c in concurrency) or args.duration <= 0 or not 0.0 <= args.lookup_ratio <= 1.0:
+        raise SystemExit("--concurrency and --duration must be > 0, --lookup-ratio within 0..1")
+    mode = datasets.detect_mode(args.dataset)
+    if mode == datasets.PAIRS:
+        texts = list(dict.fromkeys(t for p in datasets.load_pairs(args.dataset, args.limit, args.seed) for t in (p.a, p.b)))
+    else:
+        texts = list(dict.fromkeys(q.text for q in datasets.load_replay(args.dataset, args.limit, args.seed)))
+    result = run_load(
+        args.server, texts, concurrency_levels=concurrency, duration_seconds=args.duration,
+        lookup_ratio=args.lookup_ratio, warm_entries=args.warm_entries, seed=args.seed, token=args.token,
+    )
+    print(load_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="measure hit and false-hit rates, tune thresholds, load-test")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+
+    acc = kinds.add_parser("accuracy", help="hit rate and false-hit rate per threshold on labeled data")
+    _add_accuracy_flags(acc)
+    acc.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    acc.add_argument("--plot", metavar="OUT.png", help="plot the sweep (needs matplotlib)")
+    acc.set_defaults(run=cmd_accuracy)
+
+    tune = kinds.add_parser("tune", help="recommend a namespace threshold; --apply sets it on a server")
+    _add_accuracy_flags(tune)
+    tune.add_argument("--namespace", required=True)
+    tune.add_argument("--apply", action="store_true", help="set it on --server (persisted there)")
+    tune.add_argument("--no-margin", action="store_true",
+                      help="tune to the point estimate of the false-hit rate, not its 95%% upper bound")
+    tune.add_argument("--json", metavar="OUT")
+    tune.set_defaults(run=cmd_tune)
+
+    load = kinds.add_parser("load", help="latency and throughput of a running server, bounded in time")
+    load.add_argument("--server", required=True, metavar="ADDR")
+    load.add_argument("--token", default=os.environ.get("SEMCACHE_TOKEN"))
+    load.add_argument("--dataset", type=Path, required=True, help="queries to send (pairs or replay file)")
+    load.add_argument("--limit", type=int, default=5000, help="distinct texts to draw from the dataset")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    load.add_argument("--concurrency", default="1,8,32")
+    load.add_argument("--lookup-ratio", type=float, default=0.9, help="share of requests that are lookups")
+    load.add_argument("--warm-entries", type=int, default=1000, help="texts stored before the clock starts")
+    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--json", metavar="OUT")
+    load.set_defaults(run=cmd_load)

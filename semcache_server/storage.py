@@ -1,0 +1,87 @@
+"""The storage seam: everything the engine asks of the place that holds its entries.
+
+`LocalStorage` (LMDB records + a FAISS index per partition, on this node) is the one
+implementation today; a shared backend stands beside it by implementing this protocol,
+without touching the lookup, store or lifecycle code in `cache.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from semcache_server.decision import Candidate
+from semcache_server.entries import StatsView, StoreResult
+from semcache_server.errors import SemcacheError
+from semcache_server.group_commit import StoreJob
+from semcache_server.key_fingerprint import CandidateFilter
+from semcache_server.partition import PartitionKey
+
+
+class PartitionHandle(Protocol):
+    """A live partition as the engine sees it."""
+
+    key: PartitionKey
+
+
+# The partition type an implementation hands out and takes back: the engine only
+# passes it along (and reads its key).
+PartitionT = TypeVar("PartitionT", bound=PartitionHandle)
+
+
+class CandidateStream(Protocol):
+    """Live candidates of one partition for one vector, best first; a context manager
+    that releases what it holds (read transactions) on exit."""
+
+    search_seconds: list[float]  # one figure per vector search it ran
+
+    def __iter__(self) -> Iterator[Candidate]: ...
+    def __enter__(self) -> CandidateStream: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class CacheStorage(Protocol[PartitionT]):
+    namespace_thresholds: Mapping[str, float]  # as recovered at start
+    recovery_seconds: float
+
+    # -- lookups
+    def partition(self, key: PartitionKey) -> PartitionT | None: ...
+    # `match`: what a candidate must agree on besides the partition (key, context, age).
+    def exact_candidate(
+        self, partition: PartitionT, normalized_query: str, now: float, match: CandidateFilter = ...,
+    ) -> Candidate | None: ...
+    def candidates(
+        self, partition: PartitionT, vector: np.ndarray, now: float, match: CandidateFilter = ...,
+    ) -> CandidateStream: ...
+    def count_lookup(
+        self, partition: PartitionT | None, outcome: str, *, candidate: Candidate | None = None,
+        now: float = 0.0, sliding_ttl: bool = False,
+    ) -> None: ...
+
+    # -- stores
+    def budget_refuses(self, namespace: str, size_bytes: int) -> int: ...
+    def commit(self, job: StoreJob) -> StoreResult: ...
+    def commit_all(self, jobs: Sequence[StoreJob]) -> list[StoreResult | SemcacheError]: ...
+    @property
+    def store_commits(self) -> int: ...
+
+    # -- removals and settings
+    def delete(self, key: PartitionKey, entry_id: int) -> bool: ...
+    def invalidate(
+        self, key: PartitionKey, *, all_versions: bool, whole_namespace: bool, metadata_match: Mapping[str, str] | None,
+    ) -> int: ...
+    def save_namespace_thresholds(self, thresholds: dict[str, float]) -> None: ...
+
+    # -- reporting and upkeep
+    def stats(
+        self, namespace: str | None, model: str, version: str, *,
+        allowed: Callable[[str], bool] | None, listed: int | None,
+    ) -> StatsView: ...
+    def check_consistency(self) -> list[str]: ...
+    def flush_stats(self) -> None: ...
+    def sweep_expired(self) -> int: ...
+    def wait_for_purges(self) -> None: ...
+    def start_maintenance(self) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,69 @@
+"""Threshold resolution: which min_similarity (and gray band) a Lookup is held to.
+
+The request's value, else the namespace's run-time value (SetNamespaceThreshold,
+persisted by the storage), else the settings' (namespace, then server). The band's
+low end and the verifier score come from the request, else the settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+
+from semcache_server.decision import DecisionPolicy
+from semcache_server.errors import InvalidArgumentError
+from semcache_server.settings import Settings
+from semcache_server.validation import check_similarity
+
+
+class Thresholds:
+    def __init__(self, settings: Settings, runtime: Mapping[str, float]) -> None:
+        self._settings = settings
+        self._runtime = dict(runtime)
+        self._lock = threading.Lock()
+
+    def resolve(self, namespace: str, min_similarity: float | None) -> float:
+        """The request's value (checked), else the namespace's."""
+        if min_similarity is None:
+            return self.for_namespace(namespace)
+        check_similarity(min_similarity)
+        return float(min_similarity)
+
+    def policy(
+        self, namespace: str, min_similarity: float | None, band_low: float | None = None, min_score: float | None = None,
+    ) -> DecisionPolicy:
+        """The decision policy of one Lookup: its threshold, and the band the verifier decides."""
+        threshold = self.resolve(namespace, min_similarity)
+        if band_low is None:
+            band_low = self._settings.verifier_band_low_for(namespace)
+        else:
+            check_similarity(band_low)
+        if min_score is None:
+            min_score = self._settings.verifier_min_score_for(namespace)
+        elif not 0.0 <= min_score <= 1.0:  # NaN fails too
+            raise InvalidArgumentError(f"verifier_min_score must be between 0 and 1, got {min_score}")
+        return DecisionPolicy(
+            threshold, band_low=float(band_low), min_verifier_score=float(min_score),
+            max_verified=self._settings.verifier_max_candidates,
+        )
+
+    def for_namespace(self, namespace: str) -> float:
+        runtime = self._runtime.get(namespace)
+        return self._settings.min_similarity_for(namespace) if runtime is None else runtime
+
+    def set_namespace(
+        self, namespace: str, min_similarity: float | None, persist: Callable[[dict[str, float]], None]
+    ) -> float:
+        """Set (None: clear) a namespace's run-time threshold; `persist` stores the whole new
+        mapping before it takes effect. Returns the threshold now in force."""
+        if min_similarity is not None:
+            check_similarity(min_similarity)
+        with self._lock:
+            thresholds = dict(self._runtime)
+            if min_similarity is None:
+                thresholds.pop(namespace, None)
+            else:
+                thresholds[namespace] = float(min_similarity)
+            persist(thresholds)
+            self._runtime = thresholds
+        return self.for_namespace(namespace)

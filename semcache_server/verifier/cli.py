@@ -1,0 +1,59 @@
+"""`semcache train verifier PAIRS.jsonl... --out DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train the models semcache serves")
+    kinds = train.add_subparsers(dest="what", required=True)
+    verifier = kinds.add_parser(
+        "verifier", help="train the pair model that verifies gray-band candidates",
+        description="Fine-tune a pair model (from the embedded MiniLM weights) on labeled pairs, "
+        "with made negatives (negations, word swaps) and hard negatives mined from replay streams.",
+    )
+    verifier.add_argument("pairs", nargs="+", type=Path, help="*.pairs.jsonl files: {a, b, label[, kind]}")
+    verifier.add_argument("--out", type=Path, required=True, help="directory to write the model to")
+    verifier.add_argument("--replay", nargs="*", type=Path, default=[], help="*.replay.jsonl files to mine pairs from")
+    verifier.add_argument("--limit-per-file", type=int, default=0, help="a seeded sample of N pairs/queries per file")
+    verifier.add_argument("--synthetic", type=int, default=2000, help="made negatives of each kind (negation, word swap)")
+    verifier.add_argument("--mined-per-query", type=int, default=2)
+    verifier.add_argument("--mine-limit-per-file", type=int, default=0, help="replay queries to mine from, per file (0: all)")
+    verifier.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long and export")
+    verifier.add_argument("--epochs", type=float, default=2.0)
+    verifier.add_argument("--batch-size", type=int, default=32)
+    verifier.add_argument("--learning-rate", type=float, default=5e-5)
+    verifier.add_argument("--max-length", type=int, default=64)
+    verifier.add_argument("--seed", type=int, default=0)
+    verifier.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    verifier.add_argument("--fp32", action="store_true", help="keep full precision (default: int8 weights)")
+    verifier.add_argument("--no-progress", action="store_true")
+    verifier.set_defaults(run=cmd_train_verifier)
+
+
+def cmd_train_verifier(args: argparse.Namespace) -> int:
+    from semcache_server.verifier import data
+    from semcache_server.verifier.training import TrainingSettings, train
+
+    for path in [*args.pairs, *args.replay]:
+        if not path.is_file():
+            raise SystemExit(f"no such file: {path}")
+    if args.epochs <= 0 or args.batch_size <= 0 or args.max_length < 8:
+        raise SystemExit("--epochs and --batch-size must be > 0, --max-length >= 8")
+    pairs = data.load_pair_files(args.pairs, args.limit_per_file, args.seed)
+    pairs += data.synthetic_negatives(pairs, args.synthetic, args.seed)
+    if args.replay:
+        from semcache_server.embedder import load_embedder
+
+        embedder = load_embedder()
+        pairs += data.mined_pairs(args.replay, embedder.embed, args.mined_per_query, args.mine_limit_per_file, args.seed)
+    settings = TrainingSettings(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        max_length=args.max_length, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
+    )
+    record = train(pairs, args.out, settings, progress=not args.no_progress, quantize=not args.fp32)
+    print(json.dumps(record, indent=2))
+    return 0

