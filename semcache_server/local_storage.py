@@ -9,6 +9,7 @@ neither to read: LMDB readers never wait for writers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -39,6 +40,10 @@ from semcache_server.writes import FULL_RETRIES, Writer
 
 log = logging.getLogger("semcache")
 
+# At the map ceiling a Store evicts at least this many times its own size per try, and
+# keeps trying (FULL_RETRIES at least) for up to this long.
+_FULL_EVICT_SIZES = 4
+_FULL_RETRY_SECONDS = 5.0
 # Candidates fetched per semantic search; more are fetched only when the best
 # ones turn out to be expired or deleted.
 _SEARCH_K = 8
@@ -180,14 +185,26 @@ class LocalStorage:
                 f"entry is {job.size} bytes; no entry over {self._max_entry_bytes} bytes (half of max_map_bytes) "
                 "can be stored, since LMDB writes new pages before it frees old ones; raise max_map_bytes"
             )
-        for _ in range(FULL_RETRIES):
+        give_up_at = time.monotonic() + _FULL_RETRY_SECONDS
+        for attempt in itertools.count():
             try:
                 return self._commit_once(job)
             except StorageFullError:
-                if not self.writer.evict_for_space():
-                    raise
                 job.done, job.error = False, None
-        raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room")
+            # Evict at least a few times this entry's size. Under load the room freed can go
+            # to concurrent Stores, and LMDB reuses freed pages only once no reader holds a
+            # snapshot older than the delete, so retry (with a short backoff) until the entry
+            # fits or nothing is left to evict, not a fixed number of times.
+            try:
+                evicted = self.writer.evict_for_space(needed_bytes=_FULL_EVICT_SIZES * job.size)
+            except StorageFullError:  # even the delete found no free page: let readers move on
+                evicted = True
+            if not evicted:
+                raise StorageFullError("storage is full (max_map_bytes reached) and nothing is left to evict")
+            if attempt >= FULL_RETRIES and time.monotonic() > give_up_at:
+                raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room in time")
+            time.sleep(min(0.001 * 2**attempt, 0.05))
+        raise AssertionError("unreachable")
 
     def commit_all(self, jobs: Sequence[StoreJob]) -> list[StoreResult | SemcacheError]:
         """Commit these Stores together; each gets its own result or error. One refused

@@ -17,6 +17,7 @@ import numpy as np
 
 from semcache_server import ttl
 from semcache_server.entries import StoreResult, entry_bytes, format_entry_id
+from semcache_server.errors import StorageFullError
 from semcache_server.eviction import EvictionPolicy, Victim
 from semcache_server.group_commit import StoreJob
 from semcache_server.key_fingerprint import record_exact_suffix
@@ -279,12 +280,27 @@ class Writer:
             deleted += len(removed)
         return deleted
 
-    def evict_for_space(self) -> bool:
-        """LMDB is full: evict a batch of the least valuable entries. False when there is none."""
+    def evict_for_space(self, needed_bytes: int = 0) -> bool:
+        """LMDB is full: evict the least valuable entries, 1% of them and at least
+        needed_bytes' worth. False when there is none to evict."""
         with self.ledger.lock:
-            count = max(1, int(self.ledger.policy.entries * _FULL_EVICT_FRACTION))
-            victims = self.ledger.policy.lowest(count)
+            policy = self.ledger.policy
+            victims = policy.lowest(max(1, int(policy.entries * _FULL_EVICT_FRACTION)))
+            freed = sum(v.entry.size_bytes for v in victims)
+            while victims and freed < needed_bytes:
+                more = policy.lowest(1)
+                if not more:
+                    break
+                victims += more
+                freed += more[0].entry.size_bytes
         if not victims:
             return False
         log.warning("storage full (max_map_bytes or the data volume): evicting %d entries", len(victims))
-        return self.delete_entry_ids([v.entry_id for v in victims], reason="evictions") > 0
+        try:
+            return self.delete_entry_ids([v.entry_id for v in victims], reason="evictions") > 0
+        except StorageFullError:  # the delete itself found no free page: track what is still there again
+            with self.write_lock, self.store.read() as txn:
+                kept = [v for v in victims if self.store.get_entry(txn, v.entry_id) is not None]
+                with self.ledger.lock:
+                    self.ledger.policy.restore([v for v in kept if self.ledger.policy.frequency(v.entry_id, 0.0) is None])
+            raise
