@@ -54,6 +54,31 @@ def damaged_data_error(data_dir: str, error: BaseException) -> ConfigError:
     return ConfigError(
         f"the data in {data_dir!r} is damaged ({type(error).__name__}: {str(error)[:200]}). With the server "
         f"stopped, `semcache verify --data-dir {data_dir} --repair` drops damaged entries; where LMDB's own "
-        "pages are damaged it cannot open the file either: restore the data dir from a backup, or move it "
-        "aside to start with an empty cache"
+        f"pages are damaged, `semcache verify --data-dir {data_dir} --salvage-to NEW_DIR` copies every intact "
+        "entry into a new data dir to start on; or restore the data dir from a backup"
+    )
+
+
+# Present while a server starts: left behind, it says the last start died on the way
+# (LMDB aborts the process on some damaged pages, with no chance to say which file).
+STARTING_MARKER = "starting"
+
+
+def begin_start(path: Path) -> bool:
+    """Mark a start as under way; True when the previous one never finished."""
+    marker = path / STARTING_MARKER
+    unfinished = marker.exists()
+    marker.write_text(f"{os.getpid()}\n")
+    return unfinished
+
+
+def finish_start(path: Path) -> None:
+    (path / STARTING_MARKER).unlink(missing_ok=True)
+
+
+def aborted_start_error(data_dir: str) -> ConfigError:
+    return ConfigError(
+        f"the data in {data_dir!r} is damaged: LMDB aborts reading it (the previous start died there too). "
+        f"With the server stopped, `semcache verify --data-dir {data_dir} --salvage-to NEW_DIR` copies every "
+        "intact entry into a new data dir to start on; or restore the data dir from a backup"
     )

@@ -15,12 +15,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import lmdb
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from semcache_server.data_dir import damaged_data_error
+from semcache_server.data_dir import aborted_start_error, begin_start, damaged_data_error, finish_start
 from semcache_server.decision import Candidate
 from semcache_server.entries import StatsView, StoreResult
 from semcache_server.errors import SemcacheError, StorageFullError
@@ -33,6 +34,7 @@ from semcache_server.maintenance import Maintenance
 from semcache_server.partition import PartitionKey
 from semcache_server.partition_registry import LivePartition, PartitionRegistry
 from semcache_server.recovery import check_consistency, read_meta, rebuild
+from semcache_server.salvage import walk_in_child
 from semcache_server.settings import Settings
 from semcache_server.stats import stats_view
 from semcache_server.store import Store
@@ -102,7 +104,10 @@ class LocalStorage:
     def __init__(self, settings: Settings, dimension: int, embedding_model: str, clock: Callable[[], float]) -> None:
         started = time.monotonic()
         self.store = Store(settings.data_dir, max_map_bytes=settings.max_map_bytes, sync_writes=settings.sync_writes)
+        data_dir = Path(settings.data_dir)
         try:
+            if begin_start(data_dir) and not walk_in_child(data_dir / "cache.lmdb"):
+                raise aborted_start_error(settings.data_dir)
             recovered = read_meta(self.store, settings, embedding_model, dimension)
             policy = EvictionPolicy(
                 settings.lfu_half_life_seconds,
@@ -125,6 +130,7 @@ class LocalStorage:
                 self.store, self.registry, self.ledger, self.writer, settings, recovered.hits_table_from_entry_id
             )
             rebuild(self.store, self.registry, policy, self.writer, self.invalidator, settings, dimension)
+            finish_start(data_dir)
         except (lmdb.Error, DecodeError, ValueError) as e:  # damage below the entry records' checksums
             self.store.close()
             raise damaged_data_error(settings.data_dir, e) from None

@@ -206,6 +206,9 @@ class Store:
     def put_meta(self, txn: lmdb.Transaction, name: str, value: str) -> None:
         txn.put(name.encode(), value.encode(), db=self._meta)
 
+    def put_raw_meta(self, txn: lmdb.Transaction, name: bytes, value: bytes) -> None:
+        txn.put(name, value, db=self._meta)
+
     def delete_meta(self, txn: lmdb.Transaction, name: str) -> None:
         txn.delete(name.encode(), db=self._meta)
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from semcache_server.errors import ConfigError
+from semcache_server.salvage import salvage
 from semcache_server.store import Store
 
 
@@ -18,10 +19,18 @@ def add_verify_parser(commands: argparse._SubParsersAction) -> None:
     )
     verify.add_argument("--data-dir", required=True)
     verify.add_argument("--repair", action="store_true", help="drop damaged entries, keep every intact one")
+    verify.add_argument(
+        "--salvage-to", metavar="NEW_DIR",
+        help="where LMDB's own pages are damaged (the server and --repair cannot open the file): copy every "
+        "intact entry into this new data dir, then start the server on it",
+    )
     verify.set_defaults(run=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.salvage_to:
+        print(json.dumps(salvage(args.data_dir, args.salvage_to), indent=2))
+        return 0
     data_file = Path(args.data_dir) / "cache.lmdb" / "data.mdb"
     if not data_file.is_file():
         raise ConfigError(f"no semcache data in {args.data_dir!r} (no {data_file})")
