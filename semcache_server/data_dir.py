@@ -68,7 +68,10 @@ def begin_start(path: Path) -> bool:
     """Mark a start as under way; True when the previous one never finished."""
     marker = path / STARTING_MARKER
     unfinished = marker.exists()
-    marker.write_text(f"{os.getpid()}\n")
+    try:
+        marker.write_text(f"{os.getpid()}\n")
+    except OSError:  # a full volume: start without the marker (it only serves a diagnosis)
+        marker.unlink(missing_ok=True)
     return unfinished
 
 
