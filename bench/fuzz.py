@@ -71,6 +71,8 @@ def valid_messages(rng: random.Random) -> dict[str, list[bytes]]:
             pb.StatsRequest().SerializeToString(),
             pb.StatsRequest(partition=part, max_partitions=2**31 - 1).SerializeToString(),
         ],
+        "Feedback": [pb.FeedbackRequest(partition=part, lookup_id=i, correct=False, should_match_entry_id=e).SerializeToString()
+                     for i, e in (("", ""), ("x" * 5000, "18446744073709551616"), ("abc", "\u0661"))],
         "ReleaseLease": [pb.ReleaseLeaseRequest(partition=part, lease_id=i).SerializeToString() for i in ("", "x" * 5000)],
         "SetNamespaceThreshold": [pb.SetNamespaceThresholdRequest(namespace="fuzz", min_similarity=2.0).SerializeToString()],
         "Check": [health_pb2.HealthCheckRequest(service="x" * 5000).SerializeToString()],

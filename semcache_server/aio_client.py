@@ -64,6 +64,15 @@ class AsyncClient:
         request = pb.ReleaseLeaseRequest(partition=as_partition(partition), lease_id=lease_id)
         return (await self._call(self._stub.ReleaseLease, request)).released
 
+    async def feedback(
+        self, partition: PartitionLike, lookup_id: str, correct: bool, *, should_match_entry_id: str = "",
+    ) -> pb.FeedbackResponse:
+        """As Client.feedback."""
+        request = pb.FeedbackRequest(
+            partition=as_partition(partition), lookup_id=lookup_id, correct=correct, should_match_entry_id=should_match_entry_id,
+        )
+        return await self._call(self._stub.Feedback, request)
+
     async def delete(self, partition: PartitionLike, entry_id: str) -> bool:
         request = pb.DeleteRequest(partition=as_partition(partition), entry_id=entry_id)
         return (await self._call(self._stub.Delete, request)).deleted

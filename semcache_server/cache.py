@@ -11,6 +11,7 @@ is `semcache_server.decision.decide`; this module alone records metrics.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,8 +21,21 @@ import numpy as np
 from semcache_server.cache_control import DEFAULT_CONTROL, REFRESH, CacheControl
 from semcache_server.decision import EXACT, NO_CANDIDATE, Candidate, DecisionPolicy, Verdict, decide
 from semcache_server.embedder import Embedder
-from semcache_server.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult, format_entry_id
-from semcache_server.errors import ConfigError, DeadlineExceededError, FailedPreconditionError, SemcacheError
+from semcache_server.entries import (
+    COUNTERS,
+    FeedbackResult,
+    LookupResult,
+    StatsView,
+    StoreItem,
+    StoreResult,
+    format_entry_id,
+)
+from semcache_server.errors import (
+    ConfigError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    SemcacheError,
+)
 from semcache_server.key_fingerprint import NO_KEY, KeyParts
 from semcache_server.leases import LeaseTable
 from semcache_server.ledger import EXACT_HIT, MISS, SEMANTIC_HIT
@@ -33,7 +47,13 @@ from semcache_server.settings import Settings
 from semcache_server.storage import CacheStorage, CandidateStream, PartitionHandle
 from semcache_server.thresholds import Thresholds
 from semcache_server.validation import NO_MODEL, RequestValidator, parse_entry_id
+from semcache_server.verdicts import Verdicts
 from semcache_server.verifier.model import Verifier
+
+
+def _vector_question(vector: np.ndarray | None) -> str:
+    return "" if vector is None else "\x00vector:" + hashlib.sha256(vector.tobytes()).hexdigest()[:32]
+
 
 # A waiter stops this long before its call's deadline, to answer in time.
 _ANSWER_MARGIN_SECONDS = 0.05
@@ -72,6 +92,7 @@ class SemanticCache:
         self.recovery_seconds = self.storage.recovery_seconds
         self.thresholds = Thresholds(settings, self.storage.namespace_thresholds)
         self.leases = LeaseTable(settings.lease_seconds, settings.lease_waiters)
+        self.verdicts = Verdicts(settings, self.storage, self.store, has_model=embedder is not None)
 
     # -- lookup -------------------------------------------------------------------
 
@@ -105,9 +126,14 @@ class SemanticCache:
         result = self._lookup(key, request, policy, deadline, count_miss=not leased)
         if leased and not result.hit:
             result = self._single_flight(key, request, policy, deadline, result, lease_wait_seconds)
+        result = self._logged(key, request, request_key, result)
         outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
         self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
         return result
+
+    def _logged(self, key: PartitionKey, request: LookupRequest, parts: KeyParts, result: LookupResult) -> LookupResult:
+        """The result with its lookup_id, under which Feedback finds what was served."""
+        return dataclasses.replace(result, lookup_id=self.verdicts.log(key, request, parts, result))
 
     def _lookup(
         self, key: PartitionKey, request: LookupRequest, policy: DecisionPolicy, deadline: float | None, *, count_miss: bool,
@@ -167,7 +193,8 @@ class SemanticCache:
         until = started + (wait_seconds if mode != "off" else 0.0)
         if deadline is not None:
             until = min(until, deadline - _ANSWER_MARGIN_SECONDS)
-        question = (key, request.key.exact_suffix, request.normalized)
+        # A question is its normalized text; a vector-only Lookup's is its vector.
+        question = (key, request.key.exact_suffix, request.normalized or _vector_question(request.vector))
         semantic_threshold = policy.threshold if mode == "semantic" else None
         if semantic_threshold is not None and request.vector is None and self.embedder is not None:
             self._embed_request(request, deadline)  # a miss without a partition yet was not embedded
@@ -313,6 +340,10 @@ class SemanticCache:
             raise
 
     # -- removal, thresholds ----------------------------------------------------------
+
+    def feedback(self, key: PartitionKey, lookup_id: str, correct: bool, should_match_entry_id: str = "") -> FeedbackResult:
+        """A verdict on a Lookup of this partition's namespace (see semcache_server/verdicts.py)."""
+        return self.verdicts.take(key, lookup_id, correct, should_match_entry_id)
 
     def release_lease(self, key: PartitionKey, lease_id: str) -> bool:
         """End a lease without a Store (its holder's LLM call failed); waiters wake."""

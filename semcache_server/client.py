@@ -98,6 +98,16 @@ class Client:
         request = pb.ReleaseLeaseRequest(partition=as_partition(partition), lease_id=lease_id)
         return self._call(self._stub.ReleaseLease, request).released
 
+    def feedback(
+        self, partition: PartitionLike, lookup_id: str, correct: bool, *, should_match_entry_id: str = "",
+    ) -> pb.FeedbackResponse:
+        """A verdict on a Lookup (its response's lookup_id): was the served answer right? For
+        a miss, should_match_entry_id names the entry that should have answered."""
+        request = pb.FeedbackRequest(
+            partition=as_partition(partition), lookup_id=lookup_id, correct=correct, should_match_entry_id=should_match_entry_id,
+        )
+        return self._call(self._stub.Feedback, request)
+
     def delete(self, partition: PartitionLike, entry_id: str) -> bool:
         request = pb.DeleteRequest(partition=as_partition(partition), entry_id=entry_id)
         return self._call(self._stub.Delete, request).deleted

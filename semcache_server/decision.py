@@ -2,6 +2,7 @@
 
 This is the one place that decides. In order, for each candidate:
 
+    under its entry's own floor            -> next candidate (wrong verdicts raised it)
     the lexical guard refuses it           -> next candidate (the reason is kept)
     cosine >= threshold                    -> hit ("threshold")
     band_low <= cosine < threshold         -> kept for the verifier (at most max_verified)
@@ -30,6 +31,7 @@ VERIFIER = "verifier"  # a candidate in the band that the verifier confirmed
 VERIFIER_REJECTED = "verifier_rejected"  # candidates in the band, none confirmed
 BELOW_THRESHOLD = "below_threshold"  # the best remaining candidate was under the threshold (or band)
 NO_CANDIDATE = "no_candidate"  # none left (every one refused by the guard, or none at all)
+CANDIDATE_LIMIT = "candidate_limit"  # max_examined candidates refused: the rest were not read
 
 # Scores each stored query against the Lookup's query: P(same question), in order.
 Verify = Callable[[Sequence[str]], np.ndarray]
@@ -55,6 +57,10 @@ class DecisionPolicy:
     band_low: float | None = None
     min_verifier_score: float = 0.5
     max_verified: int = 4
+    # Candidates at or above the floor examined per Lookup at most: where many near
+    # duplicates are refused (by the guard, their floors, or the filter upstream), a
+    # Lookup gives up (a miss, "candidate_limit") instead of reading every one of them.
+    max_examined: int = 64
 
     @property
     def floor(self) -> float:
@@ -86,13 +92,18 @@ def decide(
     guard_reason = ""
     band: list[Candidate] = []
     stopped_by = NO_CANDIDATE
-    for candidate in candidates:
+    for examined, candidate in enumerate(candidates):
         if best is None:
             best = candidate.similarity
         if candidate.similarity < band_low:
             stopped_by = BELOW_THRESHOLD
             break
+        if examined >= policy.max_examined:
+            stopped_by = CANDIDATE_LIMIT
+            break
         record = candidate.record
+        if candidate.similarity < record.min_similarity:  # the entry's floor, raised by wrong verdicts
+            continue
         reason = conflict(guard_text, record.query) if guard_text and record.query else None
         if reason is not None:
             guard_reason = guard_reason or reason

@@ -14,7 +14,7 @@ from semcache_server.v1.records_pb2 import EntryRecord, PartitionRecord
 # PartitionRecord counters, summed for totals and shown in Stats.
 COUNTERS = (
     "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost",
-    "evictions", "expirations", "invalidations",
+    "evictions", "expirations", "invalidations", "verdicts_correct", "verdicts_wrong",
 )
 
 
@@ -39,6 +39,14 @@ class LookupResult:
     lease_id: str = ""
     coalesced: bool = False
     waited_ms: int = 0
+    lookup_id: str = ""  # for Feedback
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackResult:
+    counted: bool  # False: a verdict on this lookup was already counted
+    vetoed: bool = False
+    alias_entry_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -145,10 +145,15 @@ class CandidateFilter:
     context_min_similarity: float = 1.0
     # max_age_seconds: entries created before this (Unix seconds) are too old.
     min_created_at: float = 0.0
+    # The question's digest (semcache_server/feedback.py): entries that a verdict said
+    # answered it wrongly never answer it again.
+    question: bytes = b""
 
     def accepts(self, record: EntryRecord, *, check_context: bool = True) -> bool:
         """check_context=False where the exact key already matched the previous turn's text."""
         if record.key_fingerprint != self.key_fingerprint or record.created_at < self.min_created_at:
+            return False
+        if self.question and self.question in record.vetoed_questions:
             return False
         if not check_context:
             return True

@@ -111,6 +111,14 @@ class Ledger:
                     partition.dirty = True
         return by_partition
 
+    def count_verdict(self, partition: LivePartition | None, correct: bool) -> None:
+        name = "verdicts_correct" if correct else "verdicts_wrong"
+        with self.lock:
+            for counters in [self.totals] if partition is None else [self.totals, partition.record]:
+                setattr(counters, name, getattr(counters, name) + 1)
+            if partition is not None:
+                partition.dirty = True
+
     def take_pending(self, partitions: Sequence[LivePartition]) -> PendingWrites:
         """Hits, extensions and changed counters to flush; the hits are handed over, the
         extensions stay until settle_expiries (lookups still need them)."""

@@ -38,6 +38,7 @@ from semcache_server.salvage import walk_in_child
 from semcache_server.settings import Settings
 from semcache_server.stats import stats_view
 from semcache_server.store import Store
+from semcache_server.v1.records_pb2 import EntryRecord
 from semcache_server.writes import FULL_RETRIES, Writer
 
 log = logging.getLogger("semcache")
@@ -46,6 +47,9 @@ log = logging.getLogger("semcache")
 # keeps trying (FULL_RETRIES at least) for up to this long.
 _FULL_EVICT_SIZES = 4
 _FULL_RETRY_SECONDS = 5.0
+# Records a Lookup reads at most from its search, so that many near neighbours of
+# another request key (or expired ones) cannot make one Lookup read them all.
+_MAX_READ = 1024
 # Candidates fetched per semantic search; more are fetched only when the best
 # ones turn out to be expired or deleted.
 _SEARCH_K = 8
@@ -80,7 +84,7 @@ class LocalCandidates:
 
     def _live(self) -> Iterator[Candidate]:
         partition, k, seen = self._partition, _SEARCH_K, 0
-        while True:
+        while seen < _MAX_READ:  # past it, whatever is refused here (other keys, expired) ends the search
             started = time.perf_counter()
             found = partition.index.search(self._vector, k)
             self.search_seconds.append(time.perf_counter() - started)
@@ -95,7 +99,7 @@ class LocalCandidates:
             if len(found) < k:  # every vector in the index was seen
                 return
             seen = len(found)
-            k *= 4
+            k = min(k * 4, _MAX_READ)
 
 
 class LocalStorage:
@@ -243,6 +247,26 @@ class LocalStorage:
     @property
     def store_commits(self) -> int:
         return self.writer.store_commits
+
+    def entry(self, key: PartitionKey, entry_id: int) -> EntryRecord | None:
+        """A live entry of this partition, or None."""
+        partition = self.registry.get(key)
+        if partition is None:
+            return None
+        with self.store.read() as txn:
+            record = self.store.get_entry(txn, entry_id)
+        return record if record is not None and record.partition_id == partition.id else None
+
+    def record_verdict(
+        self, key: PartitionKey, entry_id: int, correct: bool, change: Callable[[EntryRecord], None] | None,
+    ) -> bool:
+        """Count a verdict on a hit of this partition; `change` (a wrong one's) is applied to
+        the entry. False when the entry or its partition is gone."""
+        partition = self.registry.get(key)
+        self.ledger.count_verdict(partition, correct)
+        if partition is None or change is None:
+            return partition is not None
+        return self.writer.amend_entry(partition.id, entry_id, change)
 
     # -- removals and settings ------------------------------------------------------------
 

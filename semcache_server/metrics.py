@@ -131,6 +131,10 @@ class _StatsCollector(Collector):
             ("saved_cost", "Sum of the cost of every hit's entry."),
         ):
             yield CounterMetricFamily(f"semcache_{name}", help_text, value=getattr(view.totals, name))
+        verdicts = CounterMetricFamily("semcache_verdicts", "Feedback verdicts on served hits.", labels=["verdict"])
+        verdicts.add_metric(["correct"], view.totals.verdicts_correct)
+        verdicts.add_metric(["wrong"], view.totals.verdicts_wrong)
+        yield verdicts
         yield CounterMetricFamily(
             "semcache_damaged_entries", "Entry records found damaged (checksum or parse); never served.",
             value=view.damaged_entries,

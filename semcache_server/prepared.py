@@ -13,6 +13,7 @@ from semcache_server import key_fingerprint, ttl
 from semcache_server.cache_control import CacheControl
 from semcache_server.entries import StoreItem, entry_bytes
 from semcache_server.errors import FailedPreconditionError, ResourceExhaustedError
+from semcache_server.feedback import question_digest
 from semcache_server.group_commit import StoreJob
 from semcache_server.key_fingerprint import CandidateFilter, KeyParts, ResolvedKey
 from semcache_server.partition import PartitionKey
@@ -41,7 +42,12 @@ class LookupRequest:
             context_vector=self.context_vector,
             context_min_similarity=context_min_similarity,
             min_created_at=self.control.min_created_at(now),
+            question=self.question,
         )
+
+    @property
+    def question(self) -> bytes:
+        return question_digest(self.normalized, self.key.exact_suffix)
 
 
 def prepare_lookup(

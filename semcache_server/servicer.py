@@ -136,6 +136,13 @@ class CacheServicer:
         return wire.store_response(result)
 
     @_rpc
+    def Feedback(self, request: pb.FeedbackRequest, grant: Grant, deadline: float | None) -> pb.FeedbackResponse:
+        result = self._ready().feedback(
+            self._key(request.partition, grant), request.lookup_id, request.correct, request.should_match_entry_id
+        )
+        return pb.FeedbackResponse(counted=result.counted, vetoed=result.vetoed, alias_entry_id=result.alias_entry_id)
+
+    @_rpc
     def ReleaseLease(self, request: pb.ReleaseLeaseRequest, grant: Grant, deadline: float | None) -> pb.ReleaseLeaseResponse:
         released = self._ready().release_lease(self._key(request.partition, grant), request.lease_id)
         return pb.ReleaseLeaseResponse(released=released)

@@ -106,8 +106,8 @@ class Settings:
     coalesce: str = "exact"
     lease_seconds: float = 60.0
     lease_wait_seconds: float = 30.0
-    # Lookups waiting on leases at once; more miss at once (0 = 3/4 of grpc_workers).
-    max_lease_waiters: int = 0
+    max_lease_waiters: int = 0  # Lookups waiting on leases at once; more miss (0 = 3/4 of grpc_workers)
+    feedback_per_second: float = 100.0  # Feedback verdicts per namespace (bursts of twice that)
     # What a request key may hold: bytes of settings and context together, and turns.
     max_key_bytes: int = 1 << 20
     max_context_turns: int = 1000
@@ -369,7 +369,7 @@ def _validate(s: Settings) -> None:
     positive = (
         "max_query_bytes", "max_response_bytes", "max_message_bytes", "max_map_bytes",
         "lfu_half_life_seconds", "sweep_interval_seconds", "stats_flush_interval_seconds",
-        "grpc_workers", "lease_seconds", "max_key_bytes", "max_context_turns",
+        "grpc_workers", "lease_seconds", "max_key_bytes", "max_context_turns", "feedback_per_second",
     )
     for name in positive:
         if getattr(s, name) <= 0:

@@ -18,6 +18,7 @@ from semcache_server.errors import SemcacheError
 from semcache_server.group_commit import StoreJob
 from semcache_server.key_fingerprint import CandidateFilter
 from semcache_server.partition import PartitionKey
+from semcache_server.v1.records_pb2 import EntryRecord
 
 
 class PartitionHandle(Protocol):
@@ -66,6 +67,11 @@ class CacheStorage(Protocol[PartitionT]):
     def commit_all(self, jobs: Sequence[StoreJob]) -> list[StoreResult | SemcacheError]: ...
     @property
     def store_commits(self) -> int: ...
+
+    def entry(self, key: PartitionKey, entry_id: int) -> EntryRecord | None: ...
+    def record_verdict(
+        self, key: PartitionKey, entry_id: int, correct: bool, change: Callable[[EntryRecord], None] | None,
+    ) -> bool: ...
 
     # -- removals and settings
     def delete(self, key: PartitionKey, entry_id: int) -> bool: ...

@@ -7,9 +7,11 @@ from typing import Any
 
 from semcache_server.cache_control import CacheControl
 from semcache_server.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult
+from semcache_server.feedback import wilson_interval
 from semcache_server.key_fingerprint import NO_KEY, KeyParts, Turn
 from semcache_server.partition import PartitionKey
 from semcache_server.v1 import semcache_pb2 as pb
+from semcache_server.v1.records_pb2 import PartitionRecord
 
 
 def partition_key(partition: pb.Partition) -> PartitionKey:
@@ -56,6 +58,7 @@ def lookup_response(result: LookupResult) -> pb.LookupResponse:
         lease_id=result.lease_id,
         coalesced=result.coalesced,
         waited_ms=result.waited_ms,
+        lookup_id=result.lookup_id,
     )
     if result.verifier_score is not None:
         response.verifier_score = result.verifier_score
@@ -96,9 +99,18 @@ def stats_response(view: StatsView, embedding_model: str, embedding_dimension: i
                 entries=p.entries,
                 bytes=p.bytes,
                 last_used_at=p.record.last_used_at,
+                false_hit_rate=false_hit_estimate(p.record),
                 **{name: getattr(p.record, name) for name in COUNTERS},
             )
             for p in view.partitions
         ],
+        false_hit_rate=false_hit_estimate(view.totals),
         **{name: getattr(view.totals, name) for name in COUNTERS},
     )
+
+
+def false_hit_estimate(counters: PartitionRecord) -> pb.FalseHitEstimate:
+    verdicts = counters.verdicts_correct + counters.verdicts_wrong
+    low, high = wilson_interval(counters.verdicts_wrong, verdicts)
+    estimate = counters.verdicts_wrong / verdicts if verdicts else 0.0
+    return pb.FalseHitEstimate(estimate=estimate, low=low, high=high, verdicts=verdicts)

@@ -280,6 +280,17 @@ class Writer:
             deleted += len(removed)
         return deleted
 
+    def amend_entry(self, partition_id: int, entry_id: int, change: Callable[[EntryRecord], None]) -> bool:
+        """Rewrite an entry of this partition with `change` applied; False when it is gone."""
+        with self.write_lock, self.store.write() as txn:
+            old = self.store.get_entry(txn, entry_id)
+            if old is None or old.partition_id != partition_id:
+                return False
+            new = EntryRecord.FromString(old.SerializeToString())
+            change(new)
+            self.store.update_entry(txn, entry_id, old, new)
+            return True
+
     def evict_for_space(self, needed_bytes: int = 0) -> bool:
         """LMDB is full: evict the least valuable entries, 1% of them and at least
         needed_bytes' worth. False when there is none to evict."""

@@ -1,13 +1,13 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EntryRecord(_message.Message):
-    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds", "lfu_score", "crc32", "key_fingerprint", "context_embedding", "context_digest")
+    __slots__ = ("partition_id", "query", "normalized_query", "response", "embedding", "metadata", "created_at", "expires_at", "hit_count", "last_hit_at", "cost", "ttl_seconds", "lfu_score", "crc32", "key_fingerprint", "context_embedding", "context_digest", "vetoed_questions", "min_similarity")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,8 @@ class EntryRecord(_message.Message):
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VETOED_QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     partition_id: int
     query: str
     normalized_query: str
@@ -49,7 +51,9 @@ class EntryRecord(_message.Message):
     key_fingerprint: str
     context_embedding: bytes
     context_digest: str
-    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ..., crc32: _Optional[int] = ..., key_fingerprint: _Optional[str] = ..., context_embedding: _Optional[bytes] = ..., context_digest: _Optional[str] = ...) -> None: ...
+    vetoed_questions: _containers.RepeatedScalarFieldContainer[bytes]
+    min_similarity: float
+    def __init__(self, partition_id: _Optional[int] = ..., query: _Optional[str] = ..., normalized_query: _Optional[str] = ..., response: _Optional[bytes] = ..., embedding: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., cost: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., lfu_score: _Optional[float] = ..., crc32: _Optional[int] = ..., key_fingerprint: _Optional[str] = ..., context_embedding: _Optional[bytes] = ..., context_digest: _Optional[str] = ..., vetoed_questions: _Optional[_Iterable[bytes]] = ..., min_similarity: _Optional[float] = ...) -> None: ...
 
 class EntryHits(_message.Message):
     __slots__ = ("hit_count", "last_hit_at", "lfu_score")
@@ -62,7 +66,7 @@ class EntryHits(_message.Message):
     def __init__(self, hit_count: _Optional[int] = ..., last_hit_at: _Optional[float] = ..., lfu_score: _Optional[float] = ...) -> None: ...
 
 class PartitionRecord(_message.Message):
-    __slots__ = ("namespace", "model", "version", "created_at", "last_used_at", "dropping", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "evictions", "expirations", "invalidations")
+    __slots__ = ("namespace", "model", "version", "created_at", "last_used_at", "dropping", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "evictions", "expirations", "invalidations", "verdicts_correct", "verdicts_wrong")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +82,8 @@ class PartitionRecord(_message.Message):
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     EXPIRATIONS_FIELD_NUMBER: _ClassVar[int]
     INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_WRONG_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     model: str
     version: str
@@ -93,4 +99,6 @@ class PartitionRecord(_message.Message):
     evictions: int
     expirations: int
     invalidations: int
-    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., dropping: _Optional[bool] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...
+    verdicts_correct: int
+    verdicts_wrong: int
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., dropping: _Optional[bool] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., verdicts_correct: _Optional[int] = ..., verdicts_wrong: _Optional[int] = ...) -> None: ...

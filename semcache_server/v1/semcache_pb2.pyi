@@ -76,7 +76,7 @@ class LookupRequest(_message.Message):
     def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms")
+    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms", "lookup_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class LookupResponse(_message.Message):
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     COALESCED_FIELD_NUMBER: _ClassVar[int]
     WAITED_MS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_ID_FIELD_NUMBER: _ClassVar[int]
     hit: bool
     entry_id: str
     response: bytes
@@ -114,7 +115,8 @@ class LookupResponse(_message.Message):
     lease_id: str
     coalesced: bool
     waited_ms: int
-    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ..., lease_id: _Optional[str] = ..., coalesced: _Optional[bool] = ..., waited_ms: _Optional[int] = ...) -> None: ...
+    lookup_id: str
+    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ..., lease_id: _Optional[str] = ..., coalesced: _Optional[bool] = ..., waited_ms: _Optional[int] = ..., lookup_id: _Optional[str] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("partition", "query", "response", "embedding", "ttl_seconds", "metadata", "cost", "key", "lease_id")
@@ -227,7 +229,7 @@ class StatsRequest(_message.Message):
     def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., max_partitions: _Optional[int] = ...) -> None: ...
 
 class PartitionStats(_message.Message):
-    __slots__ = ("namespace", "model", "prompt_version", "entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "bytes", "last_used_at", "evictions", "expirations", "invalidations")
+    __slots__ = ("namespace", "model", "prompt_version", "entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "bytes", "last_used_at", "evictions", "expirations", "invalidations", "verdicts_correct", "verdicts_wrong", "false_hit_rate")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +245,9 @@ class PartitionStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     EXPIRATIONS_FIELD_NUMBER: _ClassVar[int]
     INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_WRONG_FIELD_NUMBER: _ClassVar[int]
+    FALSE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     model: str
     prompt_version: str
@@ -258,10 +263,13 @@ class PartitionStats(_message.Message):
     evictions: int
     expirations: int
     invalidations: int
-    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ...) -> None: ...
+    verdicts_correct: int
+    verdicts_wrong: int
+    false_hit_rate: FalseHitEstimate
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., verdicts_correct: _Optional[int] = ..., verdicts_wrong: _Optional[int] = ..., false_hit_rate: _Optional[_Union[FalseHitEstimate, _Mapping]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension", "evictions", "expirations", "invalidations", "partitions_total", "damaged_entries")
+    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension", "evictions", "expirations", "invalidations", "partitions_total", "damaged_entries", "verdicts_correct", "verdicts_wrong", "false_hit_rate")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +286,9 @@ class StatsResponse(_message.Message):
     INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DAMAGED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_WRONG_FIELD_NUMBER: _ClassVar[int]
+    FALSE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     entries: int
     lookups: int
     hits: int
@@ -294,7 +305,44 @@ class StatsResponse(_message.Message):
     invalidations: int
     partitions_total: int
     damaged_entries: int
-    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., partitions_total: _Optional[int] = ..., damaged_entries: _Optional[int] = ...) -> None: ...
+    verdicts_correct: int
+    verdicts_wrong: int
+    false_hit_rate: FalseHitEstimate
+    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., partitions_total: _Optional[int] = ..., damaged_entries: _Optional[int] = ..., verdicts_correct: _Optional[int] = ..., verdicts_wrong: _Optional[int] = ..., false_hit_rate: _Optional[_Union[FalseHitEstimate, _Mapping]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("partition", "lookup_id", "correct", "should_match_entry_id")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    SHOULD_MATCH_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    partition: Partition
+    lookup_id: str
+    correct: bool
+    should_match_entry_id: str
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., lookup_id: _Optional[str] = ..., correct: _Optional[bool] = ..., should_match_entry_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("counted", "vetoed", "alias_entry_id")
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    VETOED_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    counted: bool
+    vetoed: bool
+    alias_entry_id: str
+    def __init__(self, counted: _Optional[bool] = ..., vetoed: _Optional[bool] = ..., alias_entry_id: _Optional[str] = ...) -> None: ...
+
+class FalseHitEstimate(_message.Message):
+    __slots__ = ("estimate", "low", "high", "verdicts")
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    estimate: float
+    low: float
+    high: float
+    verdicts: int
+    def __init__(self, estimate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., verdicts: _Optional[int] = ...) -> None: ...
 
 class ReleaseLeaseRequest(_message.Message):
     __slots__ = ("partition", "lease_id")

@@ -75,6 +75,11 @@ class SemanticCacheStub:
                 request_serializer=semcache__server_dot_v1_dot_semcache__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=semcache__server_dot_v1_dot_semcache__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/semcache.v1.SemanticCache/Feedback',
+                request_serializer=semcache__server_dot_v1_dot_semcache__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=semcache__server_dot_v1_dot_semcache__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class SemanticCacheServicer:
@@ -141,6 +146,15 @@ class SemanticCacheServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """A verdict on a Lookup (LookupResponse.lookup_id): was the served answer right? A hit
+        reported wrong is never served to that question again, and its entry then needs at
+        least the similarity it was wrongly served at. Idempotent per lookup_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SemanticCacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +197,11 @@ def add_SemanticCacheServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=semcache__server_dot_v1_dot_semcache__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=semcache__server_dot_v1_dot_semcache__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=semcache__server_dot_v1_dot_semcache__pb2.FeedbackRequest.FromString,
+                    response_serializer=semcache__server_dot_v1_dot_semcache__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +421,33 @@ class SemanticCache:
             '/semcache.v1.SemanticCache/ReleaseLease',
             semcache__server_dot_v1_dot_semcache__pb2.ReleaseLeaseRequest.SerializeToString,
             semcache__server_dot_v1_dot_semcache__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.SemanticCache/Feedback',
+            semcache__server_dot_v1_dot_semcache__pb2.FeedbackRequest.SerializeToString,
+            semcache__server_dot_v1_dot_semcache__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
