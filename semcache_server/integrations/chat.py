@@ -90,3 +90,29 @@ def cache_trouble(error: BaseException) -> bool:
         log.warning("semcache unavailable for this call, calling the model: %s", getattr(error, "details", lambda: "")())
         return True
     return False
+
+
+def cached_response(cache: Any, request: ChatRequest, response_format: str, min_similarity: float | None) -> bytes | None:
+    """The stored response of a hit in this format; None on a miss, another format, or
+    trouble with the cache (the call then goes to the model)."""
+    try:
+        found = cache.lookup(request.partition, request.query, key=request.key, min_similarity=min_similarity)
+    except Exception as e:
+        if not cache_trouble(e):
+            raise
+        return None
+    if not found.hit or found.metadata.get(FORMAT_KEY) != response_format:
+        return None
+    return bytes(found.response)
+
+
+def store_response(cache: Any, request: ChatRequest, response: str, response_format: str, ttl_seconds: int) -> None:
+    """Store a response in this format; skipped where the cache is in trouble."""
+    try:
+        cache.store(
+            request.partition, request.query, response, key=request.key, ttl_seconds=ttl_seconds,
+            metadata={FORMAT_KEY: response_format},
+        )
+    except Exception as e:
+        if not cache_trouble(e):
+            raise

@@ -26,7 +26,7 @@ from langchain_core.outputs import ChatGeneration, Generation
 
 from semcache_server.client import Client
 from semcache_server.client_requests import request_key
-from semcache_server.integrations.chat import FORMAT_KEY, ChatRequest, cache_trouble, chat_request
+from semcache_server.integrations.chat import ChatRequest, cached_response, chat_request, store_response
 
 FORMAT = "langchain.generations"
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool", "function": "function"}
@@ -50,28 +50,14 @@ class SemcacheCache(BaseCache):
         request = self._request(prompt, llm_string)
         if request is None or not request.query:
             return None
-        try:
-            found = self._cache.lookup(request.partition, request.query, key=request.key, min_similarity=self._min_similarity)
-        except Exception as e:
-            if not cache_trouble(e):
-                raise
-            return None
-        if not found.hit or found.metadata.get(FORMAT_KEY) != FORMAT:
-            return None
-        return _generations(found.response)
+        raw = cached_response(self._cache, request, FORMAT, self._min_similarity)
+        return None if raw is None else _generations(raw)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         request = self._request(prompt, llm_string)
         if request is None or not request.query:
             return
-        try:
-            self._cache.store(
-                request.partition, request.query, _serialized(return_val), key=request.key,
-                ttl_seconds=self._ttl_seconds, metadata={FORMAT_KEY: FORMAT},
-            )
-        except Exception as e:
-            if not cache_trouble(e):
-                raise
+        store_response(self._cache, request, _serialized(return_val), FORMAT, self._ttl_seconds)
 
     def clear(self, **kwargs: Any) -> None:
         """Remove every entry of this cache's namespace."""

@@ -28,7 +28,7 @@ from litellm.caching.base_cache import BaseCache
 from litellm.caching.caching import Cache, LiteLLMCacheType
 
 from semcache_server.client import Client
-from semcache_server.integrations.chat import FORMAT_KEY, ChatRequest, cache_trouble, chat_request
+from semcache_server.integrations.chat import ChatRequest, cached_response, chat_request, store_response
 
 FORMAT = "litellm.cached_data"
 
@@ -53,15 +53,8 @@ class SemcacheLiteLLMCache(BaseCache):
         request = self._request(key, kwargs)
         if request is None:
             return None
-        try:
-            found = self._cache.lookup(request.partition, request.query, key=request.key, min_similarity=self._min_similarity)
-        except Exception as e:
-            if not cache_trouble(e):
-                raise
-            return None
-        if not found.hit or found.metadata.get(FORMAT_KEY) != FORMAT:
-            return None
-        return json.loads(found.response)
+        raw = cached_response(self._cache, request, FORMAT, self._min_similarity)
+        return None if raw is None else json.loads(raw)
 
     def set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
         request = self._request(key, kwargs)
@@ -69,14 +62,7 @@ class SemcacheLiteLLMCache(BaseCache):
             return
         ttl = kwargs.get("ttl")
         ttl_seconds = int(ttl) if isinstance(ttl, int | float) and ttl > 0 else self._ttl_seconds
-        try:
-            self._cache.store(
-                request.partition, request.query, json.dumps(value, default=str), key=request.key,
-                ttl_seconds=ttl_seconds, metadata={FORMAT_KEY: FORMAT},
-            )
-        except Exception as e:
-            if not cache_trouble(e):
-                raise
+        store_response(self._cache, request, json.dumps(value, default=str), FORMAT, ttl_seconds)
 
     async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
         return await asyncio.to_thread(self.get_cache, key, **kwargs)

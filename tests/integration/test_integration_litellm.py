@@ -60,6 +60,7 @@ def test_async_completion_is_cached(make_server, embedder, llm_server):
             await asyncio.sleep(0.05)
         same = [SYSTEM, {"role": "user", "content": "what are your opening hours"}]  # the exact tier, after normalizing
         second = await litellm.acompletion(**{**kwargs, "messages": same})
+        await litellm.close_litellm_async_clients()  # its cached HTTP clients, inside this event loop
         return first, second
 
     first, second = asyncio.run(scenario())

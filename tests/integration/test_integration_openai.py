@@ -134,6 +134,7 @@ def test_async_openai_is_served_from_the_cache(make_server, embedder, llm_server
             assert text == "answer 1 to: How do I close my account?"
             fresh = await llm.chat.completions.create(model="gpt-x", messages=ask("What is the weather today?"), stream=True)
             assert "".join([c.choices[0].delta.content or "" async for c in fresh if c.choices]).startswith("answer 2")
+            await llm.close()  # the AsyncOpenAI client, passed through
 
     asyncio.run(scenario())
     assert llm_server.calls == 2  # 8 concurrent identical misses: one call; the paraphrased stream: none
