@@ -50,8 +50,7 @@ class AsyncClient:
     async def lookup(self, partition: PartitionLike, query: str, **options: Any) -> pb.LookupResponse:
         """As Client.lookup."""
         request = build.lookup_request(partition, query, **options)
-        timeout = self._timeout_seconds + (request.lease_wait_ms / 1000 if request.HasField("lease_wait_ms") else 30.0)
-        return await self._call(self._stub.Lookup, request, timeout if request.lease else None)
+        return await self._call(self._stub.Lookup, request, build.lookup_timeout(request, self._timeout_seconds))
 
     async def store(self, partition: PartitionLike, query: str, response: bytes | str, **options: Any) -> pb.StoreResponse:
         """As Client.store."""

@@ -146,7 +146,8 @@ class SemanticCache:
             decided_by = REFRESH if request.control.refresh else "no_partition"
             return LookupResult(hit=False, threshold=threshold, resolved_version=key.version, decided_by=decided_by)
         now = self.clock()
-        match = request.match(now, self.settings.for_namespace(key.namespace, "context_min_similarity"))
+        context_min_similarity = self.settings.for_namespace(key.namespace, "context_min_similarity")
+        match = request.match(now, context_min_similarity)
         normalized = request.normalized
         exact = self.storage.exact_candidate(partition, normalized, now, match) if normalized else None
         if exact is not None:
@@ -155,7 +156,8 @@ class SemanticCache:
             return self._miss(partition, threshold, now, Verdict(None, None, "", NO_CANDIDATE), count=count_miss)
         self._embed_request(request, deadline)
         assert request.vector is not None
-        match = request.match(now, self.settings.for_namespace(key.namespace, "context_min_similarity"))
+        if request.key.semantic_context:  # the previous turn's vector is known now
+            match = request.match(now, context_min_similarity)
         guard_text = request.query if normalized and self.settings.semantic_guard_for(key.namespace) else ""
         verify = self._verifier_for(request.query) if request.query and self.verifier is not None else None
         with self.storage.candidates(partition, request.vector, now, match) as candidates:

@@ -76,13 +76,7 @@ class Client:
         tools and context: see request_key), no_store, refresh, max_age_seconds, lease,
         lease_wait_ms. A leased Lookup may wait up to lease_wait_ms (plus the timeout)."""
         request = build.lookup_request(partition, query, **options)
-        return self._call(self._stub.Lookup, request, self._lookup_timeout(request))
-
-    def _lookup_timeout(self, request: pb.LookupRequest) -> float | None:
-        """A leased Lookup's timeout covers its wait for another caller's Store."""
-        if not request.lease:
-            return None
-        return self._timeout_seconds + (request.lease_wait_ms / 1000 if request.HasField("lease_wait_ms") else 30.0)
+        return self._call(self._stub.Lookup, request, build.lookup_timeout(request, self._timeout_seconds))
 
     def store(self, partition: PartitionLike, query: str, response: bytes | str, **options: Any) -> pb.StoreResponse:
         """Options: embedding, ttl_seconds, metadata, cost, key (as in its Lookup), lease_id."""

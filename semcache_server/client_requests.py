@@ -90,6 +90,14 @@ def lookup_request(
     return request
 
 
+def lookup_timeout(request: pb.LookupRequest, timeout_seconds: float) -> float | None:
+    """A leased Lookup's timeout covers its wait for another caller's Store (the server's
+    default wait, 30 s, where the request sets none); None: the client's own timeout."""
+    if not request.lease:
+        return None
+    return timeout_seconds + (request.lease_wait_ms / 1000 if request.HasField("lease_wait_ms") else 30.0)
+
+
 def store_request(
     partition: PartitionLike,
     query: str,

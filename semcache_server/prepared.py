@@ -33,6 +33,7 @@ class LookupRequest:
     vector: np.ndarray | None  # the client's, or the model's once computed
     key: ResolvedKey
     control: CacheControl
+    question: bytes = b""  # its digest for verdicts (semcache_server/feedback.py), made once
     context_vector: np.ndarray | None = None  # semantic context: the previous turn's
 
     def match(self, now: float, context_min_similarity: float) -> CandidateFilter:
@@ -45,10 +46,6 @@ class LookupRequest:
             question=self.question,
         )
 
-    @property
-    def question(self) -> bytes:
-        return question_digest(self.normalized, self.key.exact_suffix)
-
 
 def prepare_lookup(
     key: PartitionKey, query: str, embedding: Any, parts: KeyParts, control: CacheControl,
@@ -60,7 +57,7 @@ def prepare_lookup(
     resolved = key_fingerprint.resolve(parts, settings.key_policy_for(key.namespace))
     if resolved.semantic_context and not has_model:
         raise FailedPreconditionError(SEMANTIC_CONTEXT_NEEDS_MODEL)
-    return LookupRequest(query, normalized, vector, resolved, control)
+    return LookupRequest(query, normalized, vector, resolved, control, question_digest(normalized, resolved.exact_suffix))
 
 
 @dataclasses.dataclass

@@ -35,11 +35,11 @@ class Verdicts:
     def log(self, key: PartitionKey, request: LookupRequest, parts: Any, result: LookupResult) -> str:
         miss = not result.hit
         # What an alias of a miss needs: the vector where no model can recompute it, and the key.
-        keep_vector = miss and not self._has_model and request.vector is not None
+        kept_vector = request.vector if miss and not self._has_model else None
         keep_key = miss and key_bytes(parts) <= MAX_LOGGED_KEY_BYTES
         return self.log_of_lookups.add(LoggedLookup(
             key, request.query, request.question, 0 if miss else int(result.entry_id), result.similarity or 0.0,
-            request.vector.tobytes() if keep_vector and request.vector is not None else b"",
+            b"" if kept_vector is None else kept_vector.tobytes(),
             parts if keep_key else None, time.monotonic(),
         ))
 
