@@ -39,7 +39,7 @@ from semcache_server.settings import Settings
 from semcache_server.stats import stats_view
 from semcache_server.store import Store
 from semcache_server.v1.records_pb2 import EntryRecord
-from semcache_server.writes import FULL_RETRIES, Writer
+from semcache_server.writes import FULL_EVICT_FRACTION, FULL_RETRIES, Writer
 
 log = logging.getLogger("semcache")
 
@@ -47,6 +47,10 @@ log = logging.getLogger("semcache")
 # keeps trying (FULL_RETRIES at least) for up to this long.
 _FULL_EVICT_SIZES = 4
 _FULL_RETRY_SECONDS = 5.0
+# After a Store found the map full, every Store for this long first evicts its own size:
+# at the ceiling each one pays for the room it takes, so freed room is not taken by others
+# while the one that evicted for it waits, and a delete always finds free pages.
+_AT_CEILING_SECONDS = 2.0
 # Records a Lookup reads at most from its search, so that many near neighbours of
 # another request key (or expired ones) cannot make one Lookup read them all.
 _MAX_READ = 1024
@@ -127,6 +131,7 @@ class LocalStorage:
             self.namespace_thresholds: Mapping[str, float] = recovered.namespace_thresholds
             self.registry = PartitionRegistry()
             self.write_lock = threading.Lock()
+            self._at_ceiling_until = 0.0  # monotonic; see _AT_CEILING_SECONDS
             self.writer = Writer(self.store, self.registry, self.ledger, settings, dimension, clock, self.write_lock)
             self.invalidator = Invalidator(self.store, self.registry, self.writer)
             self.group_commit = GroupCommit(self.write_lock, self.writer.commit_batch_locked, self.invalidator.retire)
@@ -195,30 +200,39 @@ class LocalStorage:
                 f"entry is {job.size} bytes; no entry over {self._max_entry_bytes} bytes (half of max_map_bytes) "
                 "can be stored, since LMDB writes new pages before it frees old ones; raise max_map_bytes"
             )
-        give_up_at = time.monotonic() + _FULL_RETRY_SECONDS
+        started = time.monotonic()
+        give_up_at = started + _FULL_RETRY_SECONDS
+        if started < self._at_ceiling_until:
+            self._evict_for(job.size, fraction=0.0)
         for attempt in itertools.count():
             try:
                 return self._commit_once(job)
             except StorageFullError:
                 job.done, job.error = False, None
+                self._at_ceiling_until = time.monotonic() + _AT_CEILING_SECONDS
             # Evict at least a few times this entry's size. Under load the room freed can go
             # to concurrent Stores, and LMDB reuses freed pages only once no reader holds a
             # snapshot older than the delete, so retry (with a short backoff) until the entry
             # fits or nothing is left to evict, not a fixed number of times.
-            try:
-                evicted = self.writer.evict_for_space(needed_bytes=_FULL_EVICT_SIZES * job.size)
-            except StorageFullError:  # even the delete found no free page: let readers move on
-                evicted = True
-            if not evicted:
+            if not self._evict_for(_FULL_EVICT_SIZES * job.size):
                 raise StorageFullError("storage is full (max_map_bytes reached) and nothing is left to evict")
             if attempt >= FULL_RETRIES and time.monotonic() > give_up_at:
                 raise StorageFullError("storage is full (max_map_bytes reached) and eviction did not make room in time")
             time.sleep(min(0.001 * 2**attempt, 0.05))
         raise AssertionError("unreachable")
 
+    def _evict_for(self, needed_bytes: int, *, fraction: float = FULL_EVICT_FRACTION) -> bool:
+        """Evict at least needed_bytes' worth; False when nothing is left to evict."""
+        try:
+            return self.writer.evict_for_space(needed_bytes=needed_bytes, fraction=fraction)
+        except StorageFullError:  # even the delete found no free page: let readers move on
+            return True
+
     def commit_all(self, jobs: Sequence[StoreJob]) -> list[StoreResult | SemcacheError]:
         """Commit these Stores together; each gets its own result or error. One refused
         for a full LMDB is retried alone, evicting for room."""
+        if time.monotonic() < self._at_ceiling_until:
+            self._evict_for(sum(job.size for job in jobs), fraction=0.0)
         self.group_commit.commit(list(jobs))
         results: list[StoreResult | SemcacheError] = []
         for job in jobs:

@@ -36,7 +36,7 @@ log = logging.getLogger("semcache")
 DELETE_CHUNK = 2000
 # When LMDB is at max_map_bytes or its volume is full: evict this share of entries
 # (at least one) and retry.
-_FULL_EVICT_FRACTION = 0.01
+FULL_EVICT_FRACTION = 0.01
 # Rounds of that before a write is given up as "storage is full".
 FULL_RETRIES = 8
 
@@ -291,12 +291,12 @@ class Writer:
             self.store.update_entry(txn, entry_id, old, new)
             return True
 
-    def evict_for_space(self, needed_bytes: int = 0) -> bool:
-        """LMDB is full: evict the least valuable entries, 1% of them and at least
-        needed_bytes' worth. False when there is none to evict."""
+    def evict_for_space(self, needed_bytes: int = 0, *, fraction: float = FULL_EVICT_FRACTION) -> bool:
+        """LMDB is full: evict the least valuable entries, `fraction` of them (1% by default,
+        one at least) and at least needed_bytes' worth. False when there is none to evict."""
         with self.ledger.lock:
             policy = self.ledger.policy
-            victims = policy.lowest(max(1, int(policy.entries * _FULL_EVICT_FRACTION)))
+            victims = policy.lowest(max(1, int(policy.entries * fraction)))
             freed = sum(v.entry.size_bytes for v in victims)
             while victims and freed < needed_bytes:
                 more = policy.lowest(1)
