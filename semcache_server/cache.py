@@ -158,7 +158,7 @@ class SemanticCache:
         assert request.vector is not None
         if request.key.semantic_context:  # the previous turn's vector is known now
             match = request.match(now, context_min_similarity)
-        guard_text = request.query if normalized and self.settings.semantic_guard_for(key.namespace) else ""
+        guard_text = request.query if normalized and self.settings.for_namespace(key.namespace, "semantic_guard") else ""
         verify = self._verifier_for(request.query) if request.query and self.verifier is not None else None
         with self.storage.candidates(partition, request.vector, now, match) as candidates:
             verdict = decide(candidates, policy, guard_text, verify)
@@ -232,7 +232,7 @@ class SemanticCache:
         exact = verdict.decided_by == EXACT
         self.storage.count_lookup(
             partition, EXACT_HIT if exact else SEMANTIC_HIT, candidate=candidate, now=now,
-            sliding_ttl=self.settings.sliding_ttl_for(partition.key.namespace),
+            sliding_ttl=self.settings.for_namespace(partition.key.namespace, "sliding_ttl"),
         )
         record = candidate.record
         return LookupResult(

@@ -95,7 +95,7 @@ def plan_store(
         embedding=b"" if vector is None else vector.astype(np.float32).tobytes(),
         metadata=metadata,
         cost=item.cost,
-        ttl_seconds=ttl.ttl_seconds_for(item.ttl_seconds, settings.default_ttl_seconds_for(item.key.namespace)),
+        ttl_seconds=ttl.ttl_seconds_for(item.ttl_seconds, settings.for_namespace(item.key.namespace, "default_ttl_seconds")),
         key_fingerprint=resolved.fingerprint,
         context_digest=resolved.exact_suffix.partition("/")[2],
     )

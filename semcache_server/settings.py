@@ -108,6 +108,9 @@ class Settings:
     lease_wait_seconds: float = 30.0
     max_lease_waiters: int = 0  # Lookups waiting on leases at once; more miss (0 = 3/4 of grpc_workers)
     feedback_per_second: float = 100.0  # Feedback verdicts per namespace (bursts of twice that)
+    # Lookups a verdict can still be given on (the newest; ~0.5 KB each), and for how long.
+    feedback_log_entries: int = 100_000
+    feedback_log_seconds: float = 3600.0
     # What a request key may hold: bytes of settings and context together, and turns.
     max_key_bytes: int = 1 << 20
     max_context_turns: int = 1000
@@ -153,30 +156,6 @@ class Settings:
 
     def namespace(self, name: str) -> NamespaceSettings:
         return self.namespaces.get(name, _NO_OVERRIDES)
-
-    def min_similarity_for(self, namespace: str) -> float:
-        override = self.namespace(namespace).min_similarity
-        return self.min_similarity if override is None else override
-
-    def verifier_band_low_for(self, namespace: str) -> float:
-        override = self.namespace(namespace).verifier_band_low
-        return self.verifier_band_low if override is None else override
-
-    def verifier_min_score_for(self, namespace: str) -> float:
-        override = self.namespace(namespace).verifier_min_score
-        return self.verifier_min_score if override is None else override
-
-    def semantic_guard_for(self, namespace: str) -> bool:
-        override = self.namespace(namespace).semantic_guard
-        return self.semantic_guard if override is None else override
-
-    def default_ttl_seconds_for(self, namespace: str) -> int:
-        override = self.namespace(namespace).default_ttl_seconds
-        return self.default_ttl_seconds if override is None else override
-
-    def sliding_ttl_for(self, namespace: str) -> bool:
-        override = self.namespace(namespace).sliding_ttl
-        return self.sliding_ttl if override is None else override
 
     def for_namespace(self, namespace: str, name: str) -> Any:
         """The namespace's value of a setting that NamespaceSettings can override."""
@@ -370,6 +349,7 @@ def _validate(s: Settings) -> None:
         "max_query_bytes", "max_response_bytes", "max_message_bytes", "max_map_bytes",
         "lfu_half_life_seconds", "sweep_interval_seconds", "stats_flush_interval_seconds",
         "grpc_workers", "lease_seconds", "max_key_bytes", "max_context_turns", "feedback_per_second",
+        "feedback_log_entries", "feedback_log_seconds",
     )
     for name in positive:
         if getattr(s, name) <= 0:

@@ -35,11 +35,11 @@ class Thresholds:
         """The decision policy of one Lookup: its threshold, and the band the verifier decides."""
         threshold = self.resolve(namespace, min_similarity)
         if band_low is None:
-            band_low = self._settings.verifier_band_low_for(namespace)
+            band_low = self._settings.for_namespace(namespace, "verifier_band_low")
         else:
             check_similarity(band_low)
         if min_score is None:
-            min_score = self._settings.verifier_min_score_for(namespace)
+            min_score = self._settings.for_namespace(namespace, "verifier_min_score")
         elif not 0.0 <= min_score <= 1.0:  # NaN fails too
             raise InvalidArgumentError(f"verifier_min_score must be between 0 and 1, got {min_score}")
         return DecisionPolicy(
@@ -49,7 +49,7 @@ class Thresholds:
 
     def for_namespace(self, namespace: str) -> float:
         runtime = self._runtime.get(namespace)
-        return self._settings.min_similarity_for(namespace) if runtime is None else runtime
+        return self._settings.for_namespace(namespace, "min_similarity") if runtime is None else runtime
 
     def set_namespace(
         self, namespace: str, min_similarity: float | None, persist: Callable[[dict[str, float]], None]

@@ -29,7 +29,7 @@ class Verdicts:
         self._storage = storage
         self._store = store  # SemanticCache.store, for aliases
         self._has_model = has_model
-        self.log_of_lookups = LookupLog()
+        self.log_of_lookups = LookupLog(settings.feedback_log_entries, settings.feedback_log_seconds)
         self._limit = RateLimit(settings.feedback_per_second)
 
     def log(self, key: PartitionKey, request: LookupRequest, parts: Any, result: LookupResult) -> str:
@@ -50,7 +50,10 @@ class Verdicts:
             )
         logged, first = self.log_of_lookups.judge(lookup_id)
         if logged is None or logged.key.namespace != key.namespace:
-            raise NotFoundError(f"no Lookup {lookup_id[:40]!r} in namespace {key.namespace!r} (unknown, or over an hour old)")
+            raise NotFoundError(
+                f"no Lookup {lookup_id[:40]!r} in namespace {key.namespace!r} (unknown, over feedback_log_seconds old, "
+                "or older than the newest feedback_log_entries Lookups)"
+            )
         if not first:
             return FeedbackResult(counted=False)
         if logged.entry_id:  # a hit

@@ -99,6 +99,14 @@ def test_bad_feedback_is_a_clear_status(make_server):
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
 
 
+def test_the_lookup_log_keeps_only_the_newest_feedback_log_entries(make_server):
+    _, client = make_server(embedder=None, feedback_log_entries=2)
+    client.store(APP, "q", "a", embedding=unit_vector(16))
+    oldest, *newer = [client.lookup(APP, "q", embedding=unit_vector(16)).lookup_id for _ in range(3)]
+    assert status_of(lambda: client.feedback(APP, oldest, correct=True)) == grpc.StatusCode.NOT_FOUND
+    assert all(client.feedback(APP, lookup_id, correct=True).counted for lookup_id in newer)
+
+
 def test_verdicts_and_vetoes_survive_a_restart(make_server):
     server, client = make_server(embedder=None, min_similarity=0.9)
     base = unit_vector(14)

@@ -51,8 +51,8 @@ def test_settings_precedence_flags_over_env_over_file_over_defaults(tmp_path):
     assert settings.listen == "127.0.0.1:7002"
     assert settings.min_similarity == 0.85
     assert settings.default_ttl_seconds == 60
-    assert settings.min_similarity_for("support") == 0.75
-    assert settings.min_similarity_for("other") == 0.85
+    assert settings.for_namespace("support", "min_similarity") == 0.75
+    assert settings.for_namespace("other", "min_similarity") == 0.85
     assert settings.namespace("support").max_entries == 10
     assert load_settings(env={}).min_similarity == 0.92
 
