@@ -2,7 +2,7 @@
 fills a real SemanticCache (no model, client vectors) with hits and misses of
 soak-like questions and measures the heap the log holds (tracemalloc).
 
-    python bench/lookup_log_memory.py [--lookups 100000] [--json FILE]
+    python bench/lookup_log_memory.py [--lookups 100000] [--json FILE] [--quick]
 
 Sizes `feedback_log_entries`: the soak's RSS rose by ~50 MB while the log filled.
 """
@@ -28,14 +28,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lookups", type=int, default=100_000)
     parser.add_argument("--json", default="")
+    parser.add_argument("--quick", action="store_true", help="1,000 Lookups (checks the script runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.lookups = 1000
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings(data_dir=data_dir, embedding_model="none", embedding_dimension=8, sync_writes=False,
                             feedback_log_entries=args.lookups)
         cache = SemanticCache(settings, None)
         rng = np.random.default_rng(0)
         pool = texts(2000)
-        for i, text in enumerate(pool[:500]):
+        for text in pool[:500]:
             cache.store(KEY, text, b"answer", embedding=_unit(rng))
         questions = [f"{pool[i % len(pool)]} #{i}" for i in range(args.lookups)]
         tracemalloc.start()
@@ -51,7 +54,7 @@ def main() -> None:
         cache.close()
     report = {"lookups": args.lookups, "logged": logged, "heap_growth_bytes": held,
               "bytes_per_logged_lookup": round(held / max(1, logged))}
-    print(json.dumps(report))
+    print(json.dumps(report, indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

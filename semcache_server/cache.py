@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from semcache_server.cache_control import DEFAULT_CONTROL, REFRESH, CacheControl
+from semcache_server.calibration import Calibrated, Calibration
 from semcache_server.decision import EXACT, NO_CANDIDATE, Candidate, DecisionPolicy, Verdict, decide
 from semcache_server.embedder import Embedder
 from semcache_server.entries import (
@@ -90,9 +91,10 @@ class SemanticCache:
         self.validator = RequestValidator(settings, self.dimension, has_model=embedder is not None)
         self.storage: CacheStorage[Any] = LocalStorage(settings, self.dimension, self.embedding_model, clock)
         self.recovery_seconds = self.storage.recovery_seconds
-        self.thresholds = Thresholds(settings, self.storage.namespace_thresholds)
+        calibration = Calibration(settings, self.storage.calibrations, self.storage.save_calibration)
+        self.thresholds = Thresholds(settings, self.storage.namespace_thresholds, calibration)
         self.leases = LeaseTable(settings.lease_seconds, settings.lease_waiters)
-        self.verdicts = Verdicts(settings, self.storage, self.store, has_model=embedder is not None)
+        self.verdicts = Verdicts(settings, self.storage, self.store, calibration, self._embed if embedder is not None else None)
 
     # -- lookup -------------------------------------------------------------------
 
@@ -110,13 +112,15 @@ class SemanticCache:
         control: CacheControl = DEFAULT_CONTROL,
         lease: bool = False,
         lease_wait_seconds: float | None = None,
+        audit_rate: float = 0.0,
     ) -> LookupResult:
         """The stored response for this query, or a miss. Never crosses partitions, and
         never answers with an entry whose request key (settings, tools, context) differs.
         deadline: time.monotonic() past which the caller has given up (see _embed).
         verifier_band_low, verifier_min_score: this request's gray band (see decision.py).
         lease: the caller computes and stores on a miss, so concurrent misses of the same
-        question wait for its Store (see semcache_server/leases.py), at most lease_wait_seconds."""
+        question wait for its Store (see semcache_server/leases.py), at most lease_wait_seconds.
+        audit_rate: the share of eligible Lookups drawn for an audit (semcache_server/calibration.py)."""
         started = time.perf_counter()
         policy = self.thresholds.policy(key.namespace, min_similarity, verifier_band_low, verifier_min_score)
         request = prepare_lookup(
@@ -126,14 +130,11 @@ class SemanticCache:
         result = self._lookup(key, request, policy, deadline, count_miss=not leased)
         if leased and not result.hit:
             result = self._single_flight(key, request, policy, deadline, result, lease_wait_seconds)
-        result = self._logged(key, request, request_key, result)
+        audited = audit_rate if min_similarity is None and not control.refresh else 0.0
+        result = self.verdicts.logged(key, request, request_key, result, audited, self.thresholds.for_namespace(key.namespace))
         outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
         self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
         return result
-
-    def _logged(self, key: PartitionKey, request: LookupRequest, parts: KeyParts, result: LookupResult) -> LookupResult:
-        """The result with its lookup_id, under which Feedback finds what was served."""
-        return dataclasses.replace(result, lookup_id=self.verdicts.log(key, request, parts, result))
 
     def _lookup(
         self, key: PartitionKey, request: LookupRequest, policy: DecisionPolicy, deadline: float | None, *, count_miss: bool,
@@ -236,17 +237,11 @@ class SemanticCache:
         )
         record = candidate.record
         return LookupResult(
-            hit=True,
-            threshold=threshold,
-            resolved_version=partition.key.version,
-            entry_id=format_entry_id(candidate.entry_id),
-            response=record.response,
-            similarity=candidate.similarity,
-            matched_query=record.query,
-            exact=exact,
+            hit=True, threshold=threshold, resolved_version=partition.key.version,
+            entry_id=format_entry_id(candidate.entry_id), response=record.response, similarity=candidate.similarity,
+            matched_query=record.query, exact=exact,
             metadata=record.metadata,  # the record is this lookup's own copy: no need for another
-            decided_by=verdict.decided_by,
-            verifier_score=verdict.verifier_score,
+            decided_by=verdict.decided_by, verifier_score=verdict.verifier_score,
         )
 
     def _miss(
@@ -257,6 +252,7 @@ class SemanticCache:
         return LookupResult(
             hit=False, threshold=threshold, resolved_version=partition.key.version, similarity=verdict.best_similarity,
             guard_reason=verdict.guard_reason, decided_by=verdict.decided_by, verifier_score=verdict.verifier_score,
+            nearest=verdict.nearest,
         )
 
     def _observe_searches(self, candidates: CandidateStream) -> None:
@@ -343,9 +339,11 @@ class SemanticCache:
 
     # -- removal, thresholds ----------------------------------------------------------
 
-    def feedback(self, key: PartitionKey, lookup_id: str, correct: bool, should_match_entry_id: str = "") -> FeedbackResult:
+    def feedback(
+        self, key: PartitionKey, lookup_id: str, correct: bool, should_match_entry_id: str = "", fresh_response: bytes = b"",
+    ) -> FeedbackResult:
         """A verdict on a Lookup of this partition's namespace (see semcache_server/verdicts.py)."""
-        return self.verdicts.take(key, lookup_id, correct, should_match_entry_id)
+        return self.verdicts.take(key, lookup_id, correct, should_match_entry_id, fresh_response)
 
     def release_lease(self, key: PartitionKey, lease_id: str) -> bool:
         """End a lease without a Store (its holder's LLM call failed); waiters wake."""
@@ -369,8 +367,9 @@ class SemanticCache:
             key, all_versions=all_versions, whole_namespace=whole_namespace, metadata_match=metadata_match
         )
 
-    def namespace_threshold(self, namespace: str) -> float:
-        return self.thresholds.for_namespace(namespace)
+    def calibrations(self, allowed: Callable[[str], bool] | None = None) -> list[Calibrated]:
+        """What audits say of each namespace's threshold (see semcache_server/calibration.py)."""
+        return self.thresholds.calibration.report(self.thresholds.for_namespace, allowed)
 
     def set_namespace_threshold(self, namespace: str, min_similarity: float | None) -> float:
         """Set (None: clear) a namespace's threshold, persisted; returns the one now in force."""
@@ -417,4 +416,5 @@ class SemanticCache:
         self.storage.start_maintenance()
 
     def close(self) -> None:
+        self.verdicts.close()
         self.storage.close()

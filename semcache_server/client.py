@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 import semcache_server.client_requests as build
+from semcache_server.audits import Audits, Same
 from semcache_server.client_requests import (
     CACHE_UNAVAILABLE_CODES,
     KeyLike,
@@ -57,8 +58,10 @@ class Client:
         self._stub = pb_grpc.SemanticCacheStub(self._channel)
         self._timeout_seconds = timeout_seconds
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.audits = Audits(self.feedback)
 
     def close(self) -> None:
+        self.audits.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -74,7 +77,7 @@ class Client:
         """Options (see LookupRequest; None leaves a setting to the namespace and server):
         embedding, min_similarity, verifier_band_low, verifier_min_score, key (settings,
         tools and context: see request_key), no_store, refresh, max_age_seconds, lease,
-        lease_wait_ms. A leased Lookup may wait up to lease_wait_ms (plus the timeout)."""
+        lease_wait_ms, audit_rate. A leased Lookup may wait up to lease_wait_ms (plus the timeout)."""
         request = build.lookup_request(partition, query, **options)
         return self._call(self._stub.Lookup, request, build.lookup_timeout(request, self._timeout_seconds))
 
@@ -94,11 +97,15 @@ class Client:
 
     def feedback(
         self, partition: PartitionLike, lookup_id: str, correct: bool, *, should_match_entry_id: str = "",
+        fresh_response: bytes | str = b"",
     ) -> pb.FeedbackResponse:
         """A verdict on a Lookup (its response's lookup_id): was the served answer right? For
-        a miss, should_match_entry_id names the entry that should have answered."""
+        a miss, should_match_entry_id names the entry that should have answered. For an
+        audited Lookup, fresh_response (the answer computed now) lets the server judge."""
+        fresh = fresh_response.encode("utf-8") if isinstance(fresh_response, str) else fresh_response
         request = pb.FeedbackRequest(
             partition=as_partition(partition), lookup_id=lookup_id, correct=correct, should_match_entry_id=should_match_entry_id,
+            fresh_response=fresh,
         )
         return self._call(self._stub.Feedback, request)
 
@@ -179,6 +186,8 @@ class Client:
         max_age_seconds: int | None = None,
         coalesce: bool = True,
         lease_wait_ms: int | None = None,
+        audit_rate: float = 0.0,
+        same: Same | None = None,
     ) -> str | bytes:
         """The cached response when one matches; otherwise compute(), stored, then returned.
 
@@ -194,12 +203,20 @@ class Client:
         timeout, not running), the Lookup counts as a miss and a failed Store is skipped:
         compute()'s value is returned all the same. Other errors (a bad request, a
         refused token) are raised. If compute() raises, the lease is released.
+
+        audit_rate: the share of Lookups the server may draw for a shadow check, which
+        calls compute() anyway, off this call's path, and reports whether the cached answer
+        was right (`same(fresh, cached)`, else the server compares their embeddings);
+        see semcache_server/audits.py.
         """
         found = self.lookup_or_none(
             partition, query, embedding=embedding, min_similarity=min_similarity, key=key, no_store=no_store, refresh=refresh,
             max_age_seconds=max_age_seconds, lease=coalesce and not no_store, lease_wait_ms=lease_wait_ms,
+            audit_rate=audit_rate,
         )
         if found is not None and found.hit:
+            if found.audit:
+                self.audits.hit(partition, found.lookup_id, cached_value(found), compute, same)
             return cached_value(found)
         lease_id = found.lease_id if found is not None else ""
         try:
@@ -207,6 +224,9 @@ class Client:
         except BaseException:
             self.release_or_skip(partition, lease_id)
             raise
+        if found is not None and found.audit and found.audit_entry_id:
+            candidate = found.audit_response.decode("utf-8", "replace") if isinstance(value, str) else found.audit_response
+            self.audits.miss(partition, found.lookup_id, value, candidate, same)
         if no_store:
             return value
         self.store_or_skip(

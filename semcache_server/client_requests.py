@@ -70,10 +70,11 @@ def lookup_request(
     max_age_seconds: int | None = None,
     lease: bool = False,
     lease_wait_ms: int | None = None,
+    audit_rate: float = 0.0,
 ) -> pb.LookupRequest:
     """None leaves a setting to the namespace and server (see LookupRequest)."""
     request = pb.LookupRequest(
-        partition=as_partition(partition), query=query, embedding=embedding or [], lease=lease,
+        partition=as_partition(partition), query=query, embedding=embedding or [], lease=lease, audit_rate=audit_rate,
         cache_control=pb.CacheControl(no_store=no_store, refresh=refresh),
     )
     for field, value in (

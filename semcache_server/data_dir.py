@@ -4,12 +4,15 @@ before LMDB maps them (a truncated file would be SIGBUS, not an error)."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 import lmdb
 
 from semcache_server.errors import ConfigError
+
+log = logging.getLogger("semcache")
 
 
 def lock_data_dir(path: Path) -> int:
@@ -85,3 +88,15 @@ def aborted_start_error(data_dir: str) -> ConfigError:
         f"With the server stopped, `semcache verify --data-dir {data_dir} --salvage-to NEW_DIR` copies every "
         "intact entry into a new data dir to start on; or restore the data dir from a backup"
     )
+
+
+def warn_if_map_exceeds_volume(path: str | Path, max_map_bytes: int) -> None:
+    stat = os.statvfs(path)
+    volume_bytes = stat.f_blocks * stat.f_frsize
+    if max_map_bytes > volume_bytes:
+        log.warning(
+            "max_map_bytes (%d) is larger than the data volume (%d bytes): the cache will evict "
+            "when the volume fills, leaving no room for anything else on it; set max_map_bytes "
+            "below the volume's size",
+            max_map_bytes, volume_bytes,
+        )

@@ -75,6 +75,7 @@ class Verdict:
     guard_reason: str  # why the guard refused a candidate at or above the floor ("" when none)
     decided_by: str
     verifier_score: float | None = None  # of the hit, or the best verified candidate of a miss
+    nearest: Candidate | None = None  # a miss's best live candidate (for audits of near misses)
 
 
 def decide(
@@ -89,12 +90,13 @@ def decide(
     """
     band_low = policy.floor if verify is not None else policy.threshold
     best: float | None = None
+    nearest: Candidate | None = None
     guard_reason = ""
     band: list[Candidate] = []
     stopped_by = NO_CANDIDATE
     for examined, candidate in enumerate(candidates):
         if best is None:
-            best = candidate.similarity
+            best, nearest = candidate.similarity, candidate
         if candidate.similarity < band_low:
             stopped_by = BELOW_THRESHOLD
             break
@@ -119,5 +121,5 @@ def decide(
         score = float(scores[chosen])
         if score >= policy.min_verifier_score:
             return Verdict(band[chosen], best, guard_reason, VERIFIER, score)
-        return Verdict(None, best, guard_reason, VERIFIER_REJECTED, score)
-    return Verdict(None, best, guard_reason, stopped_by)
+        return Verdict(None, best, guard_reason, VERIFIER_REJECTED, score, nearest)
+    return Verdict(None, best, guard_reason, stopped_by, nearest=nearest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,12 @@ class LookupResult:
     coalesced: bool = False
     waited_ms: int = 0
     lookup_id: str = ""  # for Feedback
+    # Drawn for an audit (semcache_server/calibration.py): for a miss, the best candidate's
+    # entry and response, which the caller compares with its fresh answer.
+    audit: bool = False
+    audit_entry_id: str = ""
+    audit_response: bytes = b""
+    nearest: Any = dataclasses.field(default=None, compare=False, repr=False)  # a miss's best Candidate
 
 
 @dataclasses.dataclass(frozen=True)

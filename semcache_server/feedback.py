@@ -64,6 +64,11 @@ class LoggedLookup:
     request_key: object  # the KeyParts a miss carried, for an alias; None when too large to keep
     logged_at: float
     judged: bool = False
+    # Drawn for an audit: the namespace's (Lookups, eligible Lookups) counted before it,
+    # and the entry whose answer is judged (the served one, or a miss's best candidate).
+    audit_counts: tuple[int, int] | None = None
+    audit_entry_id: int = 0
+    judged_before: bool = False  # set on the copy Verdicts.take works on
 
 
 class LookupLog:
@@ -82,6 +87,10 @@ class LookupLog:
             while len(self._lookups) > self.max_entries:
                 self._lookups.popitem(last=False)
         return lookup_id
+
+    def peek(self, lookup_id: str) -> LoggedLookup | None:
+        with self._lock:
+            return self._lookups.get(lookup_id)
 
     def judge(self, lookup_id: str) -> tuple[LoggedLookup | None, bool]:
         """The logged Lookup, and True if this is the first verdict on it (now taken)."""

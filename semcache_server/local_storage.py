@@ -33,7 +33,7 @@ from semcache_server.ledger import Ledger
 from semcache_server.maintenance import Maintenance
 from semcache_server.partition import PartitionKey
 from semcache_server.partition_registry import LivePartition, PartitionRegistry
-from semcache_server.recovery import check_consistency, read_meta, rebuild
+from semcache_server.recovery import CALIBRATION_PREFIX, check_consistency, read_meta, rebuild
 from semcache_server.salvage import walk_in_child
 from semcache_server.settings import Settings
 from semcache_server.stats import stats_view
@@ -129,6 +129,10 @@ class LocalStorage:
             self.ledger = Ledger(policy)
             self.ledger.totals = recovered.totals
             self.namespace_thresholds: Mapping[str, float] = recovered.namespace_thresholds
+            with self.store.read() as txn:
+                self.calibrations: Mapping[str, str] = {
+                    name[len(CALIBRATION_PREFIX):]: value for name, value in self.store.iter_meta(txn, CALIBRATION_PREFIX)
+                }
             self.registry = PartitionRegistry()
             self.write_lock = threading.Lock()
             self._at_ceiling_until = 0.0  # monotonic; see _AT_CEILING_SECONDS
@@ -298,6 +302,10 @@ class LocalStorage:
     def save_namespace_thresholds(self, thresholds: dict[str, float]) -> None:
         with self.write_lock, self.store.write() as txn:
             self.store.put_meta(txn, "namespace_thresholds", json.dumps(thresholds, sort_keys=True))
+
+    def save_calibration(self, namespace: str, data: str) -> None:
+        with self.write_lock, self.store.write() as txn:
+            self.store.put_meta(txn, CALIBRATION_PREFIX + namespace, data)
 
     # -- reporting and upkeep ---------------------------------------------------------------
 

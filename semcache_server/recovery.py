@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 
+from semcache_server.calibration import parse_calibration
 from semcache_server.entries import entry_bytes
 from semcache_server.errors import ConfigError
 from semcache_server.eviction import EvictionPolicy
@@ -110,6 +111,10 @@ def rebuild(
     )
 
 
+# Meta records "calibration:NAMESPACE": a namespace's audits (semcache_server/calibration.py).
+CALIBRATION_PREFIX = "calibration:"
+
+
 def check_consistency(store: Store, registry: PartitionRegistry, policy: EvictionPolicy) -> list[str]:
     """Disagreements between LMDB and the in-memory indexes and policy; [] when they agree.
     Needs the write lock held."""
@@ -129,6 +134,11 @@ def check_consistency(store: Store, registry: PartitionRegistry, policy: Evictio
                 problems.append(f"{count} entries in LMDB belong to no live partition {partition_id}")
         if policy.entries != sum(stored.values()):
             problems.append(f"{policy.entries} entries tracked for eviction, {sum(stored.values())} in LMDB")
+        for name, value in store.iter_meta(txn, CALIBRATION_PREFIX):
+            try:
+                parse_calibration(value, window=1 << 30)
+            except ValueError as e:
+                problems.append(f"meta record {name!r}: {e}")
         orphan_hits = store.count_orphan_hits(txn)
         if orphan_hits:
             problems.append(f"{orphan_hits} hit-statistics rows belong to no entry")

@@ -123,6 +123,7 @@ class CacheServicer:
             control=wire.cache_control(request.cache_control),
             lease=request.lease,
             lease_wait_seconds=wire.lease_wait_seconds(request),
+            audit_rate=wire.audit_rate(request),
         )
         return wire.lookup_response(result)
 
@@ -138,7 +139,8 @@ class CacheServicer:
     @_rpc
     def Feedback(self, request: pb.FeedbackRequest, grant: Grant, deadline: float | None) -> pb.FeedbackResponse:
         result = self._ready().feedback(
-            self._key(request.partition, grant), request.lookup_id, request.correct, request.should_match_entry_id
+            self._key(request.partition, grant), request.lookup_id, request.correct, request.should_match_entry_id,
+            request.fresh_response,
         )
         return pb.FeedbackResponse(counted=result.counted, vetoed=result.vetoed, alias_entry_id=result.alias_entry_id)
 
@@ -202,6 +204,8 @@ class CacheServicer:
         if request.HasField("partition"):
             key = self._key(request.partition, grant)
             view = cache.stats(key.namespace, key.model, key.version, listed=listed)
+            calibrations = cache.calibrations(lambda namespace: namespace == key.namespace)
         else:
             view = cache.stats(allowed=allowed, listed=listed)
-        return wire.stats_response(view, cache.embedding_model, cache.dimension)
+            calibrations = cache.calibrations(allowed)
+        return wire.stats_response(view, cache.embedding_model, cache.dimension, calibrations)

@@ -40,6 +40,10 @@ class NamespaceSettings:
     context_min_similarity: float | None = None
     coalesce: str | None = None
     lease_wait_seconds: float | None = None
+    max_false_hit_rate: float | None = None
+    adaptive_max_loosening: float | None = None
+    adaptive_min_audits: int | None = None
+    adaptive_window: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -108,6 +112,14 @@ class Settings:
     lease_wait_seconds: float = 30.0
     max_lease_waiters: int = 0  # Lookups waiting on leases at once; more miss (0 = 3/4 of grpc_workers)
     feedback_per_second: float = 100.0  # Feedback verdicts per namespace (bursts of twice that)
+    # Audited traffic moves the threshold (semcache_server/calibration.py): to the lowest one whose
+    # 95% bound of wrong answers per Lookup is at most max_false_hit_rate (0 = off), never
+    # more than adaptive_max_loosening under min_similarity, once adaptive_min_audits are
+    # in; from the newest adaptive_window audits.
+    max_false_hit_rate: float = 0.01
+    adaptive_max_loosening: float = 0.03
+    adaptive_min_audits: int = 100
+    adaptive_window: int = 4000
     # Lookups a verdict can still be given on (the newest; ~0.5 KB each), and for how long.
     feedback_log_entries: int = 100_000
     feedback_log_seconds: float = 3600.0
@@ -326,10 +338,16 @@ def _check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
         value = getattr(obj, name)
         if value is not None and not low <= value <= 1.0:
             raise ConfigError(f"{prefix}{name} must be between {low:g} and 1, got {value}")
-    for name in ("default_ttl_seconds", "max_entries", "max_bytes"):
+    for name in ("default_ttl_seconds", "max_entries", "max_bytes", "adaptive_min_audits"):
         value = getattr(obj, name)
         if value is not None and value < 0:
             raise ConfigError(f"{prefix}{name} must be >= 0, got {value}")
+    for name in ("max_false_hit_rate", "adaptive_max_loosening"):
+        value = getattr(obj, name)
+        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ConfigError(f"{prefix}{name} must be between 0 and 1, got {value}")
+    if obj.adaptive_window is not None and obj.adaptive_window <= 0:
+        raise ConfigError(f"{prefix}adaptive_window must be > 0, got {obj.adaptive_window}")
 
 
 def _check_address(name: str, address: str, *, unix_ok: bool) -> None:

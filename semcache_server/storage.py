@@ -45,6 +45,7 @@ class CandidateStream(Protocol):
 
 class CacheStorage(Protocol[PartitionT]):
     namespace_thresholds: Mapping[str, float]  # as recovered at start
+    calibrations: Mapping[str, str]  # namespace -> its audits (semcache_server/calibration.py), as recovered
     recovery_seconds: float
 
     # -- lookups
@@ -79,6 +80,8 @@ class CacheStorage(Protocol[PartitionT]):
         self, key: PartitionKey, *, all_versions: bool, whole_namespace: bool, metadata_match: Mapping[str, str] | None,
     ) -> int: ...
     def save_namespace_thresholds(self, thresholds: dict[str, float]) -> None: ...
+
+    def save_calibration(self, namespace: str, data: str) -> None: ...
 
     # -- reporting and upkeep
     def stats(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import struct
@@ -26,7 +27,7 @@ from typing import cast
 import lmdb
 from google.protobuf.message import DecodeError
 
-from semcache_server.data_dir import check_not_truncated, damaged_data_error, lock_data_dir
+from semcache_server.data_dir import check_not_truncated, damaged_data_error, lock_data_dir, warn_if_map_exceeds_volume
 from semcache_server.errors import ConfigError, StorageFullError
 from semcache_server.key_fingerprint import record_exact_suffix
 from semcache_server.partition import PartitionKey
@@ -118,7 +119,7 @@ class Store:
             self._env.close()
             os.close(self._lock_fd)
             raise
-        self._warn_if_map_exceeds_volume(max_map_bytes)
+        warn_if_map_exceeds_volume(self._path, max_map_bytes)
         # Damaged entry records seen (never served; dropped by drop_damaged).
         self.corrupt_entry_ids: set[int] = set()
         try:
@@ -186,17 +187,6 @@ class Store:
         stat = os.statvfs(self._path)
         return stat.f_bavail * stat.f_frsize
 
-    def _warn_if_map_exceeds_volume(self, max_map_bytes: int) -> None:
-        stat = os.statvfs(self._path)
-        volume_bytes = stat.f_blocks * stat.f_frsize
-        if max_map_bytes > volume_bytes:
-            log.warning(
-                "max_map_bytes (%d) is larger than the data volume (%d bytes): the cache will evict "
-                "when the volume fills, leaving no room for anything else on it; set max_map_bytes "
-                "below the volume's size",
-                max_map_bytes, volume_bytes,
-            )
-
     # -- meta ---------------------------------------------------------------
 
     def get_meta(self, txn: lmdb.Transaction, name: str) -> str | None:
@@ -208,6 +198,13 @@ class Store:
 
     def put_raw_meta(self, txn: lmdb.Transaction, name: bytes, value: bytes) -> None:
         txn.put(name, value, db=self._meta)
+
+    def iter_meta(self, txn: lmdb.Transaction, prefix: str) -> Iterator[tuple[str, str]]:
+        """(name, value) of the meta records whose name starts with prefix."""
+        cursor = txn.cursor(db=self._meta)
+        found = cursor.set_range(prefix.encode())
+        names = itertools.takewhile(lambda item: bytes(item[0]).startswith(prefix.encode()), cursor if found else ())
+        return ((bytes(name).decode(), bytes(value).decode()) for name, value in names)
 
     def delete_meta(self, txn: lmdb.Transaction, name: str) -> None:
         txn.delete(name.encode(), db=self._meta)

@@ -1,8 +1,9 @@
 """Threshold resolution: which min_similarity (and gray band) a Lookup is held to.
 
-The request's value, else the namespace's run-time value (SetNamespaceThreshold,
-persisted by the storage), else the settings' (namespace, then server). The band's
-low end and the verifier score come from the request, else the settings.
+The request's value, else the namespace's: its configured one (the run-time value of
+SetNamespaceThreshold, persisted by the storage, else the settings', namespace then
+server) as audits have moved it under max_false_hit_rate (semcache_server/calibration.py).
+The band's low end and the verifier score come from the request, else the settings.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 
+from semcache_server.calibration import Calibration
 from semcache_server.decision import DecisionPolicy
 from semcache_server.errors import InvalidArgumentError
 from semcache_server.settings import Settings
@@ -17,15 +19,16 @@ from semcache_server.validation import check_similarity
 
 
 class Thresholds:
-    def __init__(self, settings: Settings, runtime: Mapping[str, float]) -> None:
+    def __init__(self, settings: Settings, runtime: Mapping[str, float], calibration: Calibration) -> None:
         self._settings = settings
         self._runtime = dict(runtime)
+        self.calibration = calibration
         self._lock = threading.Lock()
 
     def resolve(self, namespace: str, min_similarity: float | None) -> float:
-        """The request's value (checked), else the namespace's."""
+        """The request's value (checked), else the namespace's in force."""
         if min_similarity is None:
-            return self.for_namespace(namespace)
+            return self.in_force(namespace)
         check_similarity(min_similarity)
         return float(min_similarity)
 
@@ -47,7 +50,12 @@ class Thresholds:
             max_verified=self._settings.verifier_max_candidates,
         )
 
+    def in_force(self, namespace: str) -> float:
+        """The namespace's threshold as audits have moved it (its configured one without them)."""
+        return self.calibration.threshold(namespace, self.for_namespace(namespace))
+
     def for_namespace(self, namespace: str) -> float:
+        """The namespace's configured threshold."""
         runtime = self._runtime.get(namespace)
         return self._settings.for_namespace(namespace, "min_similarity") if runtime is None else runtime
 
@@ -66,4 +74,4 @@ class Thresholds:
                 thresholds[namespace] = float(min_similarity)
             persist(thresholds)
             self._runtime = thresholds
-        return self.for_namespace(namespace)
+        return self.in_force(namespace)

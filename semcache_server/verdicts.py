@@ -1,61 +1,103 @@
 """Feedback, end to end: each Lookup logged under its lookup_id, and a verdict on one
 taken (rate-limited, once per lookup_id) and applied to the storage. The policy of what
-a verdict does is in semcache_server/feedback.py."""
+a verdict does is in semcache_server/feedback.py; what audits do to the threshold, in
+semcache_server/calibration.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from semcache_server.entries import FeedbackResult, LookupResult
-from semcache_server.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from semcache_server.calibration import SAME_ANSWER_SIMILARITY, Calibration
+from semcache_server.entries import FeedbackResult, LookupResult, format_entry_id
+from semcache_server.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError, StorageFullError
 from semcache_server.feedback import LoggedLookup, LookupLog, RateLimit, key_bytes, veto
 from semcache_server.partition import PartitionKey
 from semcache_server.prepared import LookupRequest
 from semcache_server.settings import Settings
 from semcache_server.validation import parse_entry_id
 
+log = logging.getLogger("semcache")
+
+# Bytes of each answer an audit compares (the model reads its first 256 tokens anyway).
+SAME_ANSWER_CHARS = 4096
+
 # The largest request key a miss keeps in the lookup log for an alias.
 MAX_LOGGED_KEY_BYTES = 4096
 
 
 class Verdicts:
-    def __init__(self, settings: Settings, storage: Any, store: Callable[..., Any], *, has_model: bool) -> None:
+    def __init__(
+        self, settings: Settings, storage: Any, store: Callable[..., Any], calibration: Calibration,
+        embed: Callable[[Sequence[str], float | None], np.ndarray] | None,
+    ) -> None:
         self._settings = settings
         self._storage = storage
         self._store = store  # SemanticCache.store, for aliases
-        self._has_model = has_model
+        self._calibration = calibration
+        self._embed = embed  # the server's model (None: clients supply vectors)
+        self._has_model = embed is not None
         self.log_of_lookups = LookupLog(settings.feedback_log_entries, settings.feedback_log_seconds)
         self._limit = RateLimit(settings.feedback_per_second)
 
-    def log(self, key: PartitionKey, request: LookupRequest, parts: Any, result: LookupResult) -> str:
+    def logged(
+        self, key: PartitionKey, request: LookupRequest, parts: Any, result: LookupResult, audit_rate: float,
+        configured_threshold: float,
+    ) -> LookupResult:
+        """The result with its lookup_id, under which Feedback finds what was served, and,
+        where a Lookup asked for audits and was drawn, marked for one."""
         miss = not result.hit
+        nearest = result.nearest if miss else None
+        audit_counts = None
+        if audit_rate > 0 and not result.exact:
+            counts = self._calibration.counts(key.namespace)
+            if self._calibration.sample(key.namespace, audit_rate, result.similarity, configured_threshold):
+                audit_counts = counts
         # What an alias of a miss needs: the vector where no model can recompute it, and the key.
         kept_vector = request.vector if miss and not self._has_model else None
         keep_key = miss and key_bytes(parts) <= MAX_LOGGED_KEY_BYTES
-        return self.log_of_lookups.add(LoggedLookup(
+        lookup_id = self.log_of_lookups.add(LoggedLookup(
             key, request.query, request.question, 0 if miss else int(result.entry_id), result.similarity or 0.0,
             b"" if kept_vector is None else kept_vector.tobytes(),
-            parts if keep_key else None, time.monotonic(),
+            parts if keep_key else None, time.monotonic(), audit_counts=audit_counts,
+            audit_entry_id=_judged_entry_id(result, audit_counts is not None),
         ))
+        if audit_counts is None:
+            return dataclasses.replace(result, lookup_id=lookup_id, nearest=None)
+        return dataclasses.replace(
+            result, lookup_id=lookup_id, nearest=None, audit=True,
+            audit_entry_id=format_entry_id(nearest.entry_id) if nearest is not None else "",
+            audit_response=nearest.record.response if nearest is not None else b"",
+        )
 
-    def take(self, key: PartitionKey, lookup_id: str, correct: bool, should_match_entry_id: str) -> FeedbackResult:
+    def close(self) -> None:
+        try:
+            self._calibration.flush()
+        except StorageFullError as e:
+            log.warning("the newest audits were not written: %s", e)
+
+    def take(
+        self, key: PartitionKey, lookup_id: str, correct: bool, should_match_entry_id: str, fresh_response: bytes = b"",
+    ) -> FeedbackResult:
         if not self._limit.allow(key.namespace):
             raise ResourceExhaustedError(
                 f"more than {self._settings.feedback_per_second:g} verdicts per second in namespace {key.namespace!r}"
             )
-        logged, first = self.log_of_lookups.judge(lookup_id)
-        if logged is None or logged.key.namespace != key.namespace:
-            raise NotFoundError(
-                f"no Lookup {lookup_id[:40]!r} in namespace {key.namespace!r} (unknown, over feedback_log_seconds old, "
-                "or older than the newest feedback_log_entries Lookups)"
-            )
-        if not first:
+        if fresh_response:
+            correct = self._same_answer(self._found(key, lookup_id, self.log_of_lookups.peek(lookup_id)), fresh_response)
+        logged = self._found(key, lookup_id, *self.log_of_lookups.judge(lookup_id))
+        if logged.judged_before:
             return FeedbackResult(counted=False)
+        if logged.audit_counts is not None:  # for a near miss: would its best candidate have been right?
+            self._calibration.add(key.namespace, logged.similarity, not correct, *logged.audit_counts)
+            if not logged.entry_id:
+                return FeedbackResult(counted=True)
         if logged.entry_id:  # a hit
             change = None if correct else functools.partial(veto, digest=logged.digest, similarity=logged.similarity)
             vetoed = self._storage.record_verdict(logged.key, logged.entry_id, correct, change)
@@ -63,6 +105,28 @@ class Verdicts:
         if not should_match_entry_id:
             return FeedbackResult(counted=True)
         return FeedbackResult(counted=True, alias_entry_id=self._alias(logged, parse_entry_id(should_match_entry_id)))
+
+    @staticmethod
+    def _found(key: PartitionKey, lookup_id: str, logged: LoggedLookup | None, first: bool = True) -> LoggedLookup:
+        if logged is None or logged.key.namespace != key.namespace:
+            raise NotFoundError(
+                f"no Lookup {lookup_id[:40]!r} in namespace {key.namespace!r} (unknown, over feedback_log_seconds old, "
+                "or older than the newest feedback_log_entries Lookups)"
+            )
+        return dataclasses.replace(logged, judged_before=not first)
+
+    def _same_answer(self, logged: LoggedLookup, fresh_response: bytes) -> bool:
+        """An audit's verdict from the fresh answer: is it the same as the one compared?"""
+        if logged.audit_counts is None:
+            raise FailedPreconditionError("fresh_response is for Lookups drawn for an audit; send correct instead")
+        if self._embed is None:
+            raise FailedPreconditionError("comparing answers needs the server's model; send correct instead")
+        entry = self._storage.entry(logged.key, logged.audit_entry_id)
+        if entry is None:
+            raise NotFoundError(f"the audited entry {logged.audit_entry_id} is gone; send correct instead")
+        texts = [answer[:SAME_ANSWER_CHARS].decode("utf-8", "replace") for answer in (entry.response, fresh_response)]
+        vectors = self._embed(texts, None)
+        return float(np.dot(vectors[0], vectors[1])) >= SAME_ANSWER_SIMILARITY
 
     def _alias(self, logged: LoggedLookup, entry_id: int) -> str:
         """Store a missed query as an alias of an entry of its partition: the entry's response."""
@@ -79,3 +143,12 @@ class Verdicts:
             ttl_seconds=entry.ttl_seconds, request_key=logged.request_key,
         )
         return str(stored.entry_id)
+
+
+def _judged_entry_id(result: LookupResult, audited: bool) -> int:
+    """The entry an audit judges: the served one, or a miss's best candidate (0: none)."""
+    if not audited:
+        return 0
+    if result.hit:
+        return int(result.entry_id)
+    return result.nearest.entry_id if result.nearest is not None else 0

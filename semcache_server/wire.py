@@ -3,10 +3,13 @@ to messages. No gRPC here; the servicer owns calls and status codes."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from semcache_server.cache_control import CacheControl
+from semcache_server.calibration import Calibrated
 from semcache_server.entries import COUNTERS, LookupResult, StatsView, StoreItem, StoreResult
+from semcache_server.errors import InvalidArgumentError
 from semcache_server.feedback import wilson_interval
 from semcache_server.key_fingerprint import NO_KEY, KeyParts, Turn
 from semcache_server.partition import PartitionKey
@@ -43,6 +46,12 @@ def lease_wait_seconds(request: pb.LookupRequest) -> float | None:
     return None if milliseconds is None else milliseconds / 1000.0
 
 
+def audit_rate(request: pb.LookupRequest) -> float:
+    if not 0.0 <= request.audit_rate <= 1.0:  # NaN fails too
+        raise InvalidArgumentError(f"audit_rate must be between 0 and 1, got {request.audit_rate}")
+    return request.audit_rate
+
+
 def lookup_response(result: LookupResult) -> pb.LookupResponse:
     response = pb.LookupResponse(
         hit=result.hit,
@@ -59,6 +68,9 @@ def lookup_response(result: LookupResult) -> pb.LookupResponse:
         coalesced=result.coalesced,
         waited_ms=result.waited_ms,
         lookup_id=result.lookup_id,
+        audit=result.audit,
+        audit_entry_id=result.audit_entry_id,
+        audit_response=result.audit_response,
     )
     if result.verifier_score is not None:
         response.verifier_score = result.verifier_score
@@ -83,8 +95,11 @@ def store_response(result: StoreResult) -> pb.StoreResponse:
     )
 
 
-def stats_response(view: StatsView, embedding_model: str, embedding_dimension: int) -> pb.StatsResponse:
+def stats_response(
+    view: StatsView, embedding_model: str, embedding_dimension: int, calibrations: list[Calibrated],
+) -> pb.StatsResponse:
     return pb.StatsResponse(
+        calibrations=[pb.NamespaceCalibration(**dataclasses.asdict(c)) for c in calibrations],
         entries=view.entries,
         bytes=view.bytes,
         partitions_total=view.partitions_total,

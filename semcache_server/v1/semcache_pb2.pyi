@@ -52,7 +52,7 @@ class Partition(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., system_prompt: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score", "key", "cache_control", "lease", "lease_wait_ms")
+    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score", "key", "cache_control", "lease", "lease_wait_ms", "audit_rate")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class LookupRequest(_message.Message):
     CACHE_CONTROL_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     LEASE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RATE_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     query: str
     embedding: _containers.RepeatedScalarFieldContainer[float]
@@ -73,10 +74,11 @@ class LookupRequest(_message.Message):
     cache_control: CacheControl
     lease: bool
     lease_wait_ms: int
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ...) -> None: ...
+    audit_rate: float
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ..., audit_rate: _Optional[float] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms", "lookup_id")
+    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms", "lookup_id", "audit", "audit_entry_id", "audit_response")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,9 @@ class LookupResponse(_message.Message):
     COALESCED_FIELD_NUMBER: _ClassVar[int]
     WAITED_MS_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     hit: bool
     entry_id: str
     response: bytes
@@ -116,7 +121,10 @@ class LookupResponse(_message.Message):
     coalesced: bool
     waited_ms: int
     lookup_id: str
-    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ..., lease_id: _Optional[str] = ..., coalesced: _Optional[bool] = ..., waited_ms: _Optional[int] = ..., lookup_id: _Optional[str] = ...) -> None: ...
+    audit: bool
+    audit_entry_id: str
+    audit_response: bytes
+    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ..., lease_id: _Optional[str] = ..., coalesced: _Optional[bool] = ..., waited_ms: _Optional[int] = ..., lookup_id: _Optional[str] = ..., audit: _Optional[bool] = ..., audit_entry_id: _Optional[str] = ..., audit_response: _Optional[bytes] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("partition", "query", "response", "embedding", "ttl_seconds", "metadata", "cost", "key", "lease_id")
@@ -269,7 +277,7 @@ class PartitionStats(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., verdicts_correct: _Optional[int] = ..., verdicts_wrong: _Optional[int] = ..., false_hit_rate: _Optional[_Union[FalseHitEstimate, _Mapping]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension", "evictions", "expirations", "invalidations", "partitions_total", "damaged_entries", "verdicts_correct", "verdicts_wrong", "false_hit_rate")
+    __slots__ = ("entries", "lookups", "hits", "exact_hits", "semantic_hits", "misses", "saved_cost", "partitions", "bytes", "embedding_model", "embedding_dimension", "evictions", "expirations", "invalidations", "partitions_total", "damaged_entries", "verdicts_correct", "verdicts_wrong", "false_hit_rate", "calibrations")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +297,7 @@ class StatsResponse(_message.Message):
     VERDICTS_CORRECT_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_WRONG_FIELD_NUMBER: _ClassVar[int]
     FALSE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATIONS_FIELD_NUMBER: _ClassVar[int]
     entries: int
     lookups: int
     hits: int
@@ -308,19 +317,44 @@ class StatsResponse(_message.Message):
     verdicts_correct: int
     verdicts_wrong: int
     false_hit_rate: FalseHitEstimate
-    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., partitions_total: _Optional[int] = ..., damaged_entries: _Optional[int] = ..., verdicts_correct: _Optional[int] = ..., verdicts_wrong: _Optional[int] = ..., false_hit_rate: _Optional[_Union[FalseHitEstimate, _Mapping]] = ...) -> None: ...
+    calibrations: _containers.RepeatedCompositeFieldContainer[NamespaceCalibration]
+    def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., partitions_total: _Optional[int] = ..., damaged_entries: _Optional[int] = ..., verdicts_correct: _Optional[int] = ..., verdicts_wrong: _Optional[int] = ..., false_hit_rate: _Optional[_Union[FalseHitEstimate, _Mapping]] = ..., calibrations: _Optional[_Iterable[_Union[NamespaceCalibration, _Mapping]]] = ...) -> None: ...
+
+class NamespaceCalibration(_message.Message):
+    __slots__ = ("namespace", "threshold", "configured_threshold", "max_false_hit_rate", "audits", "wrong_audits", "false_hit_rate", "false_hit_rate_upper", "audits_total")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_FALSE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    AUDITS_FIELD_NUMBER: _ClassVar[int]
+    WRONG_AUDITS_FIELD_NUMBER: _ClassVar[int]
+    FALSE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    FALSE_HIT_RATE_UPPER_FIELD_NUMBER: _ClassVar[int]
+    AUDITS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    threshold: float
+    configured_threshold: float
+    max_false_hit_rate: float
+    audits: int
+    wrong_audits: int
+    false_hit_rate: float
+    false_hit_rate_upper: float
+    audits_total: int
+    def __init__(self, namespace: _Optional[str] = ..., threshold: _Optional[float] = ..., configured_threshold: _Optional[float] = ..., max_false_hit_rate: _Optional[float] = ..., audits: _Optional[int] = ..., wrong_audits: _Optional[int] = ..., false_hit_rate: _Optional[float] = ..., false_hit_rate_upper: _Optional[float] = ..., audits_total: _Optional[int] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("partition", "lookup_id", "correct", "should_match_entry_id")
+    __slots__ = ("partition", "lookup_id", "correct", "should_match_entry_id", "fresh_response")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_ID_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     SHOULD_MATCH_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    FRESH_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     lookup_id: str
     correct: bool
     should_match_entry_id: str
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., lookup_id: _Optional[str] = ..., correct: _Optional[bool] = ..., should_match_entry_id: _Optional[str] = ...) -> None: ...
+    fresh_response: bytes
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., lookup_id: _Optional[str] = ..., correct: _Optional[bool] = ..., should_match_entry_id: _Optional[str] = ..., fresh_response: _Optional[bytes] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
     __slots__ = ("counted", "vetoed", "alias_entry_id")

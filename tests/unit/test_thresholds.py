@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from semcache_server.calibration import Calibration
 from semcache_server.errors import InvalidArgumentError
 from semcache_server.settings import NamespaceSettings, Settings
 from semcache_server.thresholds import Thresholds
@@ -16,7 +17,7 @@ SETTINGS = dataclasses.replace(
 
 
 def test_the_request_wins_then_the_runtime_value_then_the_namespace_then_the_server():
-    thresholds = Thresholds(SETTINGS, {"tuned": 0.8})
+    thresholds = Thresholds(SETTINGS, {"tuned": 0.8}, Calibration(SETTINGS, {}, lambda namespace, data: None))
     assert thresholds.resolve("support", 0.5) == 0.5
     assert thresholds.resolve("tuned", None) == 0.8
     assert thresholds.resolve("support", None) == 0.85
@@ -25,7 +26,7 @@ def test_the_request_wins_then_the_runtime_value_then_the_namespace_then_the_ser
 
 @pytest.mark.parametrize("value", [1.5, -1.01, float("nan"), float("inf")])
 def test_a_threshold_outside_minus_one_to_one_is_refused(value):
-    thresholds = Thresholds(SETTINGS, {})
+    thresholds = Thresholds(SETTINGS, {}, Calibration(SETTINGS, {}, lambda namespace, data: None))
     with pytest.raises(InvalidArgumentError):
         thresholds.resolve("support", value)
     with pytest.raises(InvalidArgumentError):
@@ -34,7 +35,7 @@ def test_a_threshold_outside_minus_one_to_one_is_refused(value):
 
 def test_setting_persists_the_whole_mapping_before_it_takes_effect_and_clearing_restores_the_settings():
     saved: list[tuple[dict[str, float], float]] = []
-    thresholds = Thresholds(SETTINGS, {"other": 0.7})
+    thresholds = Thresholds(SETTINGS, {"other": 0.7}, Calibration(SETTINGS, {}, lambda namespace, data: None))
 
     def persist(mapping: dict[str, float]) -> None:
         saved.append((mapping, thresholds.for_namespace("support")))  # what is in force meanwhile
@@ -46,7 +47,7 @@ def test_setting_persists_the_whole_mapping_before_it_takes_effect_and_clearing_
 
 
 def test_a_failed_persist_leaves_the_threshold_as_it_was():
-    thresholds = Thresholds(SETTINGS, {})
+    thresholds = Thresholds(SETTINGS, {}, Calibration(SETTINGS, {}, lambda namespace, data: None))
 
     def persist(_: dict[str, float]) -> None:
         raise OSError("disk gone")

@@ -1,0 +1,241 @@
+"""Thresholds held to max_false_hit_rate by audits of live traffic (issue 19).
+
+The evidence is a uniform sample that the server draws itself: a Lookup that asks for
+audits (`audit_rate`) and whose best semantic candidate reaches the namespace's floor
+(its threshold less `adaptive_max_loosening`) is marked for audit with that
+probability. The caller judges a marked one: for a hit, was the served answer right;
+for a near miss (a best candidate between the floor and the threshold), would that
+candidate's answer have been right (the caller computed a fresh one anyway). Verdicts
+on unmarked Lookups (complaints) veto entries but are not in this sample, since they
+are not a random one.
+
+From the newest `adaptive_window` audits of a namespace (each with the cosine it was,
+or would have been, served at) and the share of its Lookups that reached the floor:
+
+    false hits per Lookup at threshold t = eligible share * P(cosine >= t and wrong)
+
+with P bounded above by the one-sided 95% Wilson bound. The threshold in force is the
+lowest t (on a 0.005 grid, never under the floor) whose bound is at most
+max_false_hit_rate, once `adaptive_min_audits` audits are in. Where no t is certified,
+loosening waits: the threshold is the configured one, or higher where the audits' point
+estimate there is over the target. So every verdict of a flood of false "correct" ones
+can at most bring the threshold down to the floor, and that only after
+adaptive_min_audits of them. The sample persists in LMDB (one meta record a namespace,
+written at most once a second and at close: a crash loses at most a second of audits).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from semcache_server.settings import Settings
+
+log = logging.getLogger("semcache")
+
+GRID_STEP = 0.005
+PERSIST_INTERVAL_SECONDS = 1.0
+# An audit's fresh answer is the same as the cached one when their embeddings' cosine is at least this.
+SAME_ANSWER_SIMILARITY = 0.9
+# One-sided 95%.
+UPPER_Z = 1.645
+
+
+def wilson_upper(wrong: int, total: int, z: float = UPPER_Z) -> float:
+    """The one-sided upper Wilson score bound of wrong / total (1.0 without evidence)."""
+    if total <= 0:
+        return 1.0
+    p = wrong / total
+    centre = p + z * z / (2 * total)
+    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return min(1.0, (centre + spread) / (1 + z * z / total))
+
+
+@dataclasses.dataclass
+class Audit:
+    similarity: float
+    wrong: bool
+    lookups_before: int  # the namespace's counted Lookups when this audit was drawn
+    eligible_before: int
+
+
+@dataclasses.dataclass
+class NamespaceEvidence:
+    lookups: int = 0  # Lookups that asked for audits
+    eligible: int = 0  # of them, with a best semantic candidate at or above the floor
+    audits_total: int = 0
+    audits: collections.deque[Audit] = dataclasses.field(default_factory=collections.deque)
+
+    def eligible_share(self) -> float:
+        first = self.audits[0] if self.audits else Audit(0.0, False, 0, 0)
+        lookups = self.lookups - first.lookups_before
+        return (self.eligible - first.eligible_before) / lookups if lookups > 0 else 1.0
+
+    def bound_at(self, threshold: float) -> tuple[float, float]:
+        """(point estimate, upper bound) of false hits per Lookup at this threshold."""
+        wrong = sum(1 for a in self.audits if a.wrong and a.similarity >= threshold)
+        share = self.eligible_share()
+        n = len(self.audits)
+        return share * wrong / n, share * wilson_upper(wrong, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibrated:
+    """What Stats says of a namespace's adaptation."""
+
+    namespace: str
+    threshold: float  # in force
+    configured_threshold: float
+    max_false_hit_rate: float
+    audits: int
+    wrong_audits: int
+    false_hit_rate: float  # wrong answers per Lookup at the threshold in force
+    false_hit_rate_upper: float
+    audits_total: int
+
+
+class Calibration:
+    def __init__(
+        self, settings: Settings, recovered: Mapping[str, str], persist: Callable[[str, str], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._persist = persist
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._evidence: dict[str, NamespaceEvidence] = {}
+        self._thresholds: dict[str, tuple[float, float]] = {}  # namespace -> (configured, in force)
+        self._persisted_at: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        for namespace, data in recovered.items():
+            try:
+                self._evidence[namespace] = parse_calibration(data, self._window(namespace))
+            except ValueError as e:  # the thresholds fall back to the configured ones until audits come in again
+                log.warning("namespace %r: its audits could not be read (%s); starting them afresh", namespace, e)
+
+    def _window(self, namespace: str) -> int:
+        return int(self._settings.for_namespace(namespace, "adaptive_window"))
+
+    def floor(self, namespace: str, configured: float) -> float:
+        return configured - float(self._settings.for_namespace(namespace, "adaptive_max_loosening"))
+
+    def threshold(self, namespace: str, configured: float) -> float:
+        """The threshold in force for a namespace whose configured one is `configured`."""
+        if self._settings.for_namespace(namespace, "max_false_hit_rate") <= 0:
+            return configured
+        cached = self._thresholds.get(namespace)
+        if cached is not None and cached[0] == configured:
+            return cached[1]
+        with self._lock:
+            adapted = self._adapt(namespace, configured)
+            self._thresholds[namespace] = (configured, adapted)
+        return adapted
+
+    def sample(self, namespace: str, audit_rate: float, best_similarity: float | None, configured: float) -> bool:
+        """Count a Lookup that asked for audits; True when it is drawn for one."""
+        eligible = best_similarity is not None and best_similarity >= self.floor(namespace, configured)
+        with self._lock:
+            evidence = self._evidence.setdefault(namespace, NamespaceEvidence())
+            evidence.lookups += 1
+            evidence.eligible += eligible
+        return eligible and self._rng.random() < audit_rate
+
+    def add(self, namespace: str, similarity: float, wrong: bool, lookups_before: int, eligible_before: int) -> None:
+        """An audit's verdict; the threshold is worked out again and the sample persisted."""
+        with self._lock:
+            evidence = self._evidence.setdefault(namespace, NamespaceEvidence())
+            evidence.audits.append(Audit(similarity, wrong, lookups_before, eligible_before))
+            evidence.audits_total += 1
+            while len(evidence.audits) > self._window(namespace):
+                evidence.audits.popleft()
+            self._thresholds.pop(namespace, None)
+            self._dirty.add(namespace)
+            now = time.monotonic()
+            if now - self._persisted_at.get(namespace, 0.0) < PERSIST_INTERVAL_SECONDS:
+                return
+            self._persisted_at[namespace] = now
+        self.flush([namespace])
+
+    def flush(self, namespaces: Iterable[str] | None = None) -> None:
+        """Write these namespaces' audits (default: every one with new ones) to LMDB."""
+        with self._lock:
+            chosen = list(self._dirty if namespaces is None else set(namespaces) & self._dirty)
+            self._dirty.difference_update(chosen)
+            records = [(namespace, _dump(self._evidence[namespace])) for namespace in chosen]
+        for namespace, data in records:
+            self._persist(namespace, data)
+
+    def counts(self, namespace: str) -> tuple[int, int]:
+        """(Lookups, eligible Lookups) counted so far: what an audit drawn now stands for."""
+        with self._lock:
+            evidence = self._evidence.get(namespace) or NamespaceEvidence()
+            return evidence.lookups, evidence.eligible
+
+    def _adapt(self, namespace: str, configured: float) -> float:
+        evidence = self._evidence.get(namespace)
+        target = float(self._settings.for_namespace(namespace, "max_false_hit_rate"))
+        if evidence is None or len(evidence.audits) < int(self._settings.for_namespace(namespace, "adaptive_min_audits")):
+            return configured
+        grid = _grid(self.floor(namespace, configured))
+        for t in grid:
+            if evidence.bound_at(t)[1] <= target:
+                return t
+        # Nothing certified: no loosening; tighten while the point estimate is over the target.
+        for t in grid:
+            if t >= configured and evidence.bound_at(t)[0] <= target:
+                return t
+        return grid[-1]
+
+    def report(self, configured_for: Callable[[str], float], allowed: Callable[[str], bool] | None) -> list[Calibrated]:
+        """The namespaces with audits (those `allowed` lets through)."""
+        out = []
+        for namespace in sorted(self._evidence):
+            if allowed is not None and not allowed(namespace):
+                continue
+            configured = configured_for(namespace)
+            threshold = self.threshold(namespace, configured)
+            with self._lock:
+                evidence = self._evidence[namespace]
+                estimate, upper = evidence.bound_at(threshold) if evidence.audits else (0.0, 1.0)
+                audits, wrong = len(evidence.audits), sum(a.wrong for a in evidence.audits)
+                total = evidence.audits_total
+            out.append(Calibrated(
+                namespace, threshold, configured, float(self._settings.for_namespace(namespace, "max_false_hit_rate")),
+                audits, wrong, estimate, upper, total,
+            ))
+        return out
+
+
+def _grid(floor: float) -> list[float]:
+    steps = max(0, math.ceil((1.0 - floor) / GRID_STEP - 1e-9))
+    return [round(floor + i * GRID_STEP, 6) for i in range(steps)] + [1.0]
+
+
+def _dump(evidence: NamespaceEvidence) -> str:
+    return json.dumps({
+        "lookups": evidence.lookups, "eligible": evidence.eligible, "audits_total": evidence.audits_total,
+        "audits": [[round(a.similarity, 6), int(a.wrong), a.lookups_before, a.eligible_before] for a in evidence.audits],
+    })
+
+
+def parse_calibration(data: str, window: int) -> NamespaceEvidence:
+    """A persisted sample (as _dump wrote it); ValueError if it is not one."""
+    try:
+        raw: Any = json.loads(data)
+        audits = collections.deque(
+            (Audit(float(s), bool(w), int(n), int(e)) for s, w, n, e in raw["audits"]), maxlen=None,
+        )
+        evidence = NamespaceEvidence(int(raw["lookups"]), int(raw["eligible"]), int(raw["audits_total"]), audits)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a calibration record: {e}") from None
+    while len(evidence.audits) > window:
+        evidence.audits.popleft()
+    return evidence

@@ -1,0 +1,99 @@
+"""The threshold held to max_false_hit_rate by audits (semcache_server/calibration.py):
+pure policy, with a seeded draw."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from semcache_server.calibration import Calibration, parse_calibration, wilson_upper
+from semcache_server.settings import NamespaceSettings, Settings
+
+SETTINGS = Settings(max_false_hit_rate=0.01, adaptive_max_loosening=0.05, adaptive_min_audits=50)
+CONFIGURED = 0.90
+
+
+def _calibration(settings: Settings = SETTINGS, recovered: dict[str, str] | None = None) -> tuple[Calibration, dict]:
+    persisted: dict[str, str] = {}
+    return Calibration(settings, recovered or {}, persisted.__setitem__, rng=random.Random(0)), persisted
+
+
+def _feed(calibration: Calibration, lookups: list[tuple[float | None, bool]], audit_rate: float = 1.0) -> int:
+    """Lookups as (best similarity, wrong if served); every drawn one is judged truly."""
+    audits = 0
+    for similarity, wrong in lookups:
+        before = calibration.counts("ns")
+        if calibration.sample("ns", audit_rate, similarity, CONFIGURED):
+            assert similarity is not None
+            calibration.add("ns", similarity, wrong, *before)
+            audits += 1
+    return audits
+
+
+def test_the_configured_threshold_holds_until_enough_audits_are_in():
+    calibration, _ = _calibration()
+    _feed(calibration, [(0.86, False)] * 49)
+    assert calibration.threshold("ns", CONFIGURED) == CONFIGURED
+
+
+def test_clean_audits_loosen_it_but_never_under_the_floor():
+    calibration, _ = _calibration()
+    _feed(calibration, [(0.86, False), (None, False), (0.70, True)] * 400)  # 1/3 eligible, never wrong
+    assert calibration.threshold("ns", CONFIGURED) == 0.85  # the floor: 0.90 - 0.05
+
+
+def test_wrong_audits_keep_the_threshold_above_them():
+    calibration, _ = _calibration()
+    stream = [(0.955, False)] * 50 + [(0.88, True)] * 5 + [(0.93, True)] * 5 + [(None, False)] * 100
+    _feed(calibration, stream * 5)
+    threshold = calibration.threshold("ns", CONFIGURED)
+    assert threshold > 0.93  # 6% of Lookups would be wrong at 0.93 or under
+    report = calibration.report(lambda namespace: CONFIGURED, None)[0]
+    assert report.threshold == threshold and report.false_hit_rate_upper <= 0.01 and report.wrong_audits == 50
+
+
+def test_when_nothing_is_certified_it_only_tightens():
+    calibration, _ = _calibration()
+    _feed(calibration, [(0.95, False)] * 20 + [(0.89, True)] * 1 + [(0.92, False)] * 40)  # few audits, all eligible
+    threshold = calibration.threshold("ns", CONFIGURED)
+    assert threshold >= CONFIGURED
+    assert wilson_upper(0, 61) > 0.01  # no threshold could be certified with 61 audits
+
+
+def test_a_flood_of_correct_verdicts_opens_nothing_past_the_floor():
+    calibration, _ = _calibration()
+    _feed(calibration, [(0.851, False)] * 5000)  # every verdict "correct", even where the truth is not
+    assert calibration.threshold("ns", CONFIGURED) >= 0.85
+
+
+def test_only_drawn_lookups_at_or_over_the_floor_are_audited():
+    calibration, _ = _calibration()
+    assert _feed(calibration, [(0.80, False), (None, False)] * 100) == 0
+    assert 200 <= _feed(calibration, [(0.87, False)] * 1000, audit_rate=0.25) <= 300
+    assert calibration.counts("ns") == (1200, 1000)
+
+
+def test_off_with_max_false_hit_rate_zero_and_per_namespace():
+    settings = dataclasses.replace(SETTINGS, namespaces={"strict": NamespaceSettings(max_false_hit_rate=0.0)})
+    calibration, _ = _calibration(settings)
+    for namespace in ("ns", "strict"):
+        for _ in range(400):
+            calibration.add(namespace, 0.86, False, 0, 0)
+    assert calibration.threshold("strict", CONFIGURED) == CONFIGURED
+    assert calibration.threshold("ns", CONFIGURED) < CONFIGURED
+
+
+def test_the_audits_persist_and_come_back():
+    calibration, persisted = _calibration()
+    _feed(calibration, [(0.86, False), (0.91, True)] * 100)
+    calibration.flush()
+    again, _ = _calibration(recovered=dict(persisted))
+    assert again.threshold("ns", CONFIGURED) == calibration.threshold("ns", CONFIGURED)
+    assert again.counts("ns") == calibration.counts("ns")
+    assert parse_calibration(persisted["ns"], window=10).audits.maxlen is None
+    assert len(parse_calibration(persisted["ns"], window=10).audits) == 10
+
+
+def test_a_damaged_record_is_set_aside_not_fatal():
+    calibration, _ = _calibration(recovered={"ns": "{not json"})
+    assert calibration.threshold("ns", CONFIGURED) == CONFIGURED
