@@ -109,7 +109,7 @@ class Calibration:
     ) -> None:
         self._settings = settings
         self._persist = persist
-        self._rng = rng or random.Random()
+        self.rng = rng or random.Random()
         self._lock = threading.Lock()
         self._evidence: dict[str, NamespaceEvidence] = {}
         self._thresholds: dict[str, tuple[float, float]] = {}  # namespace -> (configured, in force)
@@ -146,7 +146,7 @@ class Calibration:
             evidence = self._evidence.setdefault(namespace, NamespaceEvidence())
             evidence.lookups += 1
             evidence.eligible += eligible
-        return eligible and self._rng.random() < audit_rate
+        return eligible and self.rng.random() < audit_rate
 
     def add(self, namespace: str, similarity: float, wrong: bool, lookups_before: int, eligible_before: int) -> None:
         """An audit's verdict; the threshold is worked out again and the sample persisted."""

@@ -79,13 +79,35 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
 
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
+    if args.feedback_rate is not None and not 0.0 < args.feedback_rate <= 1.0:
+        raise SystemExit("--feedback-rate must be in (0, 1]")
+    if args.feedback_rate is not None and args.server:
+        raise SystemExit("--feedback-rate runs in-process (it judges with the data set's labels); drop --server")
     result = _accuracy_result(args)
+    if args.feedback_rate is not None:
+        result["feedback"] = _feedback(args)
     print(report.table(result))
+    if "feedback" in result:
+        print(report.feedback_summary(result["feedback"]))
     if args.json:
         report.write_json(result, args.json)
     if args.plot:
         report.plot(result, args.plot)
     return 0
+
+
+def _feedback(args: argparse.Namespace) -> dict:
+    from semcache_server.bench.feedback_replay import feedback_result
+    from semcache_server.embedder import load_embedder
+
+    if (args.mode or datasets.detect_mode(args.dataset)) != datasets.REPLAY:
+        raise SystemExit("--feedback-rate needs a replay set (*.replay.jsonl)")
+    queries = datasets.load_replay(args.dataset, args.limit, args.seed)
+    embedder = load_embedder(args.embedding_model, args.embedding_backend)
+    vectors = accuracy.embed_all(embedder, [q.text for q in queries])
+    return feedback_result(
+        embedder, queries, vectors, rate=args.feedback_rate, max_false_hit_rate=args.target_false_hit_rate, seed=args.seed,
+    )
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -144,6 +166,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     _add_accuracy_flags(acc)
     acc.add_argument("--json", metavar="OUT", help="write the results as JSON")
     acc.add_argument("--plot", metavar="OUT.png", help="plot the sweep (needs matplotlib)")
+    acc.add_argument("--feedback-rate", type=float, metavar="R",
+                     help="replay sets: also replay with audits at rate R judged by the labels (see bench/feedback_replay.py)")
     acc.set_defaults(run=cmd_accuracy)
 
     tune = kinds.add_parser("tune", help="recommend a namespace threshold; --apply sets it on a server")

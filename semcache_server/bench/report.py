@@ -153,3 +153,23 @@ def plot(result: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def feedback_summary(feedback: dict) -> str:
+    """The --feedback-rate figures in a few lines."""
+    second, poisoned = feedback["second_half"], feedback["poisoned"]["second_half"]
+    static = feedback["static_at_same_false_hit_rate"]
+    lines = [
+        f"feedback rate={feedback['rate']} max_false_hit_rate={feedback['max_false_hit_rate']}: "
+        f"verdicts on {feedback['verdicts_per_hit']:.1%} of hits (+{feedback['near_miss_verdicts']} on near misses), "
+        f"final threshold {feedback['final_threshold']}",
+        f"  second half: hit_rate={second['hit_rate']:.4f} false_hit_rate={second['false_hit_rate']:.4f}",
+        "  best static at that false-hit rate: "
+        + (f"threshold {static['threshold']} hit_rate={static['hit_rate']:.4f} "
+           f"false_hit_rate={static['false_hit_rate']:.4f} (x{feedback['hit_rate_vs_static']})" if static else "none"),
+        f"  interval coverage (the 95% upper bound >= the realized rate): {feedback['interval_coverage']} "
+        f"of {feedback['checkpoints_with_estimate']} checkpoints",
+        f"  poisoned (every verdict 'correct'): second-half false_hit_rate={poisoned['false_hit_rate']:.4f} "
+        f"(x{feedback['poisoned_vs_target']} the target), hit_rate={poisoned['hit_rate']:.4f}",
+    ]
+    return "\n".join(lines)
