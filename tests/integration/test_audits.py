@@ -62,7 +62,7 @@ def test_a_flood_of_correct_verdicts_opens_nothing_past_the_floor(make_server):
     bands = [0.87, 0.885, 0.91] * 60  # every asker another question; the first band under the floor
     wrong = _stream(client, 3000, bands, same_answer=False, poison=True)
     assert _calibration(client).threshold >= 0.88 - 1e-6  # 0.92 less adaptive_max_loosening at most
-    assert not any(w for w, s in zip(wrong, bands) if s < 0.88)  # under the floor: never served
+    assert not any(w for w, s in zip(wrong, bands, strict=True) if s < 0.88)  # under the floor: never served
     assert 0 < sum(wrong) <= 120  # the two bands over the floor, once false verdicts opened them
 
 
