@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,10 +12,13 @@ import grpc
 from grpc import aio
 
 import semcache_server.client_requests as build
+from semcache_server.audits import MAX_AUDITS_IN_FLIGHT, Same
 from semcache_server.client import secure_or_insecure_channel
 from semcache_server.client_requests import KeyLike, PartitionLike, as_partition, cache_unavailable, cached_value, tagged_metadata
 from semcache_server.v1 import semcache_pb2 as pb
 from semcache_server.v1 import semcache_pb2_grpc as pb_grpc
+
+log = logging.getLogger("semcache")
 
 
 class AsyncClient:
@@ -34,8 +40,11 @@ class AsyncClient:
         self._stub = pb_grpc.SemanticCacheStub(self._channel)
         self._timeout_seconds = timeout_seconds
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._audits: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        if self._audits:  # let the audits in flight send their verdicts
+            await asyncio.gather(*self._audits, return_exceptions=True)
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -65,11 +74,10 @@ class AsyncClient:
 
     async def feedback(
         self, partition: PartitionLike, lookup_id: str, correct: bool, *, should_match_entry_id: str = "",
+        fresh_response: bytes | str = b"",
     ) -> pb.FeedbackResponse:
         """As Client.feedback."""
-        request = pb.FeedbackRequest(
-            partition=as_partition(partition), lookup_id=lookup_id, correct=correct, should_match_entry_id=should_match_entry_id,
-        )
+        request = build.feedback_request(partition, lookup_id, correct, should_match_entry_id, fresh_response)
         return await self._call(self._stub.Feedback, request)
 
     async def delete(self, partition: PartitionLike, entry_id: str) -> bool:
@@ -133,13 +141,18 @@ class AsyncClient:
         max_age_seconds: int | None = None,
         coalesce: bool = True,
         lease_wait_ms: int | None = None,
+        audit_rate: float = 0.0,
+        same: Same | None = None,
     ) -> str | bytes:
-        """As Client.get_or_compute, with `compute` a coroutine function."""
+        """As Client.get_or_compute, with `compute` a coroutine function; audits run as tasks."""
         found = await self.lookup_or_none(
             partition, query, embedding=embedding, min_similarity=min_similarity, key=key, no_store=no_store,
             refresh=refresh, max_age_seconds=max_age_seconds, lease=coalesce and not no_store, lease_wait_ms=lease_wait_ms,
+            audit_rate=audit_rate,
         )
         if found is not None and found.hit:
+            if found.audit:
+                self._audit(partition, found.lookup_id, compute(), cached_value(found), same)
             return cached_value(found)
         lease_id = found.lease_id if found is not None else ""
         try:
@@ -147,9 +160,38 @@ class AsyncClient:
         except BaseException:
             await self.release_or_skip(partition, lease_id)
             raise
+        if found is not None and found.audit and found.audit_entry_id:
+            candidate = found.audit_response.decode("utf-8", "replace") if isinstance(value, str) else found.audit_response
+            self._audit(partition, found.lookup_id, _ready(value), candidate, same)
         if not no_store:
             await self.store_or_skip(
                 partition, query, value, embedding=embedding, ttl_seconds=ttl_seconds,
                 metadata=tagged_metadata(metadata, value), cost=cost, key=key, lease_id=lease_id,
             )
         return value
+
+    def _audit(self, partition: PartitionLike, lookup_id: str, fresh: Awaitable[Any], cached: Any, same: Same | None) -> None:
+        """Judge one audited Lookup in a task of its own (see semcache_server/audits.py)."""
+        if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
+            log.warning("an audit was skipped: %d already in flight", len(self._audits))
+            if inspect.iscoroutine(fresh):
+                fresh.close()
+            return
+
+        async def judge() -> None:
+            try:
+                answer = await fresh
+                if same is not None:
+                    await self.feedback(partition, lookup_id, bool(same(answer, cached)))
+                else:
+                    await self.feedback(partition, lookup_id, False, fresh_response=answer)
+            except Exception as e:  # an audit never fails the app: its verdict is just not sent
+                log.warning("an audit failed: %s", e)
+
+        task = asyncio.get_running_loop().create_task(judge())
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+
+async def _ready(value: Any) -> Any:
+    return value

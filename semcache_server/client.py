@@ -102,11 +102,7 @@ class Client:
         """A verdict on a Lookup (its response's lookup_id): was the served answer right? For
         a miss, should_match_entry_id names the entry that should have answered. For an
         audited Lookup, fresh_response (the answer computed now) lets the server judge."""
-        fresh = fresh_response.encode("utf-8") if isinstance(fresh_response, str) else fresh_response
-        request = pb.FeedbackRequest(
-            partition=as_partition(partition), lookup_id=lookup_id, correct=correct, should_match_entry_id=should_match_entry_id,
-            fresh_response=fresh,
-        )
+        request = build.feedback_request(partition, lookup_id, correct, should_match_entry_id, fresh_response)
         return self._call(self._stub.Feedback, request)
 
     def delete(self, partition: PartitionLike, entry_id: str) -> bool:

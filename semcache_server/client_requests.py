@@ -153,3 +153,13 @@ def cache_unavailable(error: grpc.RpcError) -> bool:
     """True for the errors get_or_compute treats as a miss; others are the caller's bug."""
     code = error.code() if hasattr(error, "code") else None
     return code in CACHE_UNAVAILABLE_CODES
+
+
+def feedback_request(
+    partition: PartitionLike, lookup_id: str, correct: bool, should_match_entry_id: str, fresh_response: bytes | str,
+) -> pb.FeedbackRequest:
+    fresh = fresh_response.encode("utf-8") if isinstance(fresh_response, str) else fresh_response
+    return pb.FeedbackRequest(
+        partition=as_partition(partition), lookup_id=lookup_id, correct=correct, should_match_entry_id=should_match_entry_id,
+        fresh_response=fresh,
+    )

@@ -6,7 +6,11 @@ another (a different question). The server draws the audits; the labels judge th
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+
+from semcache_server.aio_client import AsyncClient
 
 from tests.helpers import status_of, unit_vector, vector_at_similarity
 
@@ -123,3 +127,28 @@ def test_without_same_the_server_compares_the_answers_by_meaning(make_server, em
     client.feedback(APP, wrong.lookup_id, False, fresh_response="Our store opens at 9 am on weekdays.")
     stats = client.stats()
     assert (stats.verdicts_correct, stats.verdicts_wrong) == (1, 1)
+
+
+def test_the_async_client_audits_hits_and_near_misses_as_tasks(make_server):
+    server, client = make_server(embedder=None, **LOOP)
+    base = unit_vector(8000)
+    client.get_or_compute(APP, "q", lambda: "a", embedding=base)  # stored as text
+    calls = []
+
+    async def compute() -> str:
+        calls.append(1)
+        return "b"
+
+    async def scenario() -> list[str | bytes]:
+        async with AsyncClient(f"127.0.0.1:{server.port}") as cache:
+            near = vector_at_similarity(base, 0.95, seed=8001)  # a hit, audited: compute runs in a task
+            hit = await cache.get_or_compute(APP, "asker", compute, embedding=near, audit_rate=1.0, same=str.__eq__)
+            under = vector_at_similarity(base, 0.90, seed=8002)  # a near miss, audited against "a"
+            miss = await cache.get_or_compute(APP, "other asker", compute, embedding=under, audit_rate=1.0, same=str.__eq__)
+            return [hit, miss]
+
+    assert asyncio.run(scenario()) == ["a", "b"]
+    assert len(calls) == 2
+    report = _calibration(client)
+    assert (report.audits, report.wrong_audits) == (2, 2)  # "b" is not "a": both judged wrong
+    assert client.stats().verdicts_wrong == 1  # the hit's verdict; a near miss's only moves the threshold
