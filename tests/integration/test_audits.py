@@ -11,7 +11,6 @@ import asyncio
 import grpc
 
 from semcache_server.aio_client import AsyncClient
-
 from tests.helpers import status_of, unit_vector, vector_at_similarity
 
 APP = {"namespace": "app", "model": "m"}
