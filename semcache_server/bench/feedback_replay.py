@@ -9,14 +9,15 @@ candidate's have been). Figures:
   per Lookup), against static thresholds replayed on the same stream (the best static
   hit rate at the false-hit rate the loop served, and at the target);
 - at each checkpoint: the threshold in force, the server's estimate of wrong answers per
-  Lookup with its 95% upper bound, and the realized rate over the Lookups its audits span
-  (the bound covers it or not);
+  Lookup with its 95% upper bound, and the rate actually served from there to the next
+  checkpoint (the bound covers it or not);
 - a poisoning run: every verdict says "correct".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import tempfile
 from collections.abc import Sequence
@@ -91,6 +92,7 @@ def _replay(
             miss_verdicts += not found.hit
         if (i + 1) % every == 0:
             checkpoints.append(_checkpoint(cache, i + 1, wrong_by_lookup))
+    _settle(checkpoints, wrong_by_lookup)
     covered = [c["covered"] for c in checkpoints if c["covered"] is not None]
     return {
         "second_half": second.figures(),
@@ -107,17 +109,24 @@ def _replay(
 
 
 def _checkpoint(cache: SemanticCache, lookups: int, wrong_by_lookup: list[bool]) -> dict[str, Any]:
+    """The threshold in force and what the server says of it; "realized" is filled in at
+    the next checkpoint: the false-hit rate actually served until then."""
     report = next((c for c in cache.calibrations() if c.namespace == KEY.namespace), None)
     point: dict[str, Any] = {"lookups": lookups, "threshold": round(cache.thresholds.in_force(KEY.namespace), 4)}
     if report is None or report.audits < cache.settings.adaptive_min_audits:
         return {**point, "estimate": None, "upper": None, "realized": None, "covered": None}
-    evidence = cache.thresholds.calibration._evidence[KEY.namespace]
-    spanned = wrong_by_lookup[evidence.audits[0].lookups_before:]
-    realized = sum(spanned) / max(1, len(spanned))
-    return {
-        **point, "estimate": round(report.false_hit_rate, 5), "upper": round(report.false_hit_rate_upper, 5),
-        "realized": round(realized, 5), "covered": realized <= report.false_hit_rate_upper, "audits": report.audits,
-    }
+    return {**point, "estimate": round(report.false_hit_rate, 5), "upper": round(report.false_hit_rate_upper, 5),
+            "realized": None, "covered": None, "audits": report.audits}
+
+
+def _settle(checkpoints: list[dict[str, Any]], wrong_by_lookup: list[bool]) -> None:
+    """Each checkpoint's realized rate: over the Lookups up to the next checkpoint."""
+    for current, following in itertools.pairwise(checkpoints):
+        if current["upper"] is None:
+            continue
+        served = wrong_by_lookup[current["lookups"]:following["lookups"]]
+        current["realized"] = round(sum(served) / max(1, len(served)), 5)
+        current["covered"] = current["realized"] <= current["upper"]
 
 
 def static_second_halves(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from semcache_server.bench import accuracy, datasets
@@ -169,3 +170,38 @@ def test_plot_without_matplotlib_says_what_to_install_and_still_writes_the_json(
     assert "semcache[bench]" in str(exited.value.code)
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 4
     assert not (tmp_path / "r.png").exists()
+
+
+def test_accuracy_feedback_rate_adds_the_feedback_figures(tmp_path):
+    stream = [
+        {"text": "How do I reset my password?", "answer_key": "password"},
+        {"text": "how can I reset my password", "answer_key": "password"},
+        {"text": "I forgot my password, how do I reset it?", "answer_key": "password"},
+        {"text": "What is the weather in Boston?", "answer_key": "weather::boston"},
+        {"text": "What is the weather like in Boston?", "answer_key": "weather::boston"},
+        {"text": "Can I cancel my order?", "answer_key": "cancel"},
+    ]
+    data = write_jsonl(tmp_path / "tiny.replay.jsonl", stream)
+    out = tmp_path / "r.json"
+    assert main(["bench", "accuracy", str(data), "--thresholds", "0.9", "--feedback-rate", "1", "--json", str(out)]) == 0
+    feedback = json.loads(out.read_text())["feedback"]
+    assert feedback["rate"] == 1.0 and feedback["max_false_hit_rate"] == 0.01
+    assert set(feedback["second_half"]) >= {"hit_rate", "false_hit_rate"} and feedback["second_half"]["lookups"] == 3
+    assert feedback["poisoned"]["second_half"]["lookups"] == 3 and len(feedback["static"]) == 15
+    with pytest.raises(SystemExit):
+        main(["bench", "accuracy", str(data), "--feedback-rate", "0"])
+
+
+def test_the_feedback_loop_tightens_where_the_default_serves_wrong_answers():
+    from semcache_server.bench.feedback_replay import replay_with_feedback
+    from tests.helpers import POLICY_DIMENSION, unit_vector, vector_at_similarity
+
+    queries, vectors = [], {}
+    for i in range(400):  # each question stored, then asked again at 0.94 by another question
+        base, other = f"question {i}", f"another question {i}"
+        vectors[base] = np.asarray(unit_vector(i), dtype=np.float32)
+        vectors[other] = np.asarray(vector_at_similarity(unit_vector(i), 0.94, seed=10_000 + i), dtype=np.float32)
+        queries += [datasets.Query(base, f"a{i}"), datasets.Query(other, f"b{i}")]
+    result = replay_with_feedback(None, queries, vectors, rate=0.5, max_false_hit_rate=0.01, dimension=POLICY_DIMENSION)
+    assert result["final_threshold"] > 0.94  # the default 0.92 served every second question wrongly
+    assert result["second_half"]["false_hit_rate"] < result["whole"]["false_hit_rate"] / 2
