@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -93,12 +94,15 @@ class Metrics:
 
     def watch(
         self, stats: Callable[[], StatsView], store_commits: Callable[[], int],
-        leases: Callable[[], Mapping[str, int]] | None = None,
+        leases: Callable[[], Mapping[str, int]] | None = None, calibrations: Callable[[], Sequence[Any]] | None = None,
     ) -> None:
         """Expose entries, bytes and the persisted removal and saved-cost totals from `stats`,
-        the LMDB commits of Stores from `store_commits`, and the single-flight counters
-        from `leases` (active, granted, coalesced, expired, refused_waits), read at each scrape."""
-        self.registry.register(_StatsCollector(stats, store_commits, leases or (lambda: {})))
+        the LMDB commits of Stores from `store_commits`, the single-flight counters from
+        `leases` (active, granted, coalesced, expired, refused_waits), and each audited
+        namespace's threshold and false-hit bound from `calibrations`, read at each scrape."""
+        self.registry.register(_StatsCollector(
+            stats, store_commits, leases or (lambda: {}), calibrations or (lambda: []), self.max_namespaces,
+        ))
 
 
 _LEASE_COUNTERS = (
@@ -112,10 +116,13 @@ _LEASE_COUNTERS = (
 class _StatsCollector(Collector):
     def __init__(
         self, stats: Callable[[], StatsView], store_commits: Callable[[], int], leases: Callable[[], Mapping[str, int]],
+        calibrations: Callable[[], Sequence[Any]], max_namespaces: int,
     ) -> None:
         self._stats = stats
         self._store_commits = store_commits
         self._leases = leases
+        self._calibrations = calibrations
+        self._max_namespaces = max_namespaces
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         view = self._stats()
@@ -148,6 +155,31 @@ class _StatsCollector(Collector):
             yield GaugeMetricFamily("semcache_leases_active", "Single-flight leases held now.", value=leases["active"])
             for name, help_text in _LEASE_COUNTERS:
                 yield CounterMetricFamily(f"semcache_{name}", help_text, value=leases[name.removeprefix("leases_")])
+
+        yield from self._calibration_metrics()
+
+    def _calibration_metrics(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Per audited namespace (the first metrics_max_namespaces; 0 = all): see semcache_server/calibration.py."""
+        calibrations = list(self._calibrations())
+        if self._max_namespaces:
+            calibrations = calibrations[: self._max_namespaces]
+        if not calibrations:
+            return
+        threshold = GaugeMetricFamily(
+            "semcache_threshold", "The threshold in force (audits move it).", labels=["namespace"],
+        )
+        upper = GaugeMetricFamily(
+            "semcache_false_hit_rate_upper", "95% upper bound of wrong answers per Lookup at that threshold.",
+            labels=["namespace"],
+        )
+        audits = CounterMetricFamily(
+            "semcache_audits", "Audits taken (each cost its caller one model call).", labels=["namespace"],
+        )
+        for c in calibrations:
+            threshold.add_metric([c.namespace], c.threshold)
+            upper.add_metric([c.namespace], c.false_hit_rate_upper)
+            audits.add_metric([c.namespace], c.audits_total)
+        yield from (threshold, upper, audits)
 
     def describe(self) -> Iterator:
         return iter(())

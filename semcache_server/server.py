@@ -130,7 +130,7 @@ class SemcacheServer:
         self.cache = SemanticCache(self.settings, embedder, verifier=verifier, clock=self._clock, metrics=self.metrics)
         cache = self.cache
         self.metrics.watch(  # read at every scrape
-            functools.partial(cache.stats, listed=0), lambda: cache.store_commits, cache.leases.counters
+            functools.partial(cache.stats, listed=0), lambda: cache.store_commits, cache.leases.counters, cache.calibrations
         )
         if self.settings.metrics_listen:
             self._start_metrics_server()

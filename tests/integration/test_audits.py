@@ -7,6 +7,7 @@ another (a different question). The server draws the audits; the labels judge th
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import grpc
 
@@ -151,3 +152,13 @@ def test_the_async_client_audits_hits_and_near_misses_as_tasks(make_server):
     report = _calibration(client)
     assert (report.audits, report.wrong_audits) == (2, 2)  # "b" is not "a": both judged wrong
     assert client.stats().verdicts_wrong == 1  # the hit's verdict; a near miss's only moves the threshold
+
+
+def test_prometheus_has_the_threshold_in_force_and_its_bound(make_server):
+    server, client = make_server(embedder=None, metrics_listen="127.0.0.1:0", **LOOP)
+    _stream(client, 9000, [0.895, 0.905, 0.915] * 30, same_answer=True)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    threshold = next(line for line in text.splitlines() if line.startswith('semcache_threshold{namespace="app"}'))
+    assert float(threshold.split()[-1]) < 0.9
+    assert 'semcache_audits_total{namespace="app"} 90.0' in text
+    assert 'semcache_false_hit_rate_upper{namespace="app"}' in text
