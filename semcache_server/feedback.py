@@ -7,7 +7,8 @@ once per lookup_id. A hit reported wrong is never served to that question again 
 digest joins the entry's vetoed questions) and the entry's own similarity floor rises to
 just above the similarity it was wrongly served at, so every query at least that far
 from it misses too; queries nearer to it still hit. A "correct" verdict changes nothing
-but the counts: a flood of them cannot loosen the cache.
+but the counts, unless its Lookup was drawn for an audit: then it joins the sample that
+moves the namespace's threshold, within the bounds of semcache_server/calibration.py.
 """
 
 from __future__ import annotations
