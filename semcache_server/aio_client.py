@@ -12,7 +12,7 @@ import grpc
 from grpc import aio
 
 import semcache_server.client_requests as build
-from semcache_server.audits import MAX_AUDITS_IN_FLIGHT, Same
+from semcache_server.audits import MAX_AUDITS_IN_FLIGHT, Same, verdict
 from semcache_server.client import secure_or_insecure_channel
 from semcache_server.client_requests import KeyLike, PartitionLike, as_partition, cache_unavailable, cached_value, tagged_metadata
 from semcache_server.v1 import semcache_pb2 as pb
@@ -180,11 +180,8 @@ class AsyncClient:
 
         async def judge() -> None:
             try:
-                answer = await fresh
-                if same is not None:
-                    await self.feedback(partition, lookup_id, bool(same(answer, cached)))
-                else:
-                    await self.feedback(partition, lookup_id, False, fresh_response=answer)
+                correct, fresh_response = verdict(await fresh, cached, same)
+                await self.feedback(partition, lookup_id, correct, fresh_response=fresh_response)
             except Exception as e:  # an audit never fails the app: its verdict is just not sent
                 log.warning("an audit failed: %s", e)
 

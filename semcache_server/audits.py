@@ -26,6 +26,14 @@ MAX_AUDITS_IN_FLIGHT = 16
 Same = Callable[[Any, Any], bool]
 
 
+def verdict(fresh: Any, cached: Any, same: Same | None) -> tuple[bool, Any]:
+    """Feedback's (correct, fresh_response): the app's own judgement, or the fresh answer
+    for the server to compare (correct is then ignored)."""
+    if same is not None:
+        return bool(same(fresh, cached)), b""
+    return False, fresh
+
+
 class Audits:
     def __init__(self, feedback: Callable[..., Any]) -> None:
         self._feedback = feedback  # Client.feedback
@@ -49,10 +57,8 @@ class Audits:
             pool.shutdown(wait=wait)
 
     def _judge(self, partition: Any, lookup_id: str, fresh: Any, cached: Any, same: Same | None) -> None:
-        if same is not None:
-            self._feedback(partition, lookup_id, bool(same(fresh, cached)))
-        else:
-            self._feedback(partition, lookup_id, False, fresh_response=fresh)
+        correct, fresh_response = verdict(fresh, cached, same)
+        self._feedback(partition, lookup_id, correct, fresh_response=fresh_response)
 
     def _submit(self, audit: Callable[[], None]) -> None:
         with self._lock:

@@ -131,7 +131,7 @@ class SemanticCache:
         if leased and not result.hit:
             result = self._single_flight(key, request, policy, deadline, result, lease_wait_seconds)
         audited = audit_rate if min_similarity is None and not control.refresh else 0.0
-        result = self.verdicts.logged(key, request, request_key, result, audited, self.thresholds.for_namespace(key.namespace))
+        result = self.verdicts.logged(key, request, request_key, result, audited, self.thresholds.for_namespace)
         outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
         self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
         return result

@@ -69,7 +69,6 @@ class LoggedLookup:
     # and the entry whose answer is judged (the served one, or a miss's best candidate).
     audit_counts: tuple[int, int] | None = None
     audit_entry_id: int = 0
-    judged_before: bool = False  # set on the copy Verdicts.take works on
 
 
 class LookupLog:

@@ -212,7 +212,9 @@ class LocalStorage:
             self._evict_for(job.size, fraction=0.0)
         for attempt in itertools.count():
             try:
-                return self._commit_once(job)
+                # A retry commits alone: in a group with other full Stores it could need
+                # the room of all of them at once, and fail with them again.
+                return self._commit_once(job) if attempt == 0 else self._commit_alone(job)
             except StorageFullError:
                 job.done, job.error = False, None
                 self._at_ceiling_until = time.monotonic() + _AT_CEILING_SECONDS
@@ -262,10 +264,14 @@ class LocalStorage:
 
     def _commit_once(self, job: StoreJob) -> StoreResult:
         self.group_commit.commit([job])
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
+        return _outcome(job)
+
+    def _commit_alone(self, job: StoreJob) -> StoreResult:
+        """Commit one Store in a transaction of its own (not grouped)."""
+        with self.write_lock:
+            retired = self.writer.commit_batch_locked([job])
+        self.invalidator.retire(retired)
+        return _outcome(job)
 
     @property
     def store_commits(self) -> int:
@@ -347,3 +353,10 @@ class LocalStorage:
         except StorageFullError as e:  # entries are safe in LMDB; only the last counts are lost
             log.warning("hit counts since the last flush were not written: %s", e)
         self.store.close()
+
+
+def _outcome(job: StoreJob) -> StoreResult:
+    if job.error is not None:
+        raise job.error
+    assert job.result is not None
+    return job.result

@@ -48,16 +48,18 @@ class Verdicts:
 
     def logged(
         self, key: PartitionKey, request: LookupRequest, parts: Any, result: LookupResult, audit_rate: float,
-        configured_threshold: float,
+        configured_threshold: Callable[[str], float],
     ) -> LookupResult:
         """The result with its lookup_id, under which Feedback finds what was served, and,
-        where a Lookup asked for audits and was drawn, marked for one."""
+        where a Lookup asked for audits and was drawn, marked for one. configured_threshold:
+        a namespace's configured threshold (read only for a Lookup that asked for audits)."""
         miss = not result.hit
         nearest = result.nearest if miss else None
         audit_counts = None
         if audit_rate > 0 and not result.exact:
             counts = self._calibration.counts(key.namespace)
-            if self._calibration.sample(key.namespace, audit_rate, result.similarity, configured_threshold):
+            configured = configured_threshold(key.namespace)
+            if self._calibration.sample(key.namespace, audit_rate, result.similarity, configured):
                 audit_counts = counts
         # What an alias of a miss needs: the vector where no model can recompute it, and the key.
         kept_vector = request.vector if miss and not self._has_model else None
@@ -91,8 +93,9 @@ class Verdicts:
             )
         if fresh_response:
             correct = self._same_answer(self._found(key, lookup_id, self.log_of_lookups.peek(lookup_id)), fresh_response)
-        logged = self._found(key, lookup_id, *self.log_of_lookups.judge(lookup_id))
-        if logged.judged_before:
+        found, first = self.log_of_lookups.judge(lookup_id)
+        logged = self._found(key, lookup_id, found)
+        if not first:
             return FeedbackResult(counted=False)
         if logged.audit_counts is not None:  # for a near miss: would its best candidate have been right?
             self._calibration.add(key.namespace, logged.similarity, not correct, *logged.audit_counts)
@@ -107,13 +110,14 @@ class Verdicts:
         return FeedbackResult(counted=True, alias_entry_id=self._alias(logged, parse_entry_id(should_match_entry_id)))
 
     @staticmethod
-    def _found(key: PartitionKey, lookup_id: str, logged: LoggedLookup | None, first: bool = True) -> LoggedLookup:
+    def _found(key: PartitionKey, lookup_id: str, logged: LoggedLookup | None) -> LoggedLookup:
+        """The logged Lookup of this namespace, else NotFoundError."""
         if logged is None or logged.key.namespace != key.namespace:
             raise NotFoundError(
                 f"no Lookup {lookup_id[:40]!r} in namespace {key.namespace!r} (unknown, over feedback_log_seconds old, "
                 "or older than the newest feedback_log_entries Lookups)"
             )
-        return dataclasses.replace(logged, judged_before=not first)
+        return logged
 
     def _same_answer(self, logged: LoggedLookup, fresh_response: bytes) -> bool:
         """An audit's verdict from the fresh answer: is it the same as the one compared?"""
