@@ -26,6 +26,7 @@ written at most once a second and at close: a crash loses at most a second of au
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import json
@@ -34,7 +35,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from semcache_server.settings import Settings
@@ -81,10 +82,19 @@ class NamespaceEvidence:
 
     def bound_at(self, threshold: float) -> tuple[float, float]:
         """(point estimate, upper bound) of false hits per Lookup at this threshold."""
-        wrong = sum(1 for a in self.audits if a.wrong and a.similarity >= threshold)
+        return self.bounds([threshold])[0]
+
+    def bounds(self, thresholds: Sequence[float]) -> list[tuple[float, float]]:
+        """bound_at of each threshold, from one sorted pass over the audits (a Lookup pays
+        for this after each new audit, so not once per threshold)."""
+        wrong = sorted(a.similarity for a in self.audits if a.wrong)
         share = self.eligible_share()
         n = len(self.audits)
-        return share * wrong / n, share * wilson_upper(wrong, n)
+        out = []
+        for threshold in thresholds:
+            at_or_over = len(wrong) - bisect.bisect_left(wrong, threshold)
+            out.append((share * at_or_over / n, share * wilson_upper(at_or_over, n)))
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,12 +195,13 @@ class Calibration:
         if evidence is None or len(evidence.audits) < int(self._settings.for_namespace(namespace, "adaptive_min_audits")):
             return configured
         grid = _grid(self.floor(namespace, configured))
-        for t in grid:
-            if evidence.bound_at(t)[1] <= target:
+        bounds = evidence.bounds(grid)
+        for t, (_, upper) in zip(grid, bounds, strict=True):
+            if upper <= target:
                 return t
         # Nothing certified: no loosening; tighten while the point estimate is over the target.
-        for t in grid:
-            if t >= configured and evidence.bound_at(t)[0] <= target:
+        for t, (estimate, _) in zip(grid, bounds, strict=True):
+            if t >= configured and estimate <= target:
                 return t
         return grid[-1]
 
