@@ -77,7 +77,7 @@ class RedisStorage:
         self._partitions: dict[PartitionKey, RedisPartition] = {}
         self._load_lock = threading.Lock()
         self._counters = PendingCounters()
-        self.writer = RedisWriter(self.client, settings, clock, self._partitions)
+        self.writer = RedisWriter(self.client, settings, clock, self._partitions, lambda: self._counters.flush(self.client))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.recovery_seconds = time.monotonic() - started

@@ -38,11 +38,13 @@ REMOVE_CHUNK = 500
 class RedisWriter:
     def __init__(
         self, client: Any, settings: Settings, clock: Callable[[], float], partitions: Mapping[PartitionKey, RedisPartition],
+        flush_counters: Callable[[], None],
     ) -> None:
         self.client = client
         self._settings = settings
         self._clock = clock
         self._partitions = partitions  # the storage's loaded replicas (read only here)
+        self._flush_counters = flush_counters  # before reading when versions were last used
         self.store_commits = 0
 
     def scope(self, key: PartitionKey, *, all_versions: bool, whole_namespace: bool) -> list[PartitionKey]:
@@ -62,6 +64,7 @@ class RedisWriter:
         limit = self._settings.max_versions_per_model
         if not limit:
             return
+        self._flush_counters()
         siblings = [k for k in self.scope(key, all_versions=True, whole_namespace=False) if k != key]
         pipe = self.client.pipeline(transaction=False)
         for sibling in siblings:

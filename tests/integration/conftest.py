@@ -4,6 +4,7 @@ LMDB in temp dirs."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,17 @@ def embedder() -> Embedder:
 ServerFactory = Callable[..., tuple[SemcacheServer, Client]]
 
 
+def _empty_redis(backend: str) -> None:
+    """Each test starts on an empty cluster, as it would on an empty data_dir."""
+    from redis.cluster import RedisCluster
+
+    from semcache_server.redis_backend.connection import connect, parse_backend
+
+    client = connect(parse_backend(backend), 5.0)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client.close()
+
+
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """Start real servers on loopback port 0; each is stopped at the end of the test.
@@ -36,6 +48,8 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
     Settings overrides are keyword arguments; data_dir defaults to one dir per test.
     """
     started: list[tuple[SemcacheServer, Client]] = []
+    if os.environ.get("SEMCACHE_TEST_BACKEND"):
+        _empty_redis(os.environ["SEMCACHE_TEST_BACKEND"])
 
     def factory(*, embedder: Embedder | None, clock: Callable[[], float] = time.time, **overrides: object):
         values: dict[str, object] = {
@@ -47,6 +61,8 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
         }
         if embedder is None:
             values["embedding_model"] = "none"
+        if os.environ.get("SEMCACHE_TEST_BACKEND"):  # the suite against another backend (see tests/README)
+            values["backend"] = os.environ["SEMCACHE_TEST_BACKEND"]
         values.update(overrides)
         settings = Settings().with_overrides(**{k: v for k, v in values.items() if k != "namespaces"})
         if "namespaces" in values:
