@@ -106,7 +106,7 @@ def _probe(address: RedisAddress, timeout_seconds: float, where: str) -> None:
             continue
         finally:
             node.close()
-        if not info.get("cluster_enabled"):
+        if not info.get("cluster_enabled"):  # type: ignore[union-attr]  # sync client: a dict
             raise ConfigError(
                 f"Redis at {host}:{port} is not in cluster mode (cluster-enabled yes); the redis backend needs Redis Cluster"
             )
