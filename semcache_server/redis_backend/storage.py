@@ -7,8 +7,9 @@ partitions and settings (keys.py). A Store is one Lua script on the partition's 
 `appendfsync`) and, with `redis_wait_replicas`, once that many replicas have it (WAIT).
 
 A frontend keeps nothing that matters: each partition it serves is a FAISS replica
-(replica.py), loaded from Redis on first use and kept current by tailing the partition's
-change log every `redis_poll_interval_seconds`. A candidate's record is always read from
+(replica.py), loaded from Redis on first use and kept current by reading the partition's
+change log as soon as pub/sub announces a change (notifications.py), and every
+`redis_poll_interval_seconds` besides, in case an announcement was lost. A candidate's record is always read from
 Redis, so one that expired, was evicted or invalidated is a miss at once, whatever the
 replica still holds; an Invalidate deletes the records before it returns.
 
@@ -45,6 +46,7 @@ from semcache_server.redis_backend.keys import (
     exact_key,
     registry_key,
 )
+from semcache_server.redis_backend.notifications import ChangeListener
 from semcache_server.redis_backend.replica import RedisCandidates, RedisPartition
 from semcache_server.redis_backend.writer import LOG_MAX_LEN, REMOVE_CHUNK, RedisWriter
 from semcache_server.settings import Settings
@@ -75,6 +77,11 @@ class RedisStorage:
             for name, value in meta.items() if name.startswith(_CALIBRATION.encode())
         }
         self._partitions: dict[PartitionKey, RedisPartition] = {}
+        self._by_log: dict[bytes, RedisPartition] = {}  # change-log key -> the replica it feeds
+        self._changed: set[bytes] = set()  # logs announced since the last read
+        self._changed_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._listener = ChangeListener(self.client, self._announced, self._announced_all)
         self._load_lock = threading.Lock()
         self._counters = PendingCounters()
         self.writer = RedisWriter(self.client, settings, clock, self._partitions, lambda: self._counters.flush(self.client))
@@ -117,6 +124,8 @@ class RedisStorage:
                 partition = RedisPartition(key, self._settings, self._dimension)
                 partition.load(self.client)
                 self._partitions[key] = partition
+                self._by_log[partition.keys.log.encode()] = partition
+                self._announced(partition.keys.log.encode())  # what changed while it loaded
                 log.info("loaded partition %s: %d entries in %.2f s", key, len(partition.index), partition.loaded_seconds)
             return partition
 
@@ -266,9 +275,20 @@ class RedisStorage:
                     )
         return problems
 
-    def poll_change_logs(self) -> None:
-        """Apply every loaded replica's new change-log entries (one pipeline per shard)."""
-        partitions = list(self._partitions.values())
+    def _announced(self, log_key: bytes) -> None:
+        if log_key in self._by_log:
+            with self._changed_lock:
+                self._changed.add(log_key)
+            self._wake.set()
+
+    def _announced_all(self) -> None:
+        with self._changed_lock:
+            self._changed.update(self._by_log)
+        self._wake.set()
+
+    def poll_change_logs(self, partitions: Sequence[RedisPartition] | None = None) -> None:
+        """Apply new change-log entries to these replicas (all by default), one pipeline per shard."""
+        partitions = list(self._partitions.values()) if partitions is None else partitions
         if not partitions:
             return
         with redis_errors("reads change logs"):
@@ -279,6 +299,28 @@ class RedisStorage:
             for partition, entries in zip(partitions, replies, strict=True):
                 if entries and not partition.apply(entries):
                     partition.load(self.client)
+
+    def _tail(self) -> None:
+        """Read the logs announced as changed at once, and every log each
+        redis_poll_interval_seconds (announcements can be lost)."""
+        failing = False
+        while not self._stop.is_set():
+            announced = self._wake.wait(self._settings.redis_poll_interval_seconds)
+            self._wake.clear()
+            with self._changed_lock:
+                changed, self._changed = self._changed, set()
+            try:
+                self.poll_change_logs([self._by_log[k] for k in changed] if announced else None)
+                if failing:
+                    log.info("redis backend: change logs are read again")
+                failing = False
+            except SemcacheError as e:
+                with self._changed_lock:
+                    self._changed.update(changed)
+                if not failing:
+                    log.warning("redis backend: reading change logs failed (retrying): %s", e)
+                failing = True
+                self._stop.wait(0.1)
 
     def flush_stats(self) -> None:
         with redis_errors("writes counters"):
@@ -310,8 +352,11 @@ class RedisStorage:
         return None  # an Invalidate deletes its entries before it returns
 
     def start_maintenance(self) -> None:
+        self._listener.start()
+        tail = threading.Thread(target=self._tail, name="redis-change-logs", daemon=True)
+        tail.start()
+        self._threads.append(tail)
         loops = (
-            (self._settings.redis_poll_interval_seconds, self.poll_change_logs),
             (self._settings.stats_flush_interval_seconds, self.flush_stats),
             (self._settings.sweep_interval_seconds, self.sweep_expired),
         )
@@ -337,6 +382,8 @@ class RedisStorage:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
+        self._listener.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         try:

@@ -18,6 +18,7 @@ import pytest
 from semcache_server.bench.harness import stop_server
 from semcache_server.client import Client
 from semcache_server.errors import ConfigError
+from semcache_server.partition import PartitionKey
 from semcache_server.redis_backend.local_cluster import LocalCluster, ensure_redis_server, free_port_block
 from semcache_server.server import create_server
 from semcache_server.settings import Settings
@@ -48,6 +49,22 @@ def frontend(make_server, cluster):
     return start
 
 
+@pytest.fixture
+def stale_frontend(make_server, cluster, monkeypatch):
+    """stale_frontend(partition) -> a Client of a frontend whose replica of that partition
+    (loaded now) never applies another change: what it serves comes from Redis' records."""
+
+    def start(partition: dict[str, str]) -> Client:
+        server, client = make_server(embedder=None, backend=cluster.url)
+        key = PartitionKey(partition["namespace"], partition["model"], partition["prompt_version"])
+        replica = server.cache.storage.partition(key)
+        assert replica is not None
+        monkeypatch.setattr(replica, "apply", lambda entries: True)
+        return client
+
+    return start
+
+
 def _wait_for(predicate, timeout_seconds: float = 5.0) -> float:
     """Seconds until predicate() held; fails the test past the timeout."""
     started = time.monotonic()
@@ -74,6 +91,17 @@ def test_a_store_on_one_frontend_is_an_exact_hit_on_another_at_once_and_a_semant
     assert c.lookup(ns, "what is your return policy", embedding=near).entry_id == stored.entry_id
 
 
+def test_without_change_notifications_the_interval_read_still_brings_a_store(make_server, cluster, frontend, ns):
+    a = frontend()
+    server, b = make_server(embedder=None, backend=cluster.url, redis_poll_interval_seconds=0.2)
+    server.cache.storage._listener.stop()  # as if every announcement were lost
+    base = unit_vector(21)
+    assert not b.lookup(ns, "first", embedding=base).hit
+    a.store(ns, "first", "r", embedding=base)
+    lag = _wait_for(lambda: b.lookup(ns, "in other words", embedding=vector_at_similarity(base, 0.97, 1)).hit)
+    assert lag < 1.5
+
+
 def test_partitions_stay_apart_across_frontends(frontend, ns):
     a, b = frontend(), frontend()
     vector = unit_vector(3)
@@ -83,14 +111,14 @@ def test_partitions_stay_apart_across_frontends(frontend, ns):
 
 
 @pytest.mark.parametrize("scope", ["partition", "all_versions", "whole_namespace", "metadata"])
-def test_an_invalidation_on_a_is_never_served_by_b_after_it_returned(frontend, ns, scope):
+def test_an_invalidation_on_a_is_never_served_by_b_after_it_returned(frontend, stale_frontend, ns, scope):
     a = frontend()
-    b = frontend(redis_poll_interval_seconds=3600.0)  # b's replica never hears of the invalidation
     vectors = [unit_vector(10 + i) for i in range(5)]
     for i, vector in enumerate(vectors):
         a.store(ns, f"question {i}", f"answer {i}", embedding=vector, metadata={"doc": "d1"})
     kept = unit_vector(99)
     a.store(ns, "kept question", "kept", embedding=kept, metadata={"doc": "d2"})
+    b = stale_frontend(ns)  # its replica never hears of the invalidation
     assert all(b.lookup(ns, f"question {i}", embedding=v).hit for i, v in enumerate(vectors))
     options = {
         "partition": {}, "all_versions": {"all_versions": True}, "whole_namespace": {"whole_namespace": True},
@@ -104,10 +132,11 @@ def test_an_invalidation_on_a_is_never_served_by_b_after_it_returned(frontend, n
     assert b.lookup(ns, "kept question", embedding=kept).hit == (scope == "metadata")
 
 
-def test_delete_on_a_is_a_miss_on_b(frontend, ns):
-    a, b = frontend(), frontend(redis_poll_interval_seconds=3600.0)
+def test_delete_on_a_is_a_miss_on_b(frontend, stale_frontend, ns):
+    a = frontend()
     vector = unit_vector(5)
     entry = a.store(ns, "q", "r", embedding=vector).entry_id
+    b = stale_frontend(ns)
     assert b.lookup(ns, "other words", embedding=vector).hit
     assert a.delete(ns, entry)
     assert not b.lookup(ns, "other words", embedding=vector).hit
@@ -315,8 +344,6 @@ def _hit_or_none(client: Client, ns: dict[str, str]) -> bool:
 
 
 def _tag(ns: dict[str, str]) -> str:
-    from semcache_server.partition import PartitionKey
-
     return PartitionKey(ns["namespace"], ns["model"], ns["prompt_version"]).digest()[:8].hex()
 
 
