@@ -92,6 +92,7 @@ class SemanticCache:
         self.recovery_seconds = self.storage.recovery_seconds
         calibration = Calibration(settings, self.storage.calibrations, self.storage.save_calibration)
         self.thresholds = Thresholds(settings, self.storage.namespace_thresholds, calibration)
+        self.storage.watch_namespace_thresholds(self.thresholds.replace_runtime)
         self.leases = LeaseTable(settings.lease_seconds, settings.lease_waiters)
         self.verdicts = Verdicts(settings, self.storage, self.store, calibration, self._embed if embedder is not None else None)
 

@@ -314,6 +314,9 @@ class LocalStorage:
         with self.write_lock, self.store.write() as txn:
             self.store.put_meta(txn, "namespace_thresholds", json.dumps(thresholds, sort_keys=True))
 
+    def watch_namespace_thresholds(self, changed: Callable[[Mapping[str, float]], None]) -> None:
+        return None  # one node: only this server changes them
+
     def save_calibration(self, namespace: str, data: str) -> None:
         with self.write_lock, self.store.write() as txn:
             self.store.put_meta(txn, CALIBRATION_PREFIX + namespace, data)

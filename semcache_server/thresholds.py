@@ -59,6 +59,11 @@ class Thresholds:
         runtime = self._runtime.get(namespace)
         return self._settings.for_namespace(namespace, "min_similarity") if runtime is None else runtime
 
+    def replace_runtime(self, runtime: Mapping[str, float]) -> None:
+        """Another frontend of a shared backend set these run-time thresholds."""
+        with self._lock:
+            self._runtime = dict(runtime)
+
     def set_namespace(
         self, namespace: str, min_similarity: float | None, persist: Callable[[dict[str, float]], None]
     ) -> float:

@@ -77,6 +77,8 @@ class RedisStorage:
             for name, value in meta.items() if name.startswith(_CALIBRATION.encode())
         }
         self._partitions: dict[PartitionKey, RedisPartition] = {}
+        self._thresholds_seen = meta.get(b"namespace_thresholds", b"{}")
+        self._thresholds_changed: Callable[[Mapping[str, float]], None] | None = None
         self._by_log: dict[bytes, RedisPartition] = {}  # change-log key -> the replica it feeds
         self._changed: set[bytes] = set()  # logs announced since the last read
         self._changed_lock = threading.Lock()
@@ -220,8 +222,20 @@ class RedisStorage:
         return removed
 
     def save_namespace_thresholds(self, thresholds: dict[str, float]) -> None:
+        raw = json.dumps(thresholds, sort_keys=True)
         with redis_errors("saves namespace thresholds"):
-            self.client.hset(META, "namespace_thresholds", json.dumps(thresholds, sort_keys=True))
+            self.client.hset(META, "namespace_thresholds", raw)
+        self._thresholds_seen = raw.encode()
+
+    def watch_namespace_thresholds(self, changed: Callable[[Mapping[str, float]], None]) -> None:
+        self._thresholds_changed = changed
+
+    def _read_namespace_thresholds(self) -> None:
+        """SetNamespaceThreshold on another frontend reaches this one within a stats flush."""
+        raw = self.client.hget(META, "namespace_thresholds") or b"{}"
+        if raw != self._thresholds_seen and self._thresholds_changed is not None:
+            self._thresholds_changed(json.loads(raw))
+        self._thresholds_seen = raw
 
     def save_calibration(self, namespace: str, data: str) -> None:
         with redis_errors("saves a calibration"):
@@ -325,6 +339,7 @@ class RedisStorage:
     def flush_stats(self) -> None:
         with redis_errors("writes counters"):
             self._counters.flush(self.client)
+            self._read_namespace_thresholds()
 
     def sweep_expired(self) -> int:
         """Entries whose records Redis dropped (expired or evicted) out of the partitions'

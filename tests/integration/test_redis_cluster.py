@@ -102,6 +102,17 @@ def test_without_change_notifications_the_interval_read_still_brings_a_store(mak
     assert lag < 1.5
 
 
+def test_a_namespace_threshold_set_on_one_frontend_holds_on_every_frontend(frontend, ns):
+    a, b = frontend(), frontend()
+    base = unit_vector(31)
+    a.store(ns, "stored", "r", embedding=base)
+    probe = vector_at_similarity(base, 0.95, 2)
+    assert b.lookup(ns, "in other words", embedding=probe).hit  # 0.95 passes the default 0.92
+    assert a.set_namespace_threshold(ns["namespace"], 0.97) == pytest.approx(0.97)
+    _wait_for(lambda: not b.lookup(ns, "in other words", embedding=probe).hit, timeout_seconds=5.0)
+    assert b.lookup(ns, "in other words", embedding=probe).threshold == pytest.approx(0.97)
+
+
 def test_partitions_stay_apart_across_frontends(frontend, ns):
     a, b = frontend(), frontend()
     vector = unit_vector(3)
