@@ -151,7 +151,7 @@ def throughput(addresses: list[str], vectors: np.ndarray, seconds: float, pids: 
         rng = np.random.default_rng(n)
         queries = [near(vectors[int(rng.integers(len(vectors)))], 0.97, rng) for _ in range(200)]
         with Client(addresses[n % len(addresses)], timeout_seconds=30) as client:
-            client.stats(LOAD)
+            client.lookup(LOAD, "warm up", embedding=queries[0])  # the frontend loads the partition before the clock starts
             barrier.wait()
             i = 0
             while time.perf_counter() < window[1]:
@@ -224,6 +224,83 @@ def warm_up(directory: Path, cluster: LocalCluster, count: int) -> dict:
     }
 
 
+def failover(directory: Path) -> dict:
+    """Lookups from 4 threads while the primary holding their partition is killed: how long
+    they fail, with which codes, and whether any Store acknowledged with a replica is lost."""
+    import grpc
+
+    partition = {"namespace": "failover", "model": "m", "prompt_version": "v1"}
+    with LocalCluster(directory / "failover", node_timeout_ms=1000) as cluster:
+        process, address = start_frontend_waiting(directory, cluster.url)
+        try:
+            vectors = unit_vectors(200, seed=5)
+            with Client(address, timeout_seconds=10) as client:
+                stored = [client.store(partition, f"q {words(i)}", "r", embedding=list(map(float, v))).entry_id
+                          for i, v in enumerate(vectors)]
+            tag = PartitionKeys.of(PartitionKey("failover", "m", "v1")).tag
+            slot = int(cluster.cli(cluster.ports[0], "CLUSTER", "KEYSLOT", tag))
+            owner = next(p for p in cluster.primaries() if _owns(cluster, p, slot))
+            failures: list[tuple[float, str]] = []
+            stop = threading.Event()
+
+            def load(n: int) -> None:
+                with Client(address, timeout_seconds=5) as client:
+                    i = n
+                    while not stop.is_set():
+                        try:
+                            client.lookup(partition, f"q {words(i % 200)}", embedding=list(map(float, vectors[i % 200])))
+                        except grpc.RpcError as e:
+                            failures.append((time.monotonic(), e.code().name))
+                        i += 4
+
+            threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(1.0)
+            killed_at = time.monotonic()
+            cluster.kill(owner)
+            time.sleep(8.0)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            with Client(address, timeout_seconds=10) as client:
+                lost = sum(
+                    client.lookup(partition, f"q {words(i)}", embedding=list(map(float, v))).entry_id != entry
+                    for i, (v, entry) in enumerate(zip(vectors, stored, strict=True))
+                )
+        finally:
+            stop_server(process)  # type: ignore[arg-type]
+    return {
+        "cluster_node_timeout_ms": 1000, "redis_wait_replicas": 1,
+        "failing_seconds": round(failures[-1][0] - killed_at, 2) if failures else 0.0,
+        "failed_lookups": len(failures), "codes": sorted({code for _, code in failures}),
+        "acknowledged_stores": len(stored), "lost_after_failover": int(lost),
+    }
+
+
+def _owns(cluster: LocalCluster, port: int, slot: int) -> bool:
+    for line in cluster.cli(port, "CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        if "myself" in fields[2]:
+            for item in fields[8:]:
+                low, _, high = item.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return True
+    return False
+
+
+def start_frontend_waiting(directory: Path, url: str) -> tuple[object, str]:
+    """A frontend whose Stores wait for one replica."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    process = start_server(
+        address, directory / f"frontend-{port}", "--backend", url, "--redis-wait-replicas", "1",
+        "--embedding-model", "none", "--embedding-dimension", str(DIMENSION), "--verifier", "none",
+        "--log-level", "warning", log_path=directory / f"frontend-{port}.log",
+    )
+    return process, address
+
+
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--entries", type=int, default=20000)
@@ -259,10 +336,11 @@ def main() -> None:
         finally:
             stop_server(local)  # type: ignore[arg-type]
         warm = warm_up(directory, cluster, args.warm_entries)
+        failed_over = failover(directory)
     write_report({
         "machine": f"{os.cpu_count()} cores", "cluster": "3 primaries + 3 replicas, appendfsync everysec, loopback",
         "entries": args.entries, "throughput": runs, "local_backend_one_frontend": local_run,
-        "change_log_lag": lag, "warm_up": warm,
+        "change_log_lag": lag, "warm_up": warm, "failover": failed_over,
     }, args.json)
 
 
