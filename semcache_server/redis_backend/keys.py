@@ -7,7 +7,8 @@ Per partition, tag T = "{sc:" + 16 hex digits of the partition digest + "}":
     sc:T:ids      hash: entry id -> "SIZE EXPIRES_AT EXACT_KEY" (every entry the partition holds)
     sc:T:v        hash: entry id -> float32 vector (what a frontend's FAISS replica loads)
     sc:T:x        hash: exact key (normalized query + request key) -> entry id
-    sc:T:log      stream: the change log (op=add id seq v | op=del id seq | op=clear seq)
+    sc:T:log      stream: the change log (op=add id seq | op=del id seq | op=clear seq); no vectors,
+                  so it stays small and is never what fills maxmemory
     sc:T:e:ID     string: the entry record, with Redis expiry at its TTL
     sc:T:old:N    hash: the entries of an invalidation still being deleted
     sc:T:olds     set: those old:N keys, so any frontend can finish one

@@ -72,40 +72,51 @@ class RedisPartition:
             self.index, self.seq, self.last_log_id = index, seq, last_id
         self.loaded_seconds = time.monotonic() - started
 
-    def apply(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> bool:
-        """Apply change-log entries read after last_log_id, in order. False: the log has a
-        gap here (trimmed past this replica), and the partition must be loaded again."""
+    def apply(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]], client: Any) -> bool:
+        """Apply change-log entries read after last_log_id, in order (the vectors of a run of
+        adds read in one HMGET). False: the log has a gap here (trimmed past this replica),
+        and the partition must be loaded again. Where reading vectors fails, the replica
+        stays at the change before them, to read them again next time."""
         with self.lock:
-            adds_ids: list[int] = []
-            adds: list[bytes] = []
-            try:
-                for log_id, fields in entries:
-                    seq = int(fields[b"seq"])
-                    if seq <= self.seq:
-                        continue
-                    if seq != self.seq + 1:
-                        log.warning("partition %s: change log jumped from %d to %d; loading it again", self.key, self.seq, seq)
-                        return False
-                    op = fields[b"op"]
-                    if op == b"add":
-                        adds_ids.append(int(fields[b"id"]))
-                        adds.append(fields[b"v"])
-                    else:
-                        self._flush_adds(adds_ids, adds)
-                        if op == b"del":
-                            self.index.remove(np.asarray([int(fields[b"id"])], dtype=np.int64))
-                        elif op == b"clear":
-                            self.index = self._new_index()
-                    self.seq, self.last_log_id = seq, log_id
-            finally:
-                self._flush_adds(adds_ids, adds)
+            adds: list[int] = []
+            before_adds = (self.seq, self.last_log_id)
+            for log_id, fields in entries:
+                seq = int(fields[b"seq"])
+                if seq <= self.seq:
+                    continue
+                if seq != self.seq + 1:
+                    log.warning("partition %s: change log jumped from %d to %d; loading it again", self.key, self.seq, seq)
+                    self._add_from_redis(adds, client, before_adds)
+                    return False
+                op = fields[b"op"]
+                if op == b"add":
+                    if not adds:
+                        before_adds = (self.seq, self.last_log_id)
+                    adds.append(int(fields[b"id"]))
+                else:
+                    self._add_from_redis(adds, client, before_adds)
+                    if op == b"del":
+                        self.index.remove(np.asarray([int(fields[b"id"])], dtype=np.int64))
+                    elif op == b"clear":
+                        self.index = self._new_index()
+                self.seq, self.last_log_id = seq, log_id
+            self._add_from_redis(adds, client, before_adds)
         return True
 
-    def _flush_adds(self, ids: list[int], vectors: list[bytes]) -> None:
-        if ids:
-            self.index.add(np.asarray(ids, dtype=np.int64), np.frombuffer(b"".join(vectors), dtype=np.float32))
-            ids.clear()
-            vectors.clear()
+    def _add_from_redis(self, ids: list[int], client: Any, before: tuple[int, bytes]) -> None:
+        if not ids:
+            return
+        try:
+            vectors = client.hmget(self.keys.vectors, ids)
+        except BaseException:
+            self.seq, self.last_log_id = before
+            raise
+        found = [(i, v) for i, v in zip(ids, vectors, strict=True) if v is not None]  # None: removed since
+        ids.clear()
+        if found:
+            self.index.add(
+                np.asarray([i for i, _ in found], dtype=np.int64), np.frombuffer(b"".join(v for _, v in found), dtype=np.float32),
+            )
 
     def add_local(self, entry_id: int, vector: np.ndarray, replaced: int | None) -> None:
         """This frontend's own Store, searchable here before its log entry comes back."""

@@ -43,7 +43,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[4])
 redis.call('HSET', KEYS[1], 'last_used_at', ARGV[10])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', 'op', 'add', 'id', ARGV[1], 'seq', seq, 'v', ARGV[6])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', 'op', 'add', 'id', ARGV[1], 'seq', seq)
 redis.call('PUBLISH', '__CHANGES__', KEYS[5])
 return {created, replaced}
 """

@@ -8,7 +8,7 @@ partitions and settings (keys.py). A Store is one Lua script on the partition's 
 
 A frontend keeps nothing that matters: each partition it serves is a FAISS replica
 (replica.py), loaded from Redis on first use and kept current by reading the partition's
-change log as soon as pub/sub announces a change (notifications.py), and every
+change log as soon as pub/sub announces a change (notifications.py: `ReplicaFeed`), and every
 `redis_poll_interval_seconds` besides, in case an announcement was lost. A candidate's record is always read from
 Redis, so one that expired, was evicted or invalidated is a miss at once, whatever the
 replica still holds; an Invalidate deletes the records before it returns.
@@ -46,9 +46,10 @@ from semcache_server.redis_backend.keys import (
     exact_key,
     registry_key,
 )
-from semcache_server.redis_backend.notifications import ChangeListener
+from semcache_server.redis_backend.notifications import ReplicaFeed
+from semcache_server.redis_backend.reclaim import Reclaimer
 from semcache_server.redis_backend.replica import RedisCandidates, RedisPartition
-from semcache_server.redis_backend.writer import LOG_MAX_LEN, REMOVE_CHUNK, RedisWriter
+from semcache_server.redis_backend.writer import REMOVE_CHUNK, RedisWriter
 from semcache_server.settings import Settings
 from semcache_server.v1.records_pb2 import EntryRecord
 
@@ -77,16 +78,15 @@ class RedisStorage:
             for name, value in meta.items() if name.startswith(_CALIBRATION.encode())
         }
         self._partitions: dict[PartitionKey, RedisPartition] = {}
+        self._by_tag: dict[str, RedisPartition] = {}
+        self._written: dict[str, PartitionKeys] = {}  # partitions this frontend stored to: its sweep's too
         self._thresholds_seen = meta.get(b"namespace_thresholds", b"{}")
         self._thresholds_changed: Callable[[Mapping[str, float]], None] | None = None
-        self._by_log: dict[bytes, RedisPartition] = {}  # change-log key -> the replica it feeds
-        self._changed: set[bytes] = set()  # logs announced since the last read
-        self._changed_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._listener = ChangeListener(self.client, self._announced, self._announced_all)
+        self._feed = ReplicaFeed(self.client, settings.redis_poll_interval_seconds)
         self._load_lock = threading.Lock()
         self._counters = PendingCounters()
-        self.writer = RedisWriter(self.client, settings, clock, self._partitions, lambda: self._counters.flush(self.client))
+        self.writer = RedisWriter(self.client, settings, clock, self._by_tag, lambda: self._counters.flush(self.client))
+        self._reclaimer = Reclaimer(self.client, self.writer)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.recovery_seconds = time.monotonic() - started
@@ -126,8 +126,8 @@ class RedisStorage:
                 partition = RedisPartition(key, self._settings, self._dimension)
                 partition.load(self.client)
                 self._partitions[key] = partition
-                self._by_log[partition.keys.log.encode()] = partition
-                self._announced(partition.keys.log.encode())  # what changed while it loaded
+                self._by_tag[partition.keys.tag] = partition
+                self._feed.add(partition)
                 log.info("loaded partition %s: %d entries in %.2f s", key, len(partition.index), partition.loaded_seconds)
             return partition
 
@@ -176,13 +176,15 @@ class RedisStorage:
         return 0  # Redis' maxmemory is the budget (see the module docstring)
 
     def commit(self, job: StoreJob) -> StoreResult:
+        keys = PartitionKeys.of(job.key)
+        self._written.setdefault(keys.tag, keys)
         return self.writer.store(job)
 
     def commit_all(self, jobs: Sequence[StoreJob]) -> list[StoreResult | SemcacheError]:
         results: list[StoreResult | SemcacheError] = []
         for job in jobs:
             try:
-                results.append(self.writer.store(job))
+                results.append(self.commit(job))
             except SemcacheError as e:
                 results.append(e)
         return results
@@ -207,7 +209,7 @@ class RedisStorage:
     # -- removals and settings ------------------------------------------------------------
 
     def delete(self, key: PartitionKey, entry_id: int) -> bool:
-        return self.writer.remove(key, [entry_id], "")[0] == 1
+        return self.writer.remove(PartitionKeys.of(key), [entry_id], "")[0] == 1
 
     def invalidate(
         self, key: PartitionKey, *, all_versions: bool = False, whole_namespace: bool = False,
@@ -216,7 +218,9 @@ class RedisStorage:
         removed = 0
         for target in self.writer.scope(key, all_versions=all_versions, whole_namespace=whole_namespace):
             if metadata_match:
-                removed += self.writer.remove(target, self.writer.matching(target, metadata_match), "invalidations")[0]
+                removed += self.writer.remove(
+                    PartitionKeys.of(target), self.writer.matching(target, metadata_match), "invalidations",
+                )[0]
             else:
                 removed += self.writer.clear(target)
         return removed
@@ -277,7 +281,7 @@ class RedisStorage:
 
     def check_consistency(self) -> list[str]:
         """Each loaded replica against Redis' vectors, after reading the change logs."""
-        self.poll_change_logs()
+        self._feed.poll()
         problems = []
         with redis_errors("checks consistency"):
             for key, partition in list(self._partitions.items()):
@@ -289,88 +293,41 @@ class RedisStorage:
                     )
         return problems
 
-    def _announced(self, log_key: bytes) -> None:
-        if log_key in self._by_log:
-            with self._changed_lock:
-                self._changed.add(log_key)
-            self._wake.set()
-
-    def _announced_all(self) -> None:
-        with self._changed_lock:
-            self._changed.update(self._by_log)
-        self._wake.set()
-
-    def poll_change_logs(self, partitions: Sequence[RedisPartition] | None = None) -> None:
-        """Apply new change-log entries to these replicas (all by default), one pipeline per shard."""
-        partitions = list(self._partitions.values()) if partitions is None else partitions
-        if not partitions:
-            return
-        with redis_errors("reads change logs"):
-            pipe = self.client.pipeline(transaction=False)
-            for partition in partitions:
-                pipe.xrange(partition.keys.log, min=b"(" + partition.last_log_id, max="+", count=LOG_MAX_LEN)
-            replies = pipe.execute()
-            for partition, entries in zip(partitions, replies, strict=True):
-                if entries and not partition.apply(entries):
-                    partition.load(self.client)
-
-    def _tail(self) -> None:
-        """Read the logs announced as changed at once, and every log each
-        redis_poll_interval_seconds (announcements can be lost)."""
-        failing = False
-        while not self._stop.is_set():
-            announced = self._wake.wait(self._settings.redis_poll_interval_seconds)
-            self._wake.clear()
-            with self._changed_lock:
-                changed, self._changed = self._changed, set()
-            try:
-                self.poll_change_logs([self._by_log[k] for k in changed] if announced else None)
-                if failing:
-                    log.info("redis backend: change logs are read again")
-                failing = False
-            except SemcacheError as e:
-                with self._changed_lock:
-                    self._changed.update(changed)
-                if not failing:
-                    log.warning("redis backend: reading change logs failed (retrying): %s", e)
-                failing = True
-                self._stop.wait(0.1)
-
     def flush_stats(self) -> None:
         with redis_errors("writes counters"):
             self._counters.flush(self.client)
             self._read_namespace_thresholds()
 
     def sweep_expired(self) -> int:
-        """Entries whose records Redis dropped (expired or evicted) out of the partitions'
-        bookkeeping and replicas; returns how many had expired."""
+        """Entries whose records Redis dropped (expired or evicted) out of the bookkeeping and
+        replicas of the partitions this frontend serves or stores to; returns how many had
+        expired. (Redis' key events reclaim most of them at once: reclaim.py.)"""
         expired = 0
+        swept = {**self._written, **{tag: p.keys for tag, p in self._by_tag.items()}}
         with redis_errors("sweeps expired entries"):
-            for key, partition in list(self._partitions.items()):
+            for keys in swept.values():
                 cursor = 0
                 while True:
-                    cursor, page = self.client.hscan(partition.keys.ids, cursor, count=REMOVE_CHUNK)
+                    cursor, page = self.client.hscan(keys.ids, cursor, count=REMOVE_CHUNK)
                     ids = [int(i) for i in page]
                     pipe = self.client.pipeline(transaction=False)
                     for entry_id in ids:
-                        pipe.exists(partition.keys.entry(entry_id))
+                        pipe.exists(keys.entry(entry_id))
                     gone = [i for i, there in zip(ids, pipe.execute() if ids else [], strict=True) if not there]
                     if gone:
-                        expired += self.writer.remove(key, gone, "")[1]
+                        expired += self.writer.remove(keys, gone, "")[1]
                     if not cursor:
                         break
-                for old in self.client.smembers(partition.keys.olds):  # an invalidation a frontend did not finish
-                    self.writer.drop_old(partition.keys, old.decode())
+                for old in self.client.smembers(keys.olds):  # an invalidation a frontend did not finish
+                    self.writer.drop_old(keys, old.decode())
         return expired
 
     def wait_for_purges(self) -> None:
         return None  # an Invalidate deletes its entries before it returns
 
     def start_maintenance(self) -> None:
-        self._listener.start()
-        tail = threading.Thread(target=self._tail, name="redis-change-logs", daemon=True)
-        tail.start()
-        self._threads.append(tail)
+        self._feed.start()
+        self._reclaimer.start()
         loops = (
             (self._settings.stats_flush_interval_seconds, self.flush_stats),
             (self._settings.sweep_interval_seconds, self.sweep_expired),
@@ -397,8 +354,8 @@ class RedisStorage:
 
     def close(self) -> None:
         self._stop.set()
-        self._wake.set()
-        self._listener.stop()
+        self._feed.stop()
+        self._reclaimer.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         try:

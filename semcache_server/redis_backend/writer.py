@@ -37,13 +37,13 @@ REMOVE_CHUNK = 500
 
 class RedisWriter:
     def __init__(
-        self, client: Any, settings: Settings, clock: Callable[[], float], partitions: Mapping[PartitionKey, RedisPartition],
+        self, client: Any, settings: Settings, clock: Callable[[], float], partitions: Mapping[str, RedisPartition],
         flush_counters: Callable[[], None],
     ) -> None:
         self.client = client
         self._settings = settings
         self._clock = clock
-        self._partitions = partitions  # the storage's loaded replicas (read only here)
+        self._partitions = partitions  # the storage's loaded replicas by hash tag (read only here)
         self._flush_counters = flush_counters  # before reading when versions were last used
         self.store_commits = 0
 
@@ -110,7 +110,7 @@ class RedisWriter:
         if created:
             with redis_errors("registers a partition"):
                 self._on_partition_live(job.key, now)
-        partition = self._partitions.get(job.key)
+        partition = self._partitions.get(keys.tag)
         if partition is not None:
             partition.add_local(entry_id, vector, replaced_id)
         return StoreResult(
@@ -159,8 +159,8 @@ class RedisWriter:
                 return True
         return False
 
-    def remove(self, key: PartitionKey, entry_ids: Sequence[int], reason: str) -> tuple[int, int, int]:
-        keys = PartitionKeys.of(key)
+    def remove(self, keys: PartitionKeys, entry_ids: Sequence[int], reason: str) -> tuple[int, int, int]:
+        """(removed, found expired, found evicted) of these entries; `reason` counts the removed."""
         totals = [0, 0, 0]
         for start in range(0, len(entry_ids), REMOVE_CHUNK):
             chunk = list(entry_ids[start:start + REMOVE_CHUNK])
@@ -169,7 +169,7 @@ class RedisWriter:
                 [keys.entry_prefix, LOG_MAX_LEN, reason, repr(self._clock()), *chunk], action="removes entries",
             )
             totals = [a + int(b) for a, b in zip(totals, counts, strict=True)]
-            partition = self._partitions.get(key)
+            partition = self._partitions.get(keys.tag)
             if partition is not None:
                 partition.forget(chunk)
         return totals[0], totals[1], totals[2]
@@ -197,7 +197,7 @@ class RedisWriter:
             scripts.CLEAR, [keys.meta, keys.ids, keys.vectors, keys.exact, keys.log, old, keys.olds], [LOG_MAX_LEN],
             action="invalidates a partition",
         )
-        partition = self._partitions.get(key)
+        partition = self._partitions.get(keys.tag)
         if partition is not None:
             partition.clear_local()
         return self.drop_old(keys, old)
