@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from semcache_server.errors import ConfigError, StorageFullError, UnavailableError
+
+log = logging.getLogger("semcache")
 
 SCHEMES = ("redis://", "rediss://")
 _USERINFO = re.compile(r"(://[^:@/]*:)[^@/]*@")
@@ -112,6 +116,26 @@ def _probe(address: RedisAddress, timeout_seconds: float, where: str) -> None:
             )
         return
     raise ConfigError(f"cannot reach Redis at {where}: {'; '.join(unreachable)}")
+
+
+def warn_about_eviction_policy(client: Any) -> None:
+    """Only volatile-lfu (or another volatile-* policy) evicts entries and never the cache's
+    structures; say so at start where a primary is set otherwise (CONFIG may be refused)."""
+    for node in client.get_primaries():
+        try:
+            policy = client.get_redis_connection(node).config_get("maxmemory-policy").get("maxmemory-policy", "")
+        except Exception:  # CONFIG refused (a managed service): nothing to check
+            return
+        if policy.startswith("allkeys"):
+            log.warning(
+                "Redis %s:%s has maxmemory-policy %s: at maxmemory it may evict the cache's structures (the exact "
+                "tier, vectors, change logs); set volatile-lfu", node.host, node.port, policy,
+            )
+        elif policy == "noeviction":
+            log.warning(
+                "Redis %s:%s has maxmemory-policy noeviction: at maxmemory Stores are refused (RESOURCE_EXHAUSTED) "
+                "instead of evicting the least used entries; set volatile-lfu", node.host, node.port,
+            )
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from semcache_server.errors import ConfigError, SemcacheError
 from semcache_server.group_commit import StoreJob
 from semcache_server.key_fingerprint import NO_FILTER, CandidateFilter, record_exact_suffix
 from semcache_server.partition import PartitionKey
-from semcache_server.redis_backend.connection import connect, parse_backend, redact, redis_errors
+from semcache_server.redis_backend.connection import connect, parse_backend, redact, redis_errors, warn_about_eviction_policy
 from semcache_server.redis_backend.counters import PendingCounters, record_from_hash
 from semcache_server.redis_backend.keys import (
     FORMAT,
@@ -69,6 +69,7 @@ class RedisStorage:
         self.client = connect(parse_backend(settings.backend), settings.redis_timeout_seconds)
         try:
             meta = self._check_meta(dimension, embedding_model)
+            warn_about_eviction_policy(self.client)
         except BaseException:
             self.client.close()
             raise

@@ -225,6 +225,28 @@ def test_eviction_under_redis_maxmemory_never_fails_a_store_or_serves_a_wrong_an
     assert a.stats(ns).entries < count
 
 
+def test_an_eviction_policy_that_would_refuse_stores_or_evict_structures_is_named_at_start(
+    frontend, cluster, caplog,
+):
+    primaries = cluster.primaries()
+    try:
+        for port in primaries:
+            cluster.cli(port, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        cluster.cli(primaries[0], "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        with caplog.at_level("WARNING", logger="semcache"):
+            frontend()
+        assert "noeviction" in caplog.text and "allkeys-lru" in caplog.text
+        caplog.clear()
+        for port in primaries:
+            cluster.cli(port, "CONFIG", "SET", "maxmemory-policy", "volatile-lfu")
+        with caplog.at_level("WARNING", logger="semcache"):
+            frontend()
+        assert "maxmemory-policy" not in caplog.text
+    finally:
+        for port in primaries:
+            cluster.cli(port, "CONFIG", "SET", "maxmemory-policy", "volatile-lfu")
+
+
 def test_bad_configuration_is_a_clear_error_at_start(tmp_path):
     base = Settings(embedding_model="none", embedding_dimension=POLICY_DIMENSION, data_dir=str(tmp_path / "d"))
     nobody = free_port()
