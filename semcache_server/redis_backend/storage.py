@@ -304,7 +304,7 @@ class RedisStorage:
         replicas of the partitions this frontend serves or stores to; returns how many had
         expired. (Redis' key events reclaim most of them at once: reclaim.py.)"""
         expired = 0
-        swept = {**self._written, **{tag: p.keys for tag, p in self._by_tag.items()}}
+        swept = {**self._written, **{tag: p.keys for tag, p in list(self._by_tag.items())}}
         with redis_errors("sweeps expired entries"):
             for keys in swept.values():
                 cursor = 0
