@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the cluster on SIGTERM too, not only Ctrl-C
     with LocalCluster(args.directory, base_port=args.port) as cluster:
         print(f"backend = {cluster.url!r}  (Ctrl-C stops it)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
