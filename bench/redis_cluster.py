@@ -124,11 +124,7 @@ def fill_by_script(url: str, partition: dict, count: int) -> float:
 
 
 def redis_used_bytes(cluster: LocalCluster) -> int:
-    total = 0
-    for port in cluster.primaries():
-        info = cluster.cli(port, "INFO", "memory")
-        total += int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("used_memory:")))
-    return total
+    return sum(cluster.used_memory(port) for port in cluster.primaries())
 
 
 def throughput(addresses: list[str], vectors: np.ndarray, seconds: float, pids: list[int], redis_pids: list[int]) -> dict:
@@ -237,9 +233,7 @@ def failover(directory: Path) -> dict:
             with Client(address, timeout_seconds=10) as client:
                 stored = [client.store(partition, f"q {words(i)}", "r", embedding=list(map(float, v))).entry_id
                           for i, v in enumerate(vectors)]
-            tag = PartitionKeys.of(PartitionKey("failover", "m", "v1")).tag
-            slot = int(cluster.cli(cluster.ports[0], "CLUSTER", "KEYSLOT", tag))
-            owner = next(p for p in cluster.primaries() if _owns(cluster, p, slot))
+            owner = cluster.primary_for(PartitionKeys.of(PartitionKey("failover", "m", "v1")).tag)
             failures: list[tuple[float, str]] = []
             stop = threading.Event()
 
@@ -276,17 +270,6 @@ def failover(directory: Path) -> dict:
         "failed_lookups": len(failures), "codes": sorted({code for _, code in failures}),
         "acknowledged_stores": len(stored), "lost_after_failover": int(lost),
     }
-
-
-def _owns(cluster: LocalCluster, port: int, slot: int) -> bool:
-    for line in cluster.cli(port, "CLUSTER", "NODES").splitlines():
-        fields = line.split()
-        if "myself" in fields[2]:
-            for item in fields[8:]:
-                low, _, high = item.partition("-")
-                if low.isdigit() and int(low) <= slot <= int(high or low):
-                    return True
-    return False
 
 
 def start_frontend_waiting(directory: Path, url: str) -> tuple[object, str]:

@@ -58,10 +58,7 @@ def main() -> None:
         seconds = time.monotonic() - started
         time.sleep(0.5)
         stats = cache.stats()
-        used = 0
-        for port in cluster.primaries():
-            info = cluster.cli(port, "INFO", "memory").splitlines()
-            used += int(next(line.split(":")[1] for line in info if line.startswith("used_memory:")))
+        used = sum(cluster.used_memory(port) for port in cluster.primaries())
         cache.close()
     write_report({
         "reclaim": not args.no_reclaim, "stores": args.stores, "refused": refused, "seconds": round(seconds, 1),

@@ -134,6 +134,25 @@ class LocalCluster:
                 ports.append(port)
         return ports
 
+    def primary_for(self, key: str) -> int:
+        """The port of the primary that serves this key's slot now."""
+        slot = int(self.cli(self.primaries()[0], "CLUSTER", "KEYSLOT", key))
+        for port in self.primaries():
+            for line in self.cli(port, "CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if "myself" not in fields[2]:
+                    continue
+                for item in fields[8:]:
+                    low, _, high = item.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return port
+        raise RuntimeError(f"no primary serves slot {slot}")
+
+    def used_memory(self, port: int) -> int:
+        """used_memory of one node, in bytes."""
+        info = self.cli(port, "INFO", "memory").splitlines()
+        return int(next(line.split(":")[1] for line in info if line.startswith("used_memory:")))
+
     def kill(self, port: int) -> None:
         process = self.processes[port]
         process.send_signal(signal.SIGKILL)

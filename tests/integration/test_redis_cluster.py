@@ -201,7 +201,7 @@ def test_eviction_under_redis_maxmemory_never_fails_a_store_or_serves_a_wrong_an
     cannot evict: they must be reclaimed as Redis evicts the records (reclaim.py)."""
     primaries = cluster.primaries()
     for port in primaries:
-        cluster.cli(port, "CONFIG", "SET", "maxmemory", str(_used_memory(cluster, port) + (3 << 20)))
+        cluster.cli(port, "CONFIG", "SET", "maxmemory", str(cluster.used_memory(port) + (3 << 20)))
     try:
         a = frontend()
         refused, ids = [], []
@@ -334,9 +334,7 @@ def test_a_primary_failover_keeps_frontends_serving_without_losing_replicated_st
         client = make_server(embedder=None, backend=cluster.url, redis_wait_replicas=1)[1]
         ns = {"namespace": "failover", "model": "m", "prompt_version": "v1"}
         stored = {i: client.store(ns, f"q{i}", f"r{i}", embedding=unit_vector(i)).entry_id for i in range(50)}
-        # The primary holding this partition's slot.
-        slot = int(cluster.cli(cluster.ports[0], "CLUSTER", "KEYSLOT", "{sc:" + _tag(ns) + "}"))
-        owner = next(p for p in cluster.primaries() if _serves(cluster, p, slot))
+        owner = cluster.primary_for("{sc:" + _tag(ns) + "}")  # the primary holding this partition
         cluster.kill(owner)
         codes, started = set(), time.monotonic()
         while time.monotonic() - started < 30:
@@ -375,11 +373,6 @@ def test_redis_down_is_unavailable_per_call_and_the_frontend_recovers(tmp_path, 
         assert client.lookup(ns, "q", embedding=unit_vector(1)).response == b"r"  # AOF brought it back
 
 
-def _used_memory(cluster: LocalCluster, port: int) -> int:
-    info = cluster.cli(port, "INFO", "memory")
-    return int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("used_memory:")))
-
-
 def _hit_or_none(client: Client, ns: dict[str, str]) -> bool:
     try:
         return client.lookup(ns, "q", embedding=unit_vector(1)).hit
@@ -389,14 +382,3 @@ def _hit_or_none(client: Client, ns: dict[str, str]) -> bool:
 
 def _tag(ns: dict[str, str]) -> str:
     return PartitionKey(ns["namespace"], ns["model"], ns["prompt_version"]).digest()[:8].hex()
-
-
-def _serves(cluster: LocalCluster, port: int, slot: int) -> bool:
-    for line in cluster.cli(port, "CLUSTER", "NODES").splitlines():
-        fields = line.split()
-        if "myself" in fields[2]:
-            for item in fields[8:]:
-                low, _, high = item.partition("-")
-                if low.isdigit() and int(low) <= slot <= int(high or low):
-                    return True
-    return False
