@@ -39,6 +39,7 @@ from semcache_server.settings import Settings
 from semcache_server.stats import stats_view
 from semcache_server.store import Store
 from semcache_server.v1.records_pb2 import EntryRecord
+from semcache_server.vector_index import widening_search
 from semcache_server.writes import FULL_EVICT_FRACTION, FULL_RETRIES, Writer
 
 log = logging.getLogger("semcache")
@@ -53,12 +54,6 @@ _FULL_RETRY_SECONDS = 30.0
 # at the ceiling each one pays for the room it takes, so freed room is not taken by others
 # while the one that evicted for it waits, and a delete always finds free pages.
 _AT_CEILING_SECONDS = 2.0
-# Records a Lookup reads at most from its search, so that many near neighbours of
-# another request key (or expired ones) cannot make one Lookup read them all.
-_MAX_READ = 1024
-# Candidates fetched per semantic search; more are fetched only when the best
-# ones turn out to be expired or deleted.
-_SEARCH_K = 8
 
 
 class LocalCandidates:
@@ -89,23 +84,16 @@ class LocalCandidates:
             self._iterator.close()  # type: ignore[attr-defined]  # ends its read transaction now
 
     def _live(self) -> Iterator[Candidate]:
-        partition, k, seen = self._partition, _SEARCH_K, 0
-        while seen < _MAX_READ:  # past it, whatever is refused here (other keys, expired) ends the search
-            started = time.perf_counter()
-            found = partition.index.search(self._vector, k)
-            self.search_seconds.append(time.perf_counter() - started)
+        partition = self._partition
+        for found in widening_search(partition.index, self._vector, self.search_seconds):
             with self._store.read() as txn:
-                for entry_id, similarity in found[seen:]:
+                for entry_id, similarity in found:
                     record = self._store.get_entry(txn, entry_id)
                     if record is None or record.partition_id != partition.id or not self._match.accepts(record):
                         continue
                     if self._ledger.is_expired(entry_id, record, self._now):
                         continue
                     yield Candidate(entry_id, record, similarity)
-            if len(found) < k:  # every vector in the index was seen
-                return
-            seen = len(found)
-            k = min(k * 4, _MAX_READ)
 
 
 class LocalStorage:

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
 
 _INITIAL_CAPACITY = 64
+# Candidates fetched by a Lookup's first search; more are fetched only when the best ones
+# are refused (expired, deleted, another request key).
+FIRST_SEARCH_K = 8
+# Candidates a Lookup reads at most, so that many near neighbours of another request key
+# (or expired ones) cannot make one Lookup read them all.
+MAX_CANDIDATES_READ = 1024
 log = logging.getLogger("semcache")
 _thread_state = threading.local()
 
@@ -253,3 +261,19 @@ def train_ivf(vectors: np.ndarray, dimension: int) -> faiss.IndexIVFFlat:
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # missing from faiss's stubs
     return index
+
+
+def widening_search(index: VectorIndex, vector: np.ndarray, search_seconds: list[float]) -> Iterator[list[tuple[int, float]]]:
+    """The nearest (entry_id, similarity) pairs in rounds, best first, each round only the
+    ones not yielded before: FIRST_SEARCH_K, then 4x as many while the caller asks for more,
+    up to MAX_CANDIDATES_READ. Each search's seconds are appended to search_seconds."""
+    k, seen = FIRST_SEARCH_K, 0
+    while seen < MAX_CANDIDATES_READ:
+        started = time.perf_counter()
+        found = index.search(vector, k)
+        search_seconds.append(time.perf_counter() - started)
+        yield found[seen:]
+        if len(found) < k:  # every vector in the index was seen
+            return
+        seen = len(found)
+        k = min(k * 4, MAX_CANDIDATES_READ)

@@ -20,18 +20,16 @@ import numpy as np
 from semcache_server.decision import Candidate
 from semcache_server.key_fingerprint import CandidateFilter
 from semcache_server.partition import PartitionKey
+from semcache_server.redis_backend.connection import redis_errors
 from semcache_server.redis_backend.keys import PartitionKeys
 from semcache_server.settings import Settings
 from semcache_server.v1.records_pb2 import EntryRecord
-from semcache_server.vector_index import VectorIndex
+from semcache_server.vector_index import VectorIndex, widening_search
 
 log = logging.getLogger("semcache")
 
 # Vectors read per HSCAN page while a partition loads.
 LOAD_PAGE = 2000
-# Candidates fetched per search; more only when the best ones are gone or refused.
-SEARCH_K = 8
-MAX_READ = 1024
 
 
 class RedisPartition:
@@ -156,26 +154,16 @@ class RedisCandidates:
         return None
 
     def _live(self) -> Iterator[Candidate]:
-        from semcache_server.redis_backend.connection import redis_errors
-
-        partition, k, seen = self._partition, SEARCH_K, 0
-        while seen < MAX_READ:
-            started = time.perf_counter()
-            found = partition.index.search(self._vector, k)
-            self.search_seconds.append(time.perf_counter() - started)
-            fresh = found[seen:]
-            if fresh:
-                with redis_errors("reads candidates"):
-                    values = self._client.execute_command("MGET", *[partition.keys.entry(i) for i, _ in fresh])
-                gone = [entry_id for (entry_id, _), value in zip(fresh, values, strict=True) if value is None]
-                partition.forget(gone)
-                for (entry_id, similarity), value in zip(fresh, values, strict=True):
-                    if value is None:
-                        continue
-                    record = EntryRecord.FromString(value)
-                    if self._match.accepts(record):
-                        yield Candidate(entry_id, record, similarity)
-            if len(found) < k:
-                return
-            seen = len(found)
-            k = min(k * 4, MAX_READ)
+        partition = self._partition
+        for found in widening_search(partition.index, self._vector, self.search_seconds):
+            if not found:
+                continue
+            with redis_errors("reads candidates"):
+                values = self._client.execute_command("MGET", *[partition.keys.entry(i) for i, _ in found])
+            partition.forget([entry_id for (entry_id, _), value in zip(found, values, strict=True) if value is None])
+            for (entry_id, similarity), value in zip(found, values, strict=True):
+                if value is None:
+                    continue
+                record = EntryRecord.FromString(value)
+                if self._match.accepts(record):
+                    yield Candidate(entry_id, record, similarity)

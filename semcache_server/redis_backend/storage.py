@@ -199,8 +199,6 @@ class RedisStorage:
             value = self.client.get(PartitionKeys.of(key).entry(entry_id))
         return None if value is None else EntryRecord.FromString(value)
 
-    # -- removals and settings ------------------------------------------------------------
-
     def record_verdict(
         self, key: PartitionKey, entry_id: int, correct: bool, change: Callable[[EntryRecord], None] | None,
     ) -> bool:

@@ -19,6 +19,7 @@ from semcache_server.bench.harness import stop_server
 from semcache_server.client import Client
 from semcache_server.errors import ConfigError
 from semcache_server.partition import PartitionKey
+from semcache_server.redis_backend.keys import PartitionKeys
 from semcache_server.redis_backend.local_cluster import LocalCluster, ensure_redis_server, free_port_block
 from semcache_server.server import create_server
 from semcache_server.settings import Settings
@@ -334,7 +335,8 @@ def test_a_primary_failover_keeps_frontends_serving_without_losing_replicated_st
         client = make_server(embedder=None, backend=cluster.url, redis_wait_replicas=1)[1]
         ns = {"namespace": "failover", "model": "m", "prompt_version": "v1"}
         stored = {i: client.store(ns, f"q{i}", f"r{i}", embedding=unit_vector(i)).entry_id for i in range(50)}
-        owner = cluster.primary_for("{sc:" + _tag(ns) + "}")  # the primary holding this partition
+        key = PartitionKey(ns["namespace"], ns["model"], ns["prompt_version"])
+        owner = cluster.primary_for(PartitionKeys.of(key).tag)  # the primary holding the partition
         cluster.kill(owner)
         codes, started = set(), time.monotonic()
         while time.monotonic() - started < 30:
@@ -378,7 +380,3 @@ def _hit_or_none(client: Client, ns: dict[str, str]) -> bool:
         return client.lookup(ns, "q", embedding=unit_vector(1)).hit
     except grpc.RpcError:
         return False
-
-
-def _tag(ns: dict[str, str]) -> str:
-    return PartitionKey(ns["namespace"], ns["model"], ns["prompt_version"]).digest()[:8].hex()
