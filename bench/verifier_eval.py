@@ -7,15 +7,17 @@ in a gray band; the share of lookups that asked the verifier; false hits by kind
 Pairs: every held-out pair scored once (cosine, guard, verifier), then each decision
 rule evaluated over a grid of its settings. Replay: each stream replayed through the
 real decision (semcache_server.decision.decide) with brute-force search, once per setting;
-a miss stores the query. "chosen_on_other_sets": the setting with the best mean hit
-rate on the OTHER sets of the same mode whose false-hit rate is <= --choose-at on every
-one of them, reported on this set, so no figure is tuned on the data it reports.
+a miss stores the query. "chosen_on_tune": the setting with the best mean hit rate on
+the split's tune part whose false-hit rate's 95% upper bound is <= --choose-at on every
+set of the mode there ("..._for_both": on every set of both modes, the one setting a
+server ships), measured on the holdout part, so no figure is tuned on the data it reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import subprocess
 import sys
 import tempfile
@@ -27,9 +29,10 @@ from semcache_server.bench import datasets
 from semcache_server.bench.harness import bench_parser, write_report
 from semcache_server.decision import Candidate, DecisionPolicy, decide
 from semcache_server.embedder import load_embedder
-from semcache_server.guard import conflict
+from semcache_server.guard import conflict, reordered
 from semcache_server.normalize import normalize_query
 from semcache_server.v1.records_pb2 import EntryRecord
+from semcache_server.verifier.calibrate import auc
 from semcache_server.verifier.model import OnnxVerifier
 
 PAIR_SETS = ("banking77", "clinc150", "hwu64", "paws_wiki", "cannot_negation", "stsb", "gptcache_qqp")
@@ -37,6 +40,12 @@ REPLAY_SETS = ("banking77", "clinc150", "hwu64")
 THRESHOLDS = [round(0.70 + 0.01 * i, 2) for i in range(30)]
 BAND_LOWS = [0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85]
 SCORES = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
+# Each replay rule is a whole replay: a coarser grid, inside the pairs' one (so that one
+# setting can be chosen for both).
+REPLAY_THRESHOLDS = [0.86, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98]
+REPLAY_BAND_LOWS = [0.7, 0.75, 0.8, 0.85]
+REPLAY_SCORES = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
+MARGIN_Z = 1.645  # one-sided 95%
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +71,14 @@ def pair_figures(pairs, vectors, verifier) -> dict:  # type: ignore[no-untyped-d
     sims = np.array([float(vectors[p.a] @ vectors[p.b]) for p in pairs])
     exact = np.array([normalize_query(p.a) == normalize_query(p.b) for p in pairs])
     guarded = np.array([conflict(p.b, p.a) is not None for p in pairs])
-    scores = verifier.score_pairs([(p.b, p.a) for p in pairs])
+    reorders = np.array([reordered(p.b, p.a) for p in pairs])
+    raw = verifier.score_pairs([(p.b, p.a) for p in pairs])
+    # What the decision compares with min_score: the score, combined with the cosine where calibrated.
+    scores = raw if verifier.combination is None else verifier.combination.probability(sims, raw)
     labels = np.array([p.label for p in pairs])
     kinds = np.array([p.kind or "negative" for p in pairs])
-    return {"sims": sims, "exact": exact, "guarded": guarded, "scores": scores, "labels": labels, "kinds": kinds}
+    return {"sims": sims, "exact": exact, "guarded": guarded, "reordered": reorders, "raw_scores": raw,
+            "scores": scores, "labels": labels, "kinds": kinds}
 
 
 def pair_hits(f: dict, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +89,10 @@ def pair_hits(f: dict, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
     open_ = ~f["guarded"]
     if rule.kind == "guard":
         return exact | (open_ & (sims >= rule.threshold)), np.zeros_like(exact)
-    band = open_ & ~exact & (sims >= rule.band_low) & (sims < rule.threshold)
-    return exact | (open_ & (sims >= rule.threshold)) | (band & (f["scores"] >= rule.min_score)), band
+    above = open_ & ~exact & (sims >= rule.threshold)
+    reorder = above & f["reordered"]  # above the threshold, but cosine is blind to the order: verified
+    band = (open_ & ~exact & (sims >= rule.band_low) & (sims < rule.threshold)) | reorder
+    return exact | (above & ~reorder) | (band & (f["scores"] >= rule.min_score)), band
 
 
 def pair_rates(hit: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
@@ -107,13 +122,14 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:
         candidates = [Candidate(int(i), EntryRecord(query=stored[i][0]), float(sims[i])) for i in order]
         called = [False]
 
-        def verify(texts, text=q.text, called=called):  # type: ignore[no-untyped-def]
+        def verify(texts, similarities, text=q.text, called=called):  # type: ignore[no-untyped-def]
             called[0] = True
             missing = [t for t in texts if (text, t) not in cache]
             if missing:
                 for t, s in zip(missing, verifier.score(text, missing), strict=True):
                     cache[(text, t)] = float(s)
-            return np.array([cache[(text, t)] for t in texts])
+            raw = np.array([cache[(text, t)] for t in texts])
+            return raw if verifier.combination is None else verifier.combination.probability(similarities, raw)
 
         guard_text = q.text if rule.kind != "static" else ""
         verdict = decide(candidates, policy, guard_text, verify if rule.kind == "verifier" else None)
@@ -126,7 +142,8 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:
             stored.append((q.text, q.answer_key))
             exact_index.setdefault(normalized, count)
     n = len(queries)
-    return {"hit_rate": hits / n, "false_hit_rate": wrong / n, "verifier_share": asked / n}
+    return {"hit_rate": hits / n, "false_hit_rate": wrong / n, "verifier_share": asked / n,
+            "false_hits": wrong, "negatives": n}
 
 
 def best_at(rows: dict[str, dict], kind: str, fhr: float) -> dict | None:
@@ -137,17 +154,70 @@ def best_at(rows: dict[str, dict], kind: str, fhr: float) -> dict | None:
     return {"rule": key, **{k: round(v, 4) for k, v in row.items()}}
 
 
+def wilson_upper(false_hits: int, n: int, z: float = MARGIN_Z) -> float:
+    """The 95% one-sided upper bound of a false-hit rate of false_hits in n."""
+    if n == 0:
+        return 1.0
+    p = false_hits / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+def choose(all_rows: dict[str, dict[str, dict]], kind: str, max_false_hit_rate: float) -> str | None:
+    """The rule of `kind` with the best mean hit rate over the sets whose false-hit rate's
+    upper bound is at most max_false_hit_rate on every one of them."""
+    names = list(all_rows)
+    keys = [k for k in all_rows[names[0]] if k.startswith(kind) and all(k in all_rows[n] for n in names)]
+    eligible = [
+        k for k in keys
+        if all(wilson_upper(all_rows[n][k]["false_hits"], all_rows[n][k]["negatives"]) <= max_false_hit_rate for n in names)
+    ]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda k: float(np.mean([all_rows[n][k]["hit_rate"] for n in names])))
+
+
+def measure(part: str, args, embedder, verifier, grids, sets) -> tuple[dict, dict, dict]:  # type: ignore[no-untyped-def]
+    """(pair rows, pair figures, replay rows) of the split's `part` ("tune" or "holdout")."""
+    (pair_grid, replay_grid), (pair_sets, replay_sets) = grids, sets
+    pair_rows: dict[str, dict[str, dict]] = {}
+    pair_data: dict[str, dict] = {}
+    for name in pair_sets:
+        pairs = datasets.load_pairs(args.split / f"{part}-{name}.pairs.jsonl", args.pairs_limit, args.seed)
+        texts = list(dict.fromkeys(t for p in pairs for t in (p.a, p.b)))
+        vectors = dict(zip(texts, embedder.embed(texts), strict=True))
+        f = pair_data[name] = pair_figures(pairs, vectors, verifier)
+        positives = f["labels"] == 1
+        rows = {}
+        for rule in pair_grid:
+            hit, asked = pair_hits(f, rule)
+            hr, fhr = pair_rates(hit, positives)
+            rows[rule.key()] = {"hit_rate": hr, "false_hit_rate": fhr, "verifier_share": float(asked.mean()),
+                                "false_hits": int(hit[~positives].sum()), "negatives": int((~positives).sum())}
+        pair_rows[name] = rows
+    replay_rows: dict[str, dict[str, dict]] = {}
+    for name in replay_sets:
+        queries = datasets.load_replay(args.split / f"{part}-{name}.replay.jsonl", args.replay_limit, args.seed)
+        texts = list(dict.fromkeys(q.text for q in queries))
+        vectors = dict(zip(texts, embedder.embed(texts), strict=True))
+        cache: dict = {}
+        replay_rows[name] = {rule.key(): replay_figures(queries, vectors, verifier, rule, cache) for rule in replay_grid}
+    return pair_rows, pair_data, replay_rows
+
+
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--verifier", type=Path, help="a trained verifier (--quick: a tiny one is trained first)")
     parser.add_argument("--split", type=Path, default=Path("bench/.cache/verifier-split"))
     parser.add_argument("--pairs-limit", type=int, default=3000)
     parser.add_argument("--replay-limit", type=int, default=1500)
-    parser.add_argument("--choose-at", type=float, default=0.0075, help="false-hit rate the chosen settings aim at")
+    parser.add_argument("--choose-at", type=float, default=0.01,
+                        help="false-hit rate whose 95%% upper bound the chosen settings keep to on the tune part")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     thresholds, band_lows, scores = THRESHOLDS, BAND_LOWS, SCORES
-    replay_thresholds, replay_lows, replay_scores = [0.84, 0.87, 0.9, 0.92, 0.94], [0.7, 0.75, 0.8], [0.5, 0.8, 0.95]
+    replay_thresholds, replay_lows, replay_scores = REPLAY_THRESHOLDS, REPLAY_BAND_LOWS, REPLAY_SCORES
     pair_sets, replay_sets = PAIR_SETS, REPLAY_SETS
     if args.quick:
         args.pairs_limit, args.replay_limit = 60, 60
@@ -160,56 +230,46 @@ def main() -> None:
         parser.error("--verifier DIR is required")
     embedder = load_embedder()
     verifier = OnnxVerifier(args.verifier)
-    result: dict = {"verifier": str(args.verifier), "choose_at": args.choose_at, "pairs": {}, "replay": {}}
+    grids = (rules(thresholds, band_lows, scores), rules(replay_thresholds, replay_lows, replay_scores))
+    sets = (pair_sets, replay_sets)
+    result: dict = {"verifier": str(args.verifier), "combination": verifier.config.get("combination"),
+                    "choose_at": args.choose_at, "pairs": {}, "replay": {}, "chosen_on_tune": {}}
+    tune_pairs, _, tune_replay = measure("tune", args, embedder, verifier, grids, sets)
+    pair_rows, pair_data, replay_rows = measure("holdout", args, embedder, verifier, grids, sets)
 
-    pair_rows: dict[str, dict[str, dict]] = {}
-    pair_data: dict[str, dict] = {}
-    for name in pair_sets:
-        pairs = datasets.load_pairs(args.split / f"holdout-{name}.pairs.jsonl", args.pairs_limit, args.seed)
-        texts = list(dict.fromkeys(t for p in pairs for t in (p.a, p.b)))
-        vectors = dict(zip(texts, embedder.embed(texts), strict=True))
-        f = pair_data[name] = pair_figures(pairs, vectors, verifier)
-        positives = f["labels"] == 1
-        rows = {}
-        for rule in rules(thresholds, band_lows, scores):
-            hit, asked = pair_hits(f, rule)
-            hr, fhr = pair_rates(hit, positives)
-            rows[rule.key()] = {"hit_rate": hr, "false_hit_rate": fhr, "verifier_share": float(asked.mean())}
-        pair_rows[name] = rows
-    replay_rows: dict[str, dict[str, dict]] = {}
-    for name in replay_sets:
-        queries = datasets.load_replay(args.split / f"holdout-{name}.replay.jsonl", args.replay_limit, args.seed)
-        texts = list(dict.fromkeys(q.text for q in queries))
-        vectors = dict(zip(texts, embedder.embed(texts), strict=True))
-        cache: dict = {}
-        grid = rules(replay_thresholds, replay_lows, replay_scores)
-        replay_rows[name] = {rule.key(): replay_figures(queries, vectors, verifier, rule, cache) for rule in grid}
+    # Settings chosen on the tune part, measured on the holdout part: per mode, and one
+    # setting for both (what a server ships as its default), on the rules both grids hold.
+    chosen: dict[str, dict[str, str | None]] = {}
+    for kind in ("static", "guard", "verifier"):
+        chosen.setdefault("pairs", {})[kind] = choose(tune_pairs, kind, args.choose_at)
+        chosen.setdefault("replay", {})[kind] = choose(tune_replay, kind, args.choose_at)
+        chosen.setdefault("both", {})[kind] = choose({**tune_pairs, **{f"{n}.replay": r for n, r in tune_replay.items()}},
+                                                     kind, args.choose_at)
+    result["chosen_on_tune"] = chosen
 
     for mode, all_rows in (("pairs", pair_rows), ("replay", replay_rows)):
         for name, rows in all_rows.items():
             entry: dict = {}
             for kind in ("static", "guard", "verifier"):
                 entry[kind] = {f"at_{int(t * 100)}pct": best_at(rows, kind, t) for t in (0.01, 0.05)}
-                others = [all_rows[o] for o in all_rows if o != name]
-                if others:  # the mean hit rate of the other sets, and their worst false-hit rate
-                    pooled = {k: {"hit_rate": float(np.mean([o[k]["hit_rate"] for o in others])),
-                                  "false_hit_rate": max(o[k]["false_hit_rate"] for o in others)} for k in rows}
-                    chosen = best_at(pooled, kind, args.choose_at)
-                    if chosen is not None:
-                        here = {k: round(v, 4) for k, v in rows[chosen["rule"]].items()}
-                        entry[kind]["chosen_on_other_sets"] = {"rule": chosen["rule"], **here}
+                for how in (mode, "both"):
+                    rule_key = chosen[how][kind]
+                    if rule_key is not None and rule_key in rows:
+                        label = "chosen_on_tune" if how == mode else "chosen_on_tune_for_both"
+                        entry[kind][label] = {"rule": rule_key, **{k: round(v, 4) for k, v in rows[rule_key].items()}}
             if mode == "pairs":
                 f = pair_data[name]
                 negatives = f["labels"] == 0
-                chosen_rule = (entry["verifier"].get("chosen_on_other_sets") or {}).get("rule")
+                chosen_rule = chosen["both"]["verifier"] or chosen["pairs"]["verifier"]
                 if chosen_rule:
-                    rule = next(r for r in rules(thresholds, band_lows, scores) if r.key() == chosen_rule)
+                    rule = next(r for r in grids[0] if r.key() == chosen_rule)
                     hit, _ = pair_hits(f, rule)
                     entry["false_hit_rate_by_kind_at_chosen"] = {
                         kind: round(float(hit[negatives & (f["kinds"] == kind)].mean()), 4)
                         for kind in sorted(set(f["kinds"][negatives]))
                     }
-                entry["auc"] = {"cosine": _auc(f["sims"], f["labels"]), "verifier": _auc(f["scores"], f["labels"])}
+                entry["auc"] = {"cosine": auc(f["sims"], f["labels"]), "verifier": auc(f["raw_scores"], f["labels"]),
+                                "combined": auc(f["scores"], f["labels"])}
             result[mode][name] = entry
     write_report(result, args.json)
 
@@ -227,15 +287,6 @@ def _quick_inputs(split: Path, verifier: Path | None) -> tuple[Path, Path]:
         train(pairs, work / "verifier", TrainingSettings(epochs=1, batch_size=16, max_length=32), progress=False)
         verifier = work / "verifier"
     return work / "split", verifier
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    positives, negatives = scores[labels == 1], scores[labels == 0]
-    if not len(positives) or not len(negatives):
-        return float("nan")
-    ranks = np.argsort(np.argsort(np.concatenate([positives, negatives]))) + 1
-    p, n = len(positives), len(negatives)
-    return round(float((ranks[:p].sum() - p * (p + 1) / 2) / (p * n)), 4)
 
 
 if __name__ == "__main__":

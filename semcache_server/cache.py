@@ -216,14 +216,14 @@ class SemanticCache:
         self.storage.count_lookup(self.storage.partition(key), MISS, now=self.clock())
         return result
 
-    def _verifier_for(self, query: str) -> Callable[[Sequence[str]], np.ndarray]:
+    def _verifier_for(self, query: str) -> Callable[[Sequence[str], Sequence[float]], np.ndarray]:
         """The verifier bound to this query, timed into the metrics."""
         verifier = self.verifier
         assert verifier is not None
 
-        def verify(stored_queries: Sequence[str]) -> np.ndarray:
+        def verify(stored_queries: Sequence[str], similarities: Sequence[float]) -> np.ndarray:
             with self.metrics.verifier_seconds.time():
-                return verifier.score(query, stored_queries)
+                return verifier.judge(query, stored_queries, similarities)
 
         return verify
 

@@ -4,14 +4,17 @@ This is the one place that decides. In order, for each candidate:
 
     under its entry's own floor            -> next candidate (wrong verdicts raised it)
     the lexical guard refuses it           -> next candidate (the reason is kept)
+    cosine >= threshold, with a verifier, and the candidate's words are the query's in
+      another order (guard.reordered)   -> kept for the verifier: cosine cannot tell
+                                           "Boston to Tampa" from "Tampa to Boston"
     cosine >= threshold                    -> hit ("threshold")
     band_low <= cosine < threshold         -> kept for the verifier (at most max_verified)
     cosine < band_low                      -> stop
 
-then, if candidates were kept, the verifier scores them against the query and the best
-one is a hit when its score reaches min_verifier_score ("verifier"), else a miss
-("verifier_rejected"). Without a verifier (or band), band_low is the threshold and this
-is the plain threshold rule.
+then, if candidates were kept, the verifier judges them against the query (its calibrated
+P(same question), from its own score and the cosine) and the best one is a hit when that
+reaches min_verifier_score ("verifier"), else a miss ("verifier_rejected"). Without a
+verifier (or band), band_low is the threshold and this is the plain threshold rule.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from semcache_server.guard import conflict
+from semcache_server.guard import conflict, reordered
 from semcache_server.v1.records_pb2 import EntryRecord
 
 # Verdict.decided_by (and LookupResponse.decided_by; "exact" is the exact tier's)
@@ -33,8 +36,9 @@ BELOW_THRESHOLD = "below_threshold"  # the best remaining candidate was under th
 NO_CANDIDATE = "no_candidate"  # none left (every one refused by the guard, or none at all)
 CANDIDATE_LIMIT = "candidate_limit"  # max_examined candidates refused: the rest were not read
 
-# Scores each stored query against the Lookup's query: P(same question), in order.
-Verify = Callable[[Sequence[str]], np.ndarray]
+# Judges each stored query (with its cosine to the Lookup's query) against the Lookup's
+# query: P(same question), in order.
+Verify = Callable[[Sequence[str], Sequence[float]], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,13 +114,15 @@ def decide(
         if reason is not None:
             guard_reason = guard_reason or reason
             continue
-        if candidate.similarity >= policy.threshold:
+        if candidate.similarity >= policy.threshold and not (
+            verify is not None and guard_text and record.query and reordered(guard_text, record.query)
+        ):
             return Verdict(candidate, best, guard_reason, THRESHOLD)
         band.append(candidate)
         if len(band) >= policy.max_verified:
             break
     if band and verify is not None:
-        scores = verify([c.record.query for c in band])
+        scores = verify([c.record.query for c in band], [c.similarity for c in band])
         chosen = int(np.argmax(scores))
         score = float(scores[chosen])
         if score >= policy.min_verifier_score:

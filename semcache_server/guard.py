@@ -124,3 +124,27 @@ def _without_negating_prefixes(words: set[str], other: set[str]) -> tuple[set[st
         stems.add(stem or word)
         taken += stem is not None
     return stems, taken
+
+
+# Texts this long or longer (in words) can be reorderings of each other; shorter ones
+# are too short for word order to carry meaning the embedding misses.
+_MIN_REORDERED_WORDS = 4
+# Words one text may have that the other lacks, and still be "the same words": a share of
+# the longer text, at least this many.
+_REORDERED_SLACK_SHARE, _REORDERED_MIN_SLACK = 0.15, 1
+
+
+def reordered(query: str, candidate: str) -> bool:
+    """Whether the two texts are (nearly) the same words in another order ("flights from
+    Boston to Tampa" / "flights from Tampa to Boston"). A sentence embedding is close to a
+    bag of words: between such texts its cosine is high whether or not they mean the same,
+    so it decides nothing there, and the decision asks the verifier instead."""
+    a, b = _tokens(query), _tokens(candidate)
+    if a == b or min(len(a), len(b)) < _MIN_REORDERED_WORDS:
+        return False
+    count_a, count_b = Counter(a), Counter(b)
+    unshared = sum(((count_a - count_b) + (count_b - count_a)).values())
+    if unshared > max(_REORDERED_MIN_SLACK, int(_REORDERED_SLACK_SHARE * max(len(a), len(b)))):
+        return False
+    shared = count_a.keys() & count_b.keys()
+    return [t for t in a if t in shared] != [t for t in b if t in shared]

@@ -163,19 +163,22 @@ def false_hit_rate_by_kind(outcomes: Sequence[PairOutcome], threshold: float) ->
 
 def run_replay(
     target: Target, queries: Sequence[Query], vectors: dict[str, np.ndarray], threshold: float, *,
-    exact_only: bool = False, use_default: bool = False,
+    exact_only: bool = False, use_default: bool = False, band: dict[str, float] | None = None,
 ) -> Any:
     """Replay the stream through a fresh partition at one threshold: its Point.
 
     exact_only: the plain key-value baseline; only exact-tier hits count, and any
     other lookup is a miss that stores the query. use_default: the target's default
     decision (no per-request threshold); returns (Point, lookups that asked the verifier).
+    band: this replay's verifier_band_low and verifier_min_score (see decision_tune.py);
+    returns (Point, lookups that asked the verifier) too.
     """
-    version = f"replay-{threshold}-{'exact' if exact_only else 'default' if use_default else 'semantic'}"
+    kind = "exact" if exact_only else "default" if use_default else "semantic"
+    version = f"replay-{threshold}-{kind}" + "".join(f"-{v}" for v in (band or {}).values())
     hits = wrong = asked = 0
     request_threshold = None if use_default else 1.0 if exact_only else threshold
     for query in progress(queries, len(queries), f"replay {threshold:.2f}"):
-        found = target.lookup(version, query.text, vectors[query.text], min_similarity=request_threshold)
+        found = target.lookup(version, query.text, vectors[query.text], min_similarity=request_threshold, **(band or {}))
         asked += found.decided_by in VERIFIER_PATHS
         if found.hit and (found.exact or not exact_only):
             hits += 1
@@ -194,7 +197,7 @@ def run_replay(
         false_hits=wrong,
         negatives=lookups,
     )
-    return (point, asked) if use_default else point
+    return (point, asked) if use_default or band is not None else point
 
 
 def recommend(sweep: Sequence[Point], target_false_hit_rate: float) -> Point | None:

@@ -110,27 +110,74 @@ def _feedback(args: argparse.Namespace) -> dict:
     )
 
 
+def _decision_points(args: argparse.Namespace) -> list:
+    """Every rule of the decision (threshold, and band and score when the target verifies)
+    on the data set; see semcache_server/bench/decision_tune.py."""
+    from semcache_server.bench import decision_tune
+    from semcache_server.bench.targets import InProcessTarget, ServerTarget
+    from semcache_server.embedder import load_embedder
+    from semcache_server.verifier.model import load_verifier
+
+    thresholds = accuracy.parse_thresholds(args.thresholds)
+    mode = args.mode or datasets.detect_mode(args.dataset)
+    embedder = load_embedder(args.embedding_model, args.embedding_backend)
+    if args.server:
+        target: InProcessTarget | ServerTarget = ServerTarget(args.server, embedder, args.token)
+    else:
+        verifier = load_verifier(args.verifier)
+        if verifier is None:  # no verifier: the threshold sweep has said it all
+            return []
+        target = InProcessTarget(embedder, verifier)
+    try:
+        if mode == datasets.PAIRS:
+            pairs = datasets.load_pairs(args.dataset, args.limit, args.seed)
+            vectors = accuracy.embed_all(embedder, [t for p in pairs for t in (p.a, p.b)])
+            return decision_tune.pair_points(target, pairs, vectors, thresholds)
+        queries = datasets.load_replay(args.dataset, args.limit, args.seed)
+        vectors = accuracy.embed_all(embedder, [q.text for q in queries])
+        return decision_tune.replay_points(target, queries, vectors, thresholds)
+    finally:
+        target.close()
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
+    from semcache_server.bench.decision_tune import recommend_decision
+
     if args.apply and not args.server:
         raise SystemExit("--apply needs --server ADDR")
     result = _accuracy_result(args)
     print(report.table(result))
+    points = _decision_points(args)
+    verified = [p for p in points if p.band_low is not None]
+    decision = recommend_decision(points, args.target_false_hit_rate, margin=not args.no_margin) if verified else None
+    if verified:
+        result["decision_sweep"] = [p.to_json() for p in points]
+        result["recommended_decision"] = decision.to_json() if decision else None
+        print(report.decision_summary(result["recommended_decision"], args.target_false_hit_rate))
     if args.json:
         report.write_json(result, args.json)
     recommended = result["recommended"] if args.no_margin else result["recommended_with_margin"]
+    if decision is not None:
+        recommended = {"threshold": decision.threshold}
     if recommended is None:
         what = "target false-hit rate" if args.no_margin else "target false-hit rate with a 95% margin (more data helps)"
         print(f"not tuning {args.namespace!r}: no threshold reaches the {what}", file=sys.stderr)
         return 1
     threshold = recommended["threshold"]
+    lines = [f"min_similarity = {threshold}"]
+    if decision is not None and decision.band_low is not None:
+        lines += [f"verifier_band_low = {decision.band_low}", f"verifier_min_score = {decision.min_score}"]
+    section = f"[namespaces.{json.dumps(args.namespace)}]"
     if args.apply:
         from semcache_server.client import Client
 
         with Client(args.server, token=args.token) as client:
             in_force = client.set_namespace_threshold(args.namespace, threshold)
         print(f"namespace {args.namespace!r} on {args.server} now uses min_similarity={in_force:.3f}")
+        if len(lines) > 1:  # the band has no run-time setter: it lives in the config file
+            print("\n# and add to its config file (then restart it):\n" + "\n".join([section, *lines[1:]]))
     else:
-        print(f"\n# add to the config file:\n[namespaces.{json.dumps(args.namespace)}]\nmin_similarity = {threshold}")
+        print("\n# add to the config file:\n" + "\n".join([section, *lines]))
     return 0
 
 
@@ -176,6 +223,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     tune.add_argument("--apply", action="store_true", help="set it on --server (persisted there)")
     tune.add_argument("--no-margin", action="store_true",
                       help="tune to the point estimate of the false-hit rate, not its 95%% upper bound")
+    tune.add_argument("--verifier", default="",
+                      help="in-process: the verifier whose band is tuned too (default: the shipped one; none: threshold only)")
     tune.add_argument("--json", metavar="OUT")
     tune.set_defaults(run=cmd_tune)
 

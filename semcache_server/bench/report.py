@@ -173,3 +173,18 @@ def feedback_summary(feedback: dict) -> str:
         f"(x{feedback['poisoned_vs_target']} the target), hit_rate={poisoned['hit_rate']:.4f}",
     ]
     return "\n".join(lines)
+
+
+def decision_summary(decision: dict | None, target_false_hit_rate: float) -> str:
+    """One line on the recommended whole decision (bench tune with a verifier)."""
+    if decision is None:
+        return f"decision: no rule keeps the false-hit rate's 95% upper bound under {target_false_hit_rate:.2%}"
+    band = (
+        f"band from {decision['verifier_band_low']}, verifier score >= {decision['verifier_min_score']}"
+        if decision["verifier_band_low"] is not None else "no band"
+    )
+    return (
+        f"decision: threshold {decision['threshold']}, {band}: hit rate {decision['hit_rate']:.2%}, false-hit rate "
+        f"{decision['false_hit_rate']:.2%} (95% upper bound {decision['false_hit_rate_upper']:.2%}), "
+        f"verifier asked on {decision['verifier_share']:.1%} of lookups"
+    )

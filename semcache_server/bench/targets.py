@@ -33,11 +33,14 @@ class Found:
     response: bytes
     guard_reason: str = ""
     decided_by: str = ""
+    verifier_score: float | None = None  # of the hit, or of a miss's best verified candidate
 
 
 class Target(Protocol):
     def store(self, version: str, query: str, response: bytes, vector: np.ndarray) -> str: ...
-    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float | None) -> Found: ...
+    def lookup(
+        self, version: str, query: str, vector: np.ndarray, min_similarity: float | None, **band: float | None,
+    ) -> Found: ...
     def delete(self, version: str, entry_id: str) -> None: ...
     def drop(self, version: str) -> None: ...
     def close(self) -> None: ...
@@ -60,10 +63,16 @@ class InProcessTarget:
     def store(self, version: str, query: str, response: bytes, vector: np.ndarray) -> str:
         return self._cache.store(self._key(version), query, response, embedding=vector).entry_id
 
-    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float | None) -> Found:
-        r = self._cache.lookup(self._key(version), query, embedding=vector, min_similarity=min_similarity)
+    def lookup(
+        self, version: str, query: str, vector: np.ndarray, min_similarity: float | None, **band: float | None,
+    ) -> Found:
+        """band: verifier_band_low, verifier_min_score (None: the settings')."""
+        r = self._cache.lookup(
+            self._key(version), query, embedding=vector, min_similarity=min_similarity,
+            verifier_band_low=band.get("verifier_band_low"), verifier_min_score=band.get("verifier_min_score"),
+        )
         similarity = -1.0 if r.similarity is None else r.similarity
-        return Found(r.hit, r.exact, similarity, r.response, r.guard_reason, r.decided_by)
+        return Found(r.hit, r.exact, similarity, r.response, r.guard_reason, r.decided_by, r.verifier_score)
 
     def delete(self, version: str, entry_id: str) -> None:
         self._cache.delete(self._key(version), entry_id)
@@ -97,9 +106,15 @@ class ServerTarget:
     def store(self, version: str, query: str, response: bytes, vector: np.ndarray) -> str:
         return self._client.store(self._partition(version), query, response, embedding=vector.tolist()).entry_id
 
-    def lookup(self, version: str, query: str, vector: np.ndarray, min_similarity: float | None) -> Found:
-        r = self._client.lookup(self._partition(version), query, embedding=vector.tolist(), min_similarity=min_similarity)
-        return Found(r.hit, r.exact, r.similarity, r.response, r.guard_reason, r.decided_by)
+    def lookup(
+        self, version: str, query: str, vector: np.ndarray, min_similarity: float | None, **band: float | None,
+    ) -> Found:
+        r = self._client.lookup(
+            self._partition(version), query, embedding=vector.tolist(), min_similarity=min_similarity,
+            **{k: v for k, v in band.items() if v is not None},
+        )
+        score = r.verifier_score if r.HasField("verifier_score") else None
+        return Found(r.hit, r.exact, r.similarity, r.response, r.guard_reason, r.decided_by, score)
 
     def delete(self, version: str, entry_id: str) -> None:
         self._client.delete(self._partition(version), entry_id)

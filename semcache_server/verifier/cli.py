@@ -33,6 +33,20 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     verifier.add_argument("--no-progress", action="store_true")
     verifier.set_defaults(run=cmd_train_verifier)
 
+    calibrate = kinds.add_parser(
+        "calibrate", help="fit how the decision combines a verifier's score with the cosine",
+        description="Fit P(same) = sigmoid(w0 + w1*cosine + w2*logit(score)) on labeled pairs (and pairs mined "
+        "from replay streams) whose cosine is in the band, and record it in the verifier's verifier.json.",
+    )
+    calibrate.add_argument("pairs", nargs="+", type=Path, help="*.pairs.jsonl files: {a, b, label[, kind]}")
+    calibrate.add_argument("--verifier", type=Path, required=True, help="a directory made by `semcache train verifier`")
+    calibrate.add_argument("--replay", nargs="*", type=Path, default=[], help="*.replay.jsonl files to mine pairs from")
+    calibrate.add_argument("--limit-per-file", type=int, default=0, help="a seeded sample of N pairs per file")
+    calibrate.add_argument("--mine-limit-per-file", type=int, default=0, help="replay queries to mine from, per file")
+    calibrate.add_argument("--min-similarity", type=float, default=0.6, help="fit on pairs at this cosine or more")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.set_defaults(run=cmd_train_calibrate)
+
 
 def cmd_train_verifier(args: argparse.Namespace) -> int:
     from semcache_server.verifier import data
@@ -55,5 +69,27 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
         max_length=args.max_length, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
     )
     record = train(pairs, args.out, settings, progress=not args.no_progress, quantize=not args.fp32)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_train_calibrate(args: argparse.Namespace) -> int:
+    from semcache_server.embedder import load_embedder
+    from semcache_server.verifier import data
+    from semcache_server.verifier.calibrate import calibrate
+    from semcache_server.verifier.model import OnnxVerifier
+
+    for path in [*args.pairs, *args.replay]:
+        if not path.is_file():
+            raise SystemExit(f"no such file: {path}")
+    OnnxVerifier(args.verifier)  # a clear error before the work when it is not a verifier
+    embedder = load_embedder()
+    pairs = data.load_pair_files(args.pairs, args.limit_per_file, args.seed)
+    if args.replay:
+        pairs += data.mined_pairs(args.replay, embedder.embed, 2, args.mine_limit_per_file, args.seed)
+    try:
+        record = calibrate(args.verifier, pairs, embedder.embed, args.min_similarity)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     print(json.dumps(record, indent=2))
     return 0

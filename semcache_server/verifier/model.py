@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from semcache_server.errors import ConfigError
+from semcache_server.verifier.combine import Combination
 from semcache_server.verifier.training import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
 
 # The verifier shipped in the package (trained by the command in bench/README.md, "Verifier").
@@ -27,7 +28,12 @@ class Verifier(Protocol):
     name: str
 
     def score(self, query: str, candidates: Sequence[str]) -> np.ndarray:
-        """P(same question) for each candidate, in order."""
+        """The pair model's P(same question) for each candidate, in order."""
+        ...
+
+    def judge(self, query: str, candidates: Sequence[str], similarities: Sequence[float]) -> np.ndarray:
+        """What the decision compares with min_verifier_score: the score combined with
+        each candidate's cosine where the verifier is calibrated (verifier/combine.py)."""
         ...
 
 
@@ -46,6 +52,8 @@ class OnnxVerifier:
         try:
             config = json.loads((path / CONFIG_FILE).read_text())
             self.max_length = int(config["max_length"])
+            combination = config.get("combination")
+            self.combination = Combination.from_json(combination["weights"]) if combination else None
             self._tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
@@ -64,6 +72,10 @@ class OnnxVerifier:
 
     def score(self, query: str, candidates: Sequence[str]) -> np.ndarray:
         return self.score_pairs([(query, c) for c in candidates])
+
+    def judge(self, query: str, candidates: Sequence[str], similarities: Sequence[float]) -> np.ndarray:
+        scores = self.score(query, candidates)
+        return scores if self.combination is None else self.combination.probability(similarities, scores)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], batch: int = 64) -> np.ndarray:
         """P(same question) for each (query, stored query) pair, in order."""

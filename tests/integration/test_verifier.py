@@ -151,3 +151,49 @@ def test_settings_check_the_band():
         Settings().with_overrides(verifier_min_score=1.5)
     with pytest.raises(ConfigError, match="verifier_band_low"):
         Settings().with_overrides(verifier_band_low=-2.0)
+
+
+def test_calibrate_records_one_combined_decision_that_the_server_judges_by(tmp_path, tiny_verifier, embedder):
+    import shutil
+
+    from semcache_server.cli import main
+    from semcache_server.verifier.combine import Combination
+
+    out, _ = tiny_verifier
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(out, calibrated)
+    pairs = DATA / "banking77" / "dev.pairs.jsonl"
+    assert main(["train", "calibrate", "--verifier", str(calibrated), str(pairs), "--limit-per-file", "200",
+                 "--min-similarity", "0.3"]) == 0
+    record = json.loads((calibrated / "verifier.json").read_text())["combination"]
+    assert record["pairs"] > 50 and 0 < record["positives"] < record["pairs"]
+    assert set(record["auc"]) == {"cosine", "verifier", "combined"}
+    combination = Combination.from_json(record["weights"])
+    verifier = OnnxVerifier(calibrated)
+    stored = ["how can I return something", "weather in Tampa"]
+    sims = [0.8, 0.6]
+    raw = verifier.score("how do I return an item", stored)
+    judged = verifier.judge("how do I return an item", stored, sims)
+    assert np.allclose(judged, combination.probability(sims, raw), atol=1e-6)
+    assert not np.allclose(judged, raw)
+    assert np.allclose(OnnxVerifier(out).judge("how do I return an item", stored, sims), raw)  # uncalibrated: the score
+    assert main(["train", "calibrate", "--verifier", str(tmp_path / "missing"), str(pairs)]) != 0
+
+
+def test_bench_tune_with_a_verifier_fits_the_band_too(tmp_path, tiny_verifier, capsys):
+    from semcache_server.cli import main
+
+    out, _ = tiny_verifier
+    result_path = tmp_path / "tune.json"
+    assert main(["bench", "tune", str(DATA / "banking77" / "dev.pairs.jsonl"), "--limit", "60", "--namespace", "bank",
+                 "--verifier", str(out), "--thresholds", "0.8,0.9", "--target-false-hit-rate", "0.5", "--no-margin",
+                 "--json", str(result_path)]) == 0
+    result = json.loads(result_path.read_text())
+    bands = [p for p in result["decision_sweep"] if p["verifier_band_low"] is not None]
+    assert bands and all(0.0 <= p["false_hit_rate"] <= p["false_hit_rate_upper"] <= 1.0 for p in result["decision_sweep"])
+    chosen = result["recommended_decision"]
+    assert chosen is not None and chosen["false_hit_rate"] <= 0.5
+    printed = capsys.readouterr().out
+    assert '[namespaces."bank"]' in printed and f"min_similarity = {chosen['threshold']}" in printed
+    if chosen["verifier_band_low"] is not None:
+        assert f"verifier_min_score = {chosen['verifier_min_score']}" in printed

@@ -77,11 +77,15 @@ RETURN_POLICY = _candidate(11, "what is your return policy", 0.84)
 REFUND_TIME = _candidate(12, "how long does a refund take", 0.81)
 WEATHER = _candidate(13, "weather in boston", 0.60)
 BAND = DecisionPolicy(threshold=0.9, band_low=0.8, min_verifier_score=0.5, max_verified=2)
-SCORES = {"how do I return an item": 0.2, "what is your return policy": 0.9, "how long does a refund take": 0.95}
+SCORES = {
+    "how do I return an item": 0.2, "what is your return policy": 0.9, "how long does a refund take": 0.95,
+    "flights from tampa to boston": 0.05, "flights from boston to tampa tomorrow": 0.9,
+}
 
 
 def _verify(asked: list[list[str]]):  # type: ignore[no-untyped-def]
-    def verify(texts):  # type: ignore[no-untyped-def]
+    def verify(texts, similarities):  # type: ignore[no-untyped-def]
+        assert len(similarities) == len(texts)
         asked.append(list(texts))
         import numpy as np
 
@@ -127,3 +131,28 @@ def test_the_guard_still_refuses_inside_the_band():
 
 def test_without_a_verifier_a_band_changes_nothing():
     assert decide([RETURN_POLICY], BAND, "", None).decided_by == BELOW_THRESHOLD
+
+
+# -- word order: above the threshold, a reordering of the query is the verifier's to decide ---
+
+TAMPA_TO_BOSTON = _candidate(30, "flights from tampa to boston", 0.97)
+BOSTON_TO_TAMPA = _candidate(31, "flights from boston to tampa tomorrow", 0.95)
+
+
+def test_a_reordering_above_the_threshold_is_verified_and_can_be_rejected():
+    calls: list[list[str]] = []
+    verdict = decide([TAMPA_TO_BOSTON], BAND, "flights from boston to tampa", _verify(calls))
+    assert verdict.hit is None and verdict.decided_by == VERIFIER_REJECTED
+    assert calls == [["flights from tampa to boston"]]
+
+
+def test_a_candidate_above_the_threshold_in_the_same_order_still_hits_past_a_reordering():
+    calls: list[list[str]] = []
+    verdict = decide([TAMPA_TO_BOSTON, BOSTON_TO_TAMPA], BAND, "flights from boston to tampa", _verify(calls))
+    assert verdict.hit is not None and verdict.hit.entry_id == 31 and verdict.decided_by == THRESHOLD
+    assert calls == []
+
+
+def test_without_a_verifier_or_the_guard_text_a_reordering_is_a_plain_threshold_hit():
+    assert decide([TAMPA_TO_BOSTON], BAND, "flights from boston to tampa", None).decided_by == THRESHOLD
+    assert decide([TAMPA_TO_BOSTON], BAND, "", _verify([])).decided_by == THRESHOLD

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from semcache_server.guard import conflict
+from semcache_server.guard import conflict, reordered
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,19 @@ def test_conflict(query, candidate, reason):
         first, second = reason.removeprefix("opposites: ").split("/")
         flipped = f"opposites: {second}/{first}"
     assert conflict(candidate, query) == flipped
+
+
+@pytest.mark.parametrize(
+    "query,candidate,expected",
+    [
+        ("flights from Boston to Tampa", "flights from Tampa to Boston", True),
+        ("The team won in 1990 and lost in 1991.", "In 1991 the team lost, and in 1990 it won.", True),
+        ("how do I reset my pin", "how do I reset my pin please", False),  # same order, one word more
+        ("how do I reset my pin", "How do I reset my PIN?", False),  # the same words, the same order
+        ("what is your return policy", "how do I return an item", False),  # other words
+        ("dog bites man", "man bites dog", False),  # too short to say
+    ],
+)
+def test_reordered(query, candidate, expected):
+    assert reordered(query, candidate) is expected
+    assert reordered(candidate, query) is expected

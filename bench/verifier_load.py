@@ -1,0 +1,64 @@
+"""Lookups/s with the verifier on and off: 32 clients on replay traffic (the server embeds,
+as in production), one server for each setting in turn, interleaved over rounds so both
+see the same machine.
+
+    python bench/verifier_load.py [--verifier DIR] [--dataset FILE] [--clients 32] [--seconds 20] [--json FILE] [--quick]
+
+"on" serves with --verifier DIR (default: the one the package ships), "off" with
+--verifier none; everything else is the default. Reports Lookups/s, p50/p99, and the
+share of Lookups that asked the verifier (semcache_verifier_seconds_count / Lookups).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from semcache_server.bench import datasets
+from semcache_server.bench.harness import bench_parser, default_datasets_dir, free_port, metric, serve_in_child, write_report
+from semcache_server.bench.load import run_load
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--verifier", default="", help="the verifier served for 'on' (default: the shipped one)")
+    parser.add_argument("--dataset", type=Path, default=default_datasets_dir() / "banking77" / "dev.replay.jsonl")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warm-entries", type=int, default=2000)
+    args = parser.parse_args()
+    if args.quick:
+        args.clients, args.seconds, args.rounds, args.warm_entries = 4, 1.0, 1, 50
+    texts = list(dict.fromkeys(q.text for q in datasets.load_replay(args.dataset, 300 if args.quick else None, 0)))
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory(prefix="verifier-load-") as work:
+        for round_ in range(args.rounds):
+            for name, verifier in (("off", "none"), ("on", args.verifier)):
+                address = f"127.0.0.1:{free_port()}"
+                metrics_address = f"127.0.0.1:{free_port()}"
+                extra = ["--metrics-listen", metrics_address]
+                if verifier:
+                    extra += ["--verifier", verifier]
+                with serve_in_child(address, Path(work) / f"{name}-{round_}", *extra):
+                    result = run_load(
+                        address, texts, concurrency_levels=[args.clients], duration_seconds=args.seconds,
+                        lookup_ratio=1.0, warm_entries=args.warm_entries, seed=round_,
+                    )
+                    level = result["levels"][0]
+                    lookups = level.get("lookups", 0) or 1
+                    level["verifier_calls"] = metric(metrics_address, "semcache_verifier_seconds_count")
+                    level["verifier_share"] = round(level["verifier_calls"] / lookups, 4)
+                    runs[name].append(level)
+    rate = {name: sum(r["lookups_per_second"] for r in rs) / len(rs) for name, rs in runs.items()}
+    report = {
+        "dataset": str(args.dataset), "clients": args.clients, "seconds_per_run": args.seconds, "rounds": args.rounds,
+        "warm_entries": args.warm_entries, "verifier": args.verifier or "(shipped)", "runs": runs,
+        "lookups_per_second": {k: round(v, 1) for k, v in rate.items()},
+        "on_vs_off": round(rate["on"] / rate["off"], 3) if rate["off"] else None,
+    }
+    write_report(report, args.json)
+
+
+if __name__ == "__main__":
+    main()
