@@ -11,6 +11,8 @@ a miss stores the query. "chosen_on_tune": the setting with the best mean hit ra
 the split's tune part whose false-hit rate's 95% upper bound is <= --choose-at on every
 set of the mode there ("..._for_both": on every set of both modes, the one setting a
 server ships), measured on the holdout part, so no figure is tuned on the data it reports.
+"chosen_on_other_sets": chosen the same way on the holdout part of the other sets of the
+mode, measured on this one: how settings carry over to a set they never saw.
 """
 
 from __future__ import annotations
@@ -252,6 +254,13 @@ def main() -> None:
             entry: dict = {}
             for kind in ("static", "guard", "verifier"):
                 entry[kind] = {f"at_{int(t * 100)}pct": best_at(rows, kind, t) for t in (0.01, 0.05)}
+                others = {o: all_rows[o] for o in all_rows if o != name}
+                if others:  # the settings that keep to --choose-at on every OTHER set: how they carry over
+                    other_rule = choose(others, kind, args.choose_at)
+                    if other_rule is not None:
+                        entry[kind]["chosen_on_other_sets"] = {
+                            "rule": other_rule, **{k: round(v, 4) for k, v in rows[other_rule].items()}
+                        }
                 for how in (mode, "both"):
                     rule_key = chosen[how][kind]
                     if rule_key is not None and rule_key in rows:

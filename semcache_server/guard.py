@@ -131,7 +131,7 @@ def _without_negating_prefixes(words: set[str], other: set[str]) -> tuple[set[st
 _MIN_REORDERED_WORDS = 4
 # Words one text may have that the other lacks, and still be "the same words": a share of
 # the longer text, at least this many.
-_REORDERED_SLACK_SHARE, _REORDERED_MIN_SLACK = 0.15, 1
+_REORDERED_SLACK_SHARE, _REORDERED_MIN_SLACK = 0.25, 1
 
 
 def reordered(query: str, candidate: str) -> bool:
