@@ -112,6 +112,19 @@ def test_each_decision_path_over_grpc(verified_server):
     assert not below.hit and below.decided_by == "below_threshold" and not below.HasField("verifier_score")
 
 
+def test_a_reordering_above_the_threshold_is_the_verifiers_to_decide_over_grpc(verified_server):
+    _, client, _ = verified_server
+    route = unit_vector(9)
+    client.store(P, "flights from boston to tampa on monday", "Three a day.", embedding=route)
+    swapped = vector_at_similarity(route, 0.97, 5)  # above the threshold (0.9): cosine alone would serve it
+    rejected = _lookup(client, "flights from tampa to boston on monday", swapped, verifier_min_score=1.0)
+    assert not rejected.hit and rejected.decided_by == "verifier_rejected" and rejected.HasField("verifier_score")
+    confirmed = _lookup(client, "flights from tampa to boston on monday", swapped, verifier_min_score=0.0)
+    assert confirmed.hit and confirmed.decided_by == "verifier"
+    same_order = _lookup(client, "flights from boston to tampa on monday please", swapped, verifier_min_score=1.0)
+    assert same_order.hit and same_order.decided_by == "threshold"
+
+
 def test_the_guard_refuses_in_the_band_before_the_verifier_is_asked(verified_server):
     _, client, _ = verified_server
     closed = _lookup(client, "is port 22 closed", vector_at_similarity(unit_vector(8), 0.85, 4), verifier_min_score=0.0)
