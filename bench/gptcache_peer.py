@@ -8,8 +8,11 @@ embedding function), so the two differ only in how they decide. GPTCache runs as
 quick start sets it up: `init_similar_cache` (sqlite + faiss, SearchDistanceEvaluation),
 `put` / `get` from `gptcache.adapter.api`. Its `similarity_threshold` s is a share of the
 evaluation's range (0..4 of squared L2 distance) and, on unit vectors, means cosine >=
-2s - 1: its default 0.8 is cosine 0.6. Pairs: a fresh cache per pair holds `a`, `b` is
-looked up at each threshold. Replay: one cache per threshold, a miss puts the query.
+2s - 1: its default 0.8 is cosine 0.6. Pairs: the cache holds only the pair's `a` (put,
+then removed as GPTCache's eviction removes entries), `b` is looked up (a binary search
+over the thresholds: one served at s is served at every lower one). Replay: one cache
+per threshold, a miss puts the query. GPTCache takes tens of milliseconds per call here
+(SQLite under every put and get), so the default sizes are small.
 Measured on the holdout part of the split (bench/verifier_split.py), as verifier_eval is.
 """
 
@@ -33,6 +36,7 @@ PAIR_SETS = ("banking77", "clinc150", "hwu64", "paws_wiki", "cannot_negation", "
 REPLAY_SETS = ("banking77", "clinc150", "hwu64")
 # GPTCache similarity_threshold values: 0.8 (its default) = cosine 0.6 ... 0.995 = cosine 0.99.
 THRESHOLDS = [0.8, 0.85, 0.9, 0.92, 0.93, 0.94, 0.95, 0.955, 0.96, 0.965, 0.97, 0.975, 0.98, 0.985, 0.99, 0.995]
+REPLAY_THRESHOLDS = [0.8, 0.9, 0.94, 0.96, 0.97, 0.98]  # each one a whole replay
 DEFAULT_THRESHOLD = 0.8
 
 # Runs inside the GPTCache environment: reads the data, writes the outcomes.
@@ -61,15 +65,22 @@ def new_cache(threshold, work):
 out = {}
 with tempfile.TemporaryDirectory() as work:
     if job["mode"] == "pairs":
-        hits = []  # per pair: the thresholds it was served at
-        for a, b in job["pairs"]:
-            cache = new_cache(job["thresholds"][0], work)
-            put(a, "a", cache_obj=cache)
-            served = []
-            for s in job["thresholds"]:
-                cache.config.similarity_threshold = s
-                served.append(get(b, cache_obj=cache) is not None)
-            hits.append(served)
+        thresholds = job["thresholds"]  # ascending: served at one means served at every lower one
+        cache = new_cache(thresholds[0], work)
+        hits = []  # per pair: whether it was served, at each threshold
+        for n, (a, b) in enumerate(job["pairs"], start=1):
+            put(a, "a", cache_obj=cache)  # the n-th entry: GPTCache numbers them from 1
+            low, high = 0, len(thresholds)  # find how many thresholds serve it (binary search)
+            while low < high:
+                middle = (low + high) // 2
+                cache.config.similarity_threshold = thresholds[middle]
+                if get(b, cache_obj=cache) is not None:
+                    low = middle + 1
+                else:
+                    high = middle
+            hits.append([i < low for i in range(len(thresholds))])
+            cache.data_manager.s.mark_deleted([n])  # as GPTCache's own eviction removes an entry
+            cache.data_manager.v.delete([n])
         out["served"] = hits
     else:
         rows = []
@@ -117,14 +128,14 @@ def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--split", type=Path, default=Path("bench/.cache/verifier-split"))
     parser.add_argument("--venv", type=Path, help="default: bench/.cache/gptcache-venv (--quick: a temporary one)")
-    parser.add_argument("--pairs-limit", type=int, default=3000)
-    parser.add_argument("--replay-limit", type=int, default=1500)
+    parser.add_argument("--pairs-limit", type=int, default=300)
+    parser.add_argument("--replay-limit", type=int, default=800)
     args = parser.parse_args()
-    pair_sets, replay_sets, thresholds = PAIR_SETS, REPLAY_SETS, THRESHOLDS
+    pair_sets, replay_sets, thresholds, replay_thresholds = PAIR_SETS, REPLAY_SETS, THRESHOLDS, REPLAY_THRESHOLDS
     work = Path(tempfile.mkdtemp(prefix="gptcache-peer-"))
     if args.quick:
         args.pairs_limit, args.replay_limit = 20, 40
-        pair_sets, replay_sets, thresholds = ("banking77",), ("banking77",), [0.8, 0.96]
+        pair_sets, replay_sets, thresholds, replay_thresholds = ("banking77",), ("banking77",), [0.8, 0.96], [0.8, 0.96]
         args.split = args.split if (args.split / "holdout-banking77.pairs.jsonl").exists() else _quick_split(work)
     python = gptcache_python(args.venv or (work / "venv" if args.quick else Path("bench/.cache/gptcache-venv")))
     version = subprocess.run([python, "-c", "import gptcache; print(gptcache.__version__)"],
@@ -133,6 +144,7 @@ def main() -> None:
     result: dict = {"gptcache": version, "default_threshold": DEFAULT_THRESHOLD, "cosine_of_threshold": "2s - 1",
                     "pairs": {}, "replay": {}}
     for mode, names in (("pairs", pair_sets), ("replay", replay_sets)):
+        grid = thresholds if mode == "pairs" else replay_thresholds
         for name in names:
             path = args.split / f"holdout-{name}.{mode}.jsonl"
             if mode == "pairs":
@@ -144,10 +156,9 @@ def main() -> None:
                 texts = list(dict.fromkeys(q.text for q in queries))
                 job = {"mode": mode, "stream": [(q.text, q.answer_key) for q in queries]}
             np.save(work / "vectors.npy", np.asarray(embedder.embed(texts), dtype=np.float32))
-            out = run_child(python, {**job, "texts": texts, "vectors": str(work / "vectors.npy"), "thresholds": thresholds},
-                            work)
+            out = run_child(python, {**job, "texts": texts, "vectors": str(work / "vectors.npy"), "thresholds": grid}, work)
             rows = []
-            for i, s in enumerate(thresholds):
+            for i, s in enumerate(grid):
                 if mode == "pairs":
                     served = np.array([h[i] for h in out["served"]])
                     labels = np.array([p.label for p in pairs])
