@@ -40,7 +40,9 @@ def main() -> None:
                 extra = ["--metrics-listen", metrics_address]
                 if verifier:
                     extra += ["--verifier", verifier]
-                with serve_in_child(address, Path(work) / f"{name}-{round_}", *extra):
+                run_dir = Path(work) / f"{name}-{round_}"
+                run_dir.mkdir()
+                with serve_in_child(address, run_dir, *extra):
                     result = run_load(
                         address, texts, concurrency_levels=[args.clients], duration_seconds=args.seconds,
                         lookup_ratio=1.0, warm_entries=args.warm_entries, seed=round_,
