@@ -28,9 +28,9 @@ import numpy as np
 
 from semcache_server.bench import datasets
 from semcache_server.bench.harness import bench_parser, write_report
-from semcache_server.decision import Candidate, DecisionPolicy, decide
+from semcache_server.decision import Candidate, DecisionPolicy, cosine_is_blind, decide
 from semcache_server.embedder import load_embedder
-from semcache_server.guard import conflict, reordered
+from semcache_server.guard import conflict
 from semcache_server.normalize import normalize_query
 from semcache_server.v1.records_pb2 import EntryRecord
 from semcache_server.verifier.calibrate import auc
@@ -71,7 +71,7 @@ def pair_figures(pairs, vectors, verifier) -> dict:  # type: ignore[no-untyped-d
     sims = np.array([float(vectors[p.a] @ vectors[p.b]) for p in pairs])
     exact = np.array([normalize_query(p.a) == normalize_query(p.b) for p in pairs])
     guarded = np.array([conflict(p.b, p.a) is not None for p in pairs])
-    reorders = np.array([reordered(p.b, p.a) for p in pairs])
+    reorders = np.array([cosine_is_blind(p.b, p.a) for p in pairs])
     raw = verifier.score_pairs([(p.b, p.a) for p in pairs])
     # What the decision compares with min_score: the score, combined with the cosine where calibrated.
     scores = raw if verifier.combination is None else verifier.combination.probability(sims, raw)

@@ -4,8 +4,9 @@ This is the one place that decides. In order, for each candidate:
 
     under its entry's own floor            -> next candidate (wrong verdicts raised it)
     the lexical guard refuses it           -> next candidate (the reason is kept)
-    cosine >= threshold, with a verifier, and the candidate's words are the query's in
-      another order (guard.reordered)   -> kept for the verifier: cosine cannot tell
+    cosine >= threshold, with a verifier, and the candidate is a near copy of the query
+      (a few words changed, or reordered) or negates it (cosine_is_blind)
+                                        -> kept for the verifier: cosine cannot tell
                                            "Boston to Tampa" from "Tampa to Boston"
     cosine >= threshold                    -> hit ("threshold")
     band_low <= cosine < threshold         -> kept for the verifier (at most max_verified)
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from semcache_server.guard import conflict, reordered
+from semcache_server.guard import conflict, near_copy, opposite_polarity
 from semcache_server.v1.records_pb2 import EntryRecord
 
 # Verdict.decided_by (and LookupResponse.decided_by; "exact" is the exact tier's)
@@ -82,6 +83,13 @@ class Verdict:
     nearest: Candidate | None = None  # a miss's best live candidate (for audits of near misses)
 
 
+def cosine_is_blind(query: str, stored_query: str) -> bool:
+    """Pairs whose cosine is high whether or not they ask the same: nearly the same words
+    (a word or a few changed, or the order), or one negating the other. Above the
+    threshold, the verifier reads them."""
+    return near_copy(query, stored_query) or opposite_polarity(query, stored_query)
+
+
 def decide(
     candidates: Iterable[Candidate], policy: DecisionPolicy, guard_text: str, verify: Verify | None = None
 ) -> Verdict:
@@ -115,7 +123,7 @@ def decide(
             guard_reason = guard_reason or reason
             continue
         if candidate.similarity >= policy.threshold and not (
-            verify is not None and guard_text and record.query and reordered(guard_text, record.query)
+            verify is not None and guard_text and record.query and cosine_is_blind(guard_text, record.query)
         ):
             return Verdict(candidate, best, guard_reason, THRESHOLD)
         band.append(candidate)

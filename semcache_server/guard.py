@@ -92,7 +92,7 @@ def conflict(query: str, candidate: str) -> str | None:
     words_a, words_b = set(a), set(b)
     stems_a, prefixed_a = _without_negating_prefixes(words_a, words_b)
     stems_b, prefixed_b = _without_negating_prefixes(words_b, words_a)
-    if (sum(t in _NEGATIONS for t in a) + sum(t in _NEGATIONS for t in b) + prefixed_a + prefixed_b) % 2:
+    if _polarity_flips(a, b, prefixed_a + prefixed_b):
         # Opposite polarity. Flipped in an otherwise near-identical sentence, it inverts
         # the sentence; between differently worded sentences ("still haven't got my
         # card" / "where is my card") it is only phrasing, and the embedding judges better.
@@ -106,6 +106,22 @@ def conflict(query: str, candidate: str) -> str | None:
             if opposite in words_b and opposite not in words_a:
                 return f"opposites: {word}/{opposite}"
     return None
+
+
+def _polarity_flips(a: list[str], b: list[str], prefixed: int) -> bool:
+    """Whether the two token lists say opposite things by an odd number of negations."""
+    return bool((sum(t in _NEGATIONS for t in a) + sum(t in _NEGATIONS for t in b) + prefixed) % 2)
+
+
+def opposite_polarity(query: str, candidate: str) -> bool:
+    """Whether one text negates (an odd number of times more) what the other says, however
+    differently worded. conflict() refuses only near-identical sentences; this tells the
+    decision to let the verifier read a pair whose cosine is high, since cosine barely
+    moves with a "not"."""
+    a, b = _tokens(query), _tokens(candidate)
+    words_a, words_b = set(a), set(b)
+    prefixed = _without_negating_prefixes(words_a, words_b)[1] + _without_negating_prefixes(words_b, words_a)[1]
+    return _polarity_flips(a, b, prefixed)
 
 
 def _without_negating_prefixes(words: set[str], other: set[str]) -> tuple[set[str], int]:
@@ -134,17 +150,26 @@ _MIN_REORDERED_WORDS = 4
 _REORDERED_SLACK_SHARE, _REORDERED_MIN_SLACK = 0.25, 1
 
 
-def reordered(query: str, candidate: str) -> bool:
-    """Whether the two texts are (nearly) the same words in another order ("flights from
-    Boston to Tampa" / "flights from Tampa to Boston"). A sentence embedding is close to a
-    bag of words: between such texts its cosine is high whether or not they mean the same,
-    so it decides nothing there, and the decision asks the verifier instead."""
+def near_copy(query: str, candidate: str) -> bool:
+    """Whether the two texts are (nearly) the same words, in any order, but not the same
+    text: one or a few words swapped in ("prevent" / "aggravate", "in" / "outside of"), or
+    the same words reordered. In a sentence of many words one changed word moves the
+    embedding little, so its cosine stays high whether or not the meaning changed."""
     a, b = _tokens(query), _tokens(candidate)
     if a == b or min(len(a), len(b)) < _MIN_REORDERED_WORDS:
         return False
     count_a, count_b = Counter(a), Counter(b)
     unshared = sum(((count_a - count_b) + (count_b - count_a)).values())
-    if unshared > max(_REORDERED_MIN_SLACK, int(_REORDERED_SLACK_SHARE * max(len(a), len(b)))):
+    return unshared <= max(_REORDERED_MIN_SLACK, int(_REORDERED_SLACK_SHARE * max(len(a), len(b))))
+
+
+def reordered(query: str, candidate: str) -> bool:
+    """Whether the two texts are (nearly) the same words in another order ("flights from
+    Boston to Tampa" / "flights from Tampa to Boston"). A sentence embedding is close to a
+    bag of words: between such texts its cosine is high whether or not they mean the same,
+    so it decides nothing there, and the decision asks the verifier instead."""
+    if not near_copy(query, candidate):
         return False
-    shared = count_a.keys() & count_b.keys()
+    a, b = _tokens(query), _tokens(candidate)
+    shared = set(a) & set(b)
     return [t for t in a if t in shared] != [t for t in b if t in shared]

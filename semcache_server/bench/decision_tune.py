@@ -8,8 +8,9 @@ target, with per-request settings:
 pairs:  one Lookup per pair with the threshold at 1.0 and the band from -1, so the
         verifier judges every candidate the guard lets through; a rule (t, low, s) then
         hits when the pair is exact, or its cosine is >= t and its texts are not a
-        reordering of each other, or it is in the band (cosine in [low, t), or a
-        reordering at >= t) and its verifier score is >= s. That is what the decision
+        reordering or a negation of each other, or it is in the band (cosine in [low, t), or a
+        reordering or a negation at >= t: decision.cosine_is_blind) and its verifier
+        score is >= s. That is what the decision
         does with one stored entry.
 replay: each rule replayed in full (what earlier misses stored depends on it), over a
         coarser grid.
@@ -28,7 +29,7 @@ import numpy as np
 from semcache_server.bench.accuracy import Point, false_hit_upper_bound, progress, run_replay
 from semcache_server.bench.datasets import Pair, Query
 from semcache_server.bench.targets import Target
-from semcache_server.guard import reordered
+from semcache_server.decision import cosine_is_blind
 
 BAND_LOWS = (0.7, 0.75, 0.8, 0.85)
 MIN_SCORES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -76,7 +77,7 @@ def judge_pairs(target: Target, pairs: Sequence[Pair], vectors: dict[str, np.nda
         )
         target.delete("decision", entry_id)
         out.append(_Judged(
-            pair.label, found.exact, bool(found.guard_reason) and not found.exact, reordered(pair.b, pair.a),
+            pair.label, found.exact, bool(found.guard_reason) and not found.exact, cosine_is_blind(pair.b, pair.a),
             found.similarity, found.verifier_score,
         ))
     return out

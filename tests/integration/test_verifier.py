@@ -121,8 +121,8 @@ def test_a_reordering_above_the_threshold_is_the_verifiers_to_decide_over_grpc(v
     assert not rejected.hit and rejected.decided_by == "verifier_rejected" and rejected.HasField("verifier_score")
     confirmed = _lookup(client, "flights from tampa to boston on monday", swapped, verifier_min_score=0.0)
     assert confirmed.hit and confirmed.decided_by == "verifier"
-    same_order = _lookup(client, "flights from boston to tampa on monday please", swapped, verifier_min_score=1.0)
-    assert same_order.hit and same_order.decided_by == "threshold"
+    other_words = _lookup(client, "any direct connection Boston-Tampa, Mondays?", swapped, verifier_min_score=1.0)
+    assert other_words.hit and other_words.decided_by == "threshold"
 
 
 def test_the_guard_refuses_in_the_band_before_the_verifier_is_asked(verified_server):

@@ -80,6 +80,7 @@ BAND = DecisionPolicy(threshold=0.9, band_low=0.8, min_verifier_score=0.5, max_v
 SCORES = {
     "how do I return an item": 0.2, "what is your return policy": 0.9, "how long does a refund take": 0.95,
     "flights from tampa to boston": 0.05, "flights from boston to tampa tomorrow": 0.9,
+    "my card has not arrived yet": 0.05,
 }
 
 
@@ -146,13 +147,26 @@ def test_a_reordering_above_the_threshold_is_verified_and_can_be_rejected():
     assert calls == [["flights from tampa to boston"]]
 
 
-def test_a_candidate_above_the_threshold_in_the_same_order_still_hits_past_a_reordering():
+def test_a_near_copy_above_the_threshold_is_verified_with_the_reordering_and_the_confirmed_one_wins():
     calls: list[list[str]] = []
     verdict = decide([TAMPA_TO_BOSTON, BOSTON_TO_TAMPA], BAND, "flights from boston to tampa", _verify(calls))
-    assert verdict.hit is not None and verdict.hit.entry_id == 31 and verdict.decided_by == THRESHOLD
-    assert calls == []
+    assert verdict.hit is not None and verdict.hit.entry_id == 31 and verdict.decided_by == VERIFIER
+    assert calls == [["flights from tampa to boston", "flights from boston to tampa tomorrow"]]
+
+
+def test_a_differently_worded_candidate_above_the_threshold_is_a_hit_without_the_verifier():
+    calls: list[list[str]] = []
+    verdict = decide([RESET], BAND, "I forgot my login, how can I change it", _verify(calls))
+    assert verdict.decided_by == THRESHOLD and calls == []
 
 
 def test_without_a_verifier_or_the_guard_text_a_reordering_is_a_plain_threshold_hit():
     assert decide([TAMPA_TO_BOSTON], BAND, "flights from boston to tampa", None).decided_by == THRESHOLD
     assert decide([TAMPA_TO_BOSTON], BAND, "", _verify([])).decided_by == THRESHOLD
+
+
+def test_a_negation_above_the_threshold_is_verified():
+    calls: list[list[str]] = []
+    negated = _candidate(32, "my card has not arrived yet", 0.95)
+    verdict = decide([negated], BAND, "where is my card", _verify(calls))
+    assert verdict.hit is None and verdict.decided_by == VERIFIER_REJECTED and calls == [["my card has not arrived yet"]]

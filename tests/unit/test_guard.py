@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from semcache_server.guard import conflict, reordered
+from semcache_server.guard import conflict, near_copy, opposite_polarity, reordered
 
 
 @pytest.mark.parametrize(
@@ -59,3 +59,25 @@ def test_conflict(query, candidate, reason):
 def test_reordered(query, candidate, expected):
     assert reordered(query, candidate) is expected
     assert reordered(candidate, query) is expected
+
+
+@pytest.mark.parametrize(
+    "query,candidate,expected",
+    [
+        ("my card still hasn't arrived", "where is my card", True),  # differently worded: conflict() lets it be
+        ("is the shop open on sunday", "is the shop not open on sunday", True),
+        ("is it unhealthy", "is it healthy", True),
+        ("is it not healthy", "is it unhealthy", False),  # two ways to say the same
+        ("how do I return an item", "what is your return policy", False),
+    ],
+)
+def test_opposite_polarity(query, candidate, expected):
+    assert opposite_polarity(query, candidate) is expected
+
+
+def test_near_copy():
+    assert near_copy("Research suggests that practice of compassion can prevent fatigue and burnout",
+                     "Research suggests that practice of compassion can aggravate fatigue and burnout")
+    assert near_copy("flights from Boston to Tampa", "flights from Tampa to Boston")
+    assert not near_copy("how do I reset my pin", "How do I reset my PIN?")  # the same text
+    assert not near_copy("what is your return policy", "how do I return an item")
