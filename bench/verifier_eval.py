@@ -28,9 +28,9 @@ import numpy as np
 
 from semcache_server.bench import datasets
 from semcache_server.bench.harness import bench_parser, write_report
-from semcache_server.decision import Candidate, DecisionPolicy, cosine_is_blind, decide
+from semcache_server.decision import Candidate, DecisionPolicy, decide
 from semcache_server.embedder import load_embedder
-from semcache_server.guard import conflict
+from semcache_server.guard import conflict, cosine_is_blind
 from semcache_server.normalize import normalize_query
 from semcache_server.v1.records_pb2 import EntryRecord
 from semcache_server.verifier.calibrate import auc
@@ -71,13 +71,13 @@ def pair_figures(pairs, vectors, verifier) -> dict:  # type: ignore[no-untyped-d
     sims = np.array([float(vectors[p.a] @ vectors[p.b]) for p in pairs])
     exact = np.array([normalize_query(p.a) == normalize_query(p.b) for p in pairs])
     guarded = np.array([conflict(p.b, p.a) is not None for p in pairs])
-    reorders = np.array([cosine_is_blind(p.b, p.a) for p in pairs])
+    blind = np.array([cosine_is_blind(p.b, p.a) for p in pairs])
     raw = verifier.score_pairs([(p.b, p.a) for p in pairs])
     # What the decision compares with min_score: the score, combined with the cosine where calibrated.
     scores = raw if verifier.combination is None else verifier.combination.probability(sims, raw)
     labels = np.array([p.label for p in pairs])
     kinds = np.array([p.kind or "negative" for p in pairs])
-    return {"sims": sims, "exact": exact, "guarded": guarded, "reordered": reorders, "raw_scores": raw,
+    return {"sims": sims, "exact": exact, "guarded": guarded, "cosine_is_blind": blind, "raw_scores": raw,
             "scores": scores, "labels": labels, "kinds": kinds}
 
 
@@ -90,9 +90,9 @@ def pair_hits(f: dict, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
     if rule.kind == "guard":
         return exact | (open_ & (sims >= rule.threshold)), np.zeros_like(exact)
     above = open_ & ~exact & (sims >= rule.threshold)
-    reorder = above & f["reordered"]  # above the threshold, but cosine is blind to the order: verified
-    band = (open_ & ~exact & (sims >= rule.band_low) & (sims < rule.threshold)) | reorder
-    return exact | (above & ~reorder) | (band & (f["scores"] >= rule.min_score)), band
+    blind = above & f["cosine_is_blind"]  # above the threshold, but a near copy or a negation: verified
+    band = (open_ & ~exact & (sims >= rule.band_low) & (sims < rule.threshold)) | blind
+    return exact | (above & ~blind) | (band & (f["scores"] >= rule.min_score)), band
 
 
 def pair_rates(hit: np.ndarray, positives: np.ndarray) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from semcache_server.guard import conflict, near_copy, opposite_polarity
+from semcache_server.guard import conflict, cosine_is_blind
 from semcache_server.v1.records_pb2 import EntryRecord
 
 # Verdict.decided_by (and LookupResponse.decided_by; "exact" is the exact tier's)
@@ -81,13 +81,6 @@ class Verdict:
     decided_by: str
     verifier_score: float | None = None  # of the hit, or the best verified candidate of a miss
     nearest: Candidate | None = None  # a miss's best live candidate (for audits of near misses)
-
-
-def cosine_is_blind(query: str, stored_query: str) -> bool:
-    """Pairs whose cosine is high whether or not they ask the same: nearly the same words
-    (a word or a few changed, or the order), or one negating the other. Above the
-    threshold, the verifier reads them."""
-    return near_copy(query, stored_query) or opposite_polarity(query, stored_query)
 
 
 def decide(

@@ -118,7 +118,10 @@ def opposite_polarity(query: str, candidate: str) -> bool:
     differently worded. conflict() refuses only near-identical sentences; this tells the
     decision to let the verifier read a pair whose cosine is high, since cosine barely
     moves with a "not"."""
-    a, b = _tokens(query), _tokens(candidate)
+    return _opposite_polarity(_tokens(query), _tokens(candidate))
+
+
+def _opposite_polarity(a: list[str], b: list[str]) -> bool:
     words_a, words_b = set(a), set(b)
     prefixed = _without_negating_prefixes(words_a, words_b)[1] + _without_negating_prefixes(words_b, words_a)[1]
     return _polarity_flips(a, b, prefixed)
@@ -155,7 +158,10 @@ def near_copy(query: str, candidate: str) -> bool:
     text: one or a few words swapped in ("prevent" / "aggravate", "in" / "outside of"), or
     the same words reordered. In a sentence of many words one changed word moves the
     embedding little, so its cosine stays high whether or not the meaning changed."""
-    a, b = _tokens(query), _tokens(candidate)
+    return _near_copy(_tokens(query), _tokens(candidate))
+
+
+def _near_copy(a: list[str], b: list[str]) -> bool:
     if a == b or min(len(a), len(b)) < _MIN_REORDERED_WORDS:
         return False
     count_a, count_b = Counter(a), Counter(b)
@@ -163,13 +169,10 @@ def near_copy(query: str, candidate: str) -> bool:
     return unshared <= max(_REORDERED_MIN_SLACK, int(_REORDERED_SLACK_SHARE * max(len(a), len(b))))
 
 
-def reordered(query: str, candidate: str) -> bool:
-    """Whether the two texts are (nearly) the same words in another order ("flights from
-    Boston to Tampa" / "flights from Tampa to Boston"). A sentence embedding is close to a
-    bag of words: between such texts its cosine is high whether or not they mean the same,
-    so it decides nothing there, and the decision asks the verifier instead."""
-    if not near_copy(query, candidate):
-        return False
+def cosine_is_blind(query: str, candidate: str) -> bool:
+    """Pairs whose cosine is high whether or not they ask the same: nearly the same words
+    (a word or a few changed, or the order: near_copy), or one negating the other
+    (opposite_polarity). Above the threshold, the verifier reads them. Tokenizes each
+    text once."""
     a, b = _tokens(query), _tokens(candidate)
-    shared = set(a) & set(b)
-    return [t for t in a if t in shared] != [t for t in b if t in shared]
+    return _near_copy(a, b) or _opposite_polarity(a, b)

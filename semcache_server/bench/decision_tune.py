@@ -9,7 +9,7 @@ pairs:  one Lookup per pair with the threshold at 1.0 and the band from -1, so t
         verifier judges every candidate the guard lets through; a rule (t, low, s) then
         hits when the pair is exact, or its cosine is >= t and its texts are not a
         reordering or a negation of each other, or it is in the band (cosine in [low, t), or a
-        reordering or a negation at >= t: decision.cosine_is_blind) and its verifier
+        reordering or a negation at >= t: guard.cosine_is_blind) and its verifier
         score is >= s. That is what the decision
         does with one stored entry.
 replay: each rule replayed in full (what earlier misses stored depends on it), over a
@@ -29,7 +29,7 @@ import numpy as np
 from semcache_server.bench.accuracy import Point, false_hit_upper_bound, progress, run_replay
 from semcache_server.bench.datasets import Pair, Query
 from semcache_server.bench.targets import Target
-from semcache_server.decision import cosine_is_blind
+from semcache_server.guard import cosine_is_blind
 
 BAND_LOWS = (0.7, 0.75, 0.8, 0.85)
 MIN_SCORES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -63,7 +63,7 @@ class _Judged:
     label: int
     exact: bool
     guarded: bool
-    reordered: bool
+    cosine_is_blind: bool  # verified even above the threshold
     similarity: float
     score: float | None  # None: not verified (exact, guarded, or at cosine 1.0)
 
@@ -93,7 +93,7 @@ def _pair_point(judged: Sequence[_Judged], threshold: float, band_low: float | N
         elif band_low is None or j.score is None:
             hit = j.similarity >= threshold
         else:
-            verified = (band_low <= j.similarity < threshold) or (j.similarity >= threshold and j.reordered)
+            verified = (band_low <= j.similarity < threshold) or (j.similarity >= threshold and j.cosine_is_blind)
             asked += verified
             hit = (j.score >= (min_score or 0.0)) if verified else j.similarity >= threshold
         true_hits += hit and j.label == 1
