@@ -8,10 +8,9 @@ target, with per-request settings:
 pairs:  one Lookup per pair with the threshold at 1.0 and the band from -1, so the
         verifier judges every candidate the guard lets through; a rule (t, low, s) then
         hits when the pair is exact, or its cosine is >= t and its texts are not a
-        reordering or a negation of each other, or it is in the band (cosine in [low, t), or a
-        reordering or a negation at >= t: guard.cosine_is_blind) and its verifier
-        score is >= s. That is what the decision
-        does with one stored entry.
+        near copy or a negation of each other, or it is in the band (cosine in [low, t), or a
+        near copy or a negation at >= t: guard.cosine_is_blind) and its verifier score
+        is >= s. That is what the decision does with one stored entry.
 replay: each rule replayed in full (what earlier misses stored depends on it), over a
         coarser grid.
 
