@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import grpc
 from grpc import aio
 
 import semcache_server.client_requests as build
-from semcache_server.audits import MAX_AUDITS_IN_FLIGHT, Same, verdict
+from semcache_server.audits import MAX_AUDITS_IN_FLIGHT, Judge, MissCheck, Same, miss_check, miss_feedback, verdict
 from semcache_server.client import secure_or_insecure_channel
 from semcache_server.client_requests import KeyLike, PartitionLike, as_partition, cache_unavailable, cached_value, tagged_metadata
 from semcache_server.v1 import semcache_pb2 as pb
@@ -143,12 +143,16 @@ class AsyncClient:
         lease_wait_ms: int | None = None,
         audit_rate: float = 0.0,
         same: Same | None = None,
+        judge: Judge | None = None,
+        near_miss_band: float = 0.1,
     ) -> str | bytes:
-        """As Client.get_or_compute, with `compute` a coroutine function; audits run as tasks."""
+        """As Client.get_or_compute, with `compute` a coroutine function; audits run as
+        tasks, and so does `judge` (a plain function or a coroutine function)."""
+        judged = judge is not None and not no_store
         found = await self.lookup_or_none(
             partition, query, embedding=embedding, min_similarity=min_similarity, key=key, no_store=no_store,
             refresh=refresh, max_age_seconds=max_age_seconds, lease=coalesce and not no_store, lease_wait_ms=lease_wait_ms,
-            audit_rate=audit_rate,
+            audit_rate=audit_rate, near_miss_band=near_miss_band if judged else 0.0,
         )
         if found is not None and found.hit:
             if found.audit:
@@ -160,35 +164,49 @@ class AsyncClient:
         except BaseException:
             await self.release_or_skip(partition, lease_id)
             raise
-        if found is not None and found.audit and found.audit_entry_id:
-            candidate = found.audit_response.decode("utf-8", "replace") if isinstance(value, str) else found.audit_response
-            self._audit(partition, found.lookup_id, _ready(value), candidate, same)
         if not no_store:
             await self.store_or_skip(
                 partition, query, value, embedding=embedding, ttl_seconds=ttl_seconds,
                 metadata=tagged_metadata(metadata, value), cost=cost, key=key, lease_id=lease_id,
             )
+        check = miss_check(found, query, value, judged) if found is not None else None
+        if check is not None:  # after the Store: an alias the judge makes replaces the fresh entry
+            self._start(self._check_miss(partition, check, same, judge))
         return value
 
     def _audit(self, partition: PartitionLike, lookup_id: str, fresh: Awaitable[Any], cached: Any, same: Same | None) -> None:
-        """Judge one audited Lookup in a task of its own (see semcache_server/audits.py)."""
+        """Judge one audited hit in a task of its own (see semcache_server/audits.py)."""
+        async def judge() -> None:
+            correct, fresh_response = verdict(await fresh, cached, same)
+            await self.feedback(partition, lookup_id, correct, fresh_response=fresh_response)
+
+        if not self._start(judge()) and inspect.iscoroutine(fresh):
+            fresh.close()
+
+    async def _check_miss(self, partition: PartitionLike, check: MissCheck, same: Same | None, judge: Judge | None) -> None:
+        confirmed = False
+        if judge is not None and check.near_miss is not None:
+            _, candidate_query, candidate = check.near_miss
+            found = judge(check.query, candidate_query, candidate)
+            confirmed = bool(await found if inspect.isawaitable(found) else found)
+        arguments = miss_feedback(check, same, confirmed)
+        if arguments is not None:
+            await self.feedback(partition, check.lookup_id, **arguments)
+
+    def _start(self, check: Coroutine[Any, Any, None]) -> bool:
+        """Run one background check as a task of its own; False (and closed) when too many are in flight."""
         if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:
             log.warning("an audit was skipped: %d already in flight", len(self._audits))
-            if inspect.iscoroutine(fresh):
-                fresh.close()
-            return
+            check.close()
+            return False
 
-        async def judge() -> None:
+        async def guarded() -> None:
             try:
-                correct, fresh_response = verdict(await fresh, cached, same)
-                await self.feedback(partition, lookup_id, correct, fresh_response=fresh_response)
+                await check
             except Exception as e:  # an audit never fails the app: its verdict is just not sent
                 log.warning("an audit failed: %s", e)
 
-        task = asyncio.get_running_loop().create_task(judge())
+        task = asyncio.get_running_loop().create_task(guarded())
         self._audits.add(task)
         task.add_done_callback(self._audits.discard)
-
-
-async def _ready(value: Any) -> Any:
-    return value
+        return True

@@ -31,12 +31,7 @@ from semcache_server.entries import (
     StoreResult,
     format_entry_id,
 )
-from semcache_server.errors import (
-    ConfigError,
-    DeadlineExceededError,
-    FailedPreconditionError,
-    SemcacheError,
-)
+from semcache_server.errors import ConfigError, DeadlineExceededError, FailedPreconditionError, SemcacheError
 from semcache_server.key_fingerprint import NO_KEY, KeyParts
 from semcache_server.leases import LeaseTable
 from semcache_server.ledger import EXACT_HIT, MISS, SEMANTIC_HIT
@@ -113,6 +108,7 @@ class SemanticCache:
         lease: bool = False,
         lease_wait_seconds: float | None = None,
         audit_rate: float = 0.0,
+        near_miss_band: float = 0.0,
     ) -> LookupResult:
         """The stored response for this query, or a miss. Never crosses partitions, and
         never answers with an entry whose request key (settings, tools, context) differs.
@@ -120,7 +116,8 @@ class SemanticCache:
         verifier_band_low, verifier_min_score: this request's gray band (see decision.py).
         lease: the caller computes and stores on a miss, so concurrent misses of the same
         question wait for its Store (see semcache_server/leases.py), at most lease_wait_seconds.
-        audit_rate: the share of eligible Lookups drawn for an audit (semcache_server/calibration.py)."""
+        audit_rate: the share of eligible Lookups drawn for an audit (semcache_server/calibration.py).
+        near_miss_band: a miss names its best candidate within this much under the threshold."""
         started = time.perf_counter()
         policy = self.thresholds.policy(key.namespace, min_similarity, verifier_band_low, verifier_min_score)
         request = prepare_lookup(
@@ -131,7 +128,7 @@ class SemanticCache:
         if leased and not result.hit:
             result = self._single_flight(key, request, policy, deadline, result, lease_wait_seconds)
         audited = audit_rate if min_similarity is None and not control.refresh else 0.0
-        result = self.verdicts.logged(key, request, request_key, result, audited, self.thresholds.for_namespace)
+        result = self.verdicts.logged(key, request, request_key, result, audited, self.thresholds.for_namespace, near_miss_band)
         outcome = "miss" if not result.hit else "exact_hit" if result.exact else "semantic_hit"
         self.metrics.observe_lookup(key.namespace, outcome, time.perf_counter() - started)
         return result

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 import semcache_server.client_requests as build
-from semcache_server.audits import Audits, Same
+from semcache_server.audits import Audits, Judge, Same, miss_check
 from semcache_server.client_requests import (
     CACHE_UNAVAILABLE_CODES,
     KeyLike,
@@ -77,7 +77,7 @@ class Client:
         """Options (see LookupRequest; None leaves a setting to the namespace and server):
         embedding, min_similarity, verifier_band_low, verifier_min_score, key (settings,
         tools and context: see request_key), no_store, refresh, max_age_seconds, lease,
-        lease_wait_ms, audit_rate. A leased Lookup may wait up to lease_wait_ms (plus the timeout)."""
+        lease_wait_ms, audit_rate, near_miss_band. A leased Lookup may wait up to lease_wait_ms (plus the timeout)."""
         request = build.lookup_request(partition, query, **options)
         return self._call(self._stub.Lookup, request, build.lookup_timeout(request, self._timeout_seconds))
 
@@ -184,6 +184,8 @@ class Client:
         lease_wait_ms: int | None = None,
         audit_rate: float = 0.0,
         same: Same | None = None,
+        judge: Judge | None = None,
+        near_miss_band: float = 0.1,
     ) -> str | bytes:
         """The cached response when one matches; otherwise compute(), stored, then returned.
 
@@ -204,11 +206,16 @@ class Client:
         calls compute() anyway, off this call's path, and reports whether the cached answer
         was right (`same(fresh, cached)`, else the server compares their embeddings);
         see semcache_server/audits.py.
+
+        judge: the app's judge of near misses, `judge(query, candidate_query,
+        candidate_answer) -> bool`, asked off this call's path about a miss whose best
+        candidate came within near_miss_band under the threshold; a yes makes this query
+        an alias of that candidate (see semcache_server/audits.py).
         """
         found = self.lookup_or_none(
             partition, query, embedding=embedding, min_similarity=min_similarity, key=key, no_store=no_store, refresh=refresh,
             max_age_seconds=max_age_seconds, lease=coalesce and not no_store, lease_wait_ms=lease_wait_ms,
-            audit_rate=audit_rate,
+            audit_rate=audit_rate, near_miss_band=near_miss_band if judge is not None and not no_store else 0.0,
         )
         if found is not None and found.hit:
             if found.audit:
@@ -220,13 +227,11 @@ class Client:
         except BaseException:
             self.release_or_skip(partition, lease_id)
             raise
-        if found is not None and found.audit and found.audit_entry_id:
-            candidate = found.audit_response.decode("utf-8", "replace") if isinstance(value, str) else found.audit_response
-            self.audits.miss(partition, found.lookup_id, value, candidate, same)
-        if no_store:
-            return value
-        self.store_or_skip(
-            partition, query, value, embedding=embedding, ttl_seconds=ttl_seconds, metadata=tagged_metadata(metadata, value),
-            cost=cost, key=key, lease_id=lease_id,
-        )
+        if not no_store:
+            self.store_or_skip(
+                partition, query, value, embedding=embedding, ttl_seconds=ttl_seconds, metadata=tagged_metadata(metadata, value),
+                cost=cost, key=key, lease_id=lease_id,
+            )
+        if found is not None:  # after the Store: an alias the judge makes replaces the fresh entry
+            self.audits.miss(partition, miss_check(found, query, value, judge is not None and not no_store), same, judge)
         return value

@@ -71,11 +71,12 @@ def lookup_request(
     lease: bool = False,
     lease_wait_ms: int | None = None,
     audit_rate: float = 0.0,
+    near_miss_band: float = 0.0,
 ) -> pb.LookupRequest:
     """None leaves a setting to the namespace and server (see LookupRequest)."""
     request = pb.LookupRequest(
         partition=as_partition(partition), query=query, embedding=embedding or [], lease=lease, audit_rate=audit_rate,
-        cache_control=pb.CacheControl(no_store=no_store, refresh=refresh),
+        near_miss_band=near_miss_band, cache_control=pb.CacheControl(no_store=no_store, refresh=refresh),
     )
     for field, value in (
         ("min_similarity", min_similarity), ("verifier_band_low", verifier_band_low),

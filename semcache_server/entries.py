@@ -46,6 +46,11 @@ class LookupResult:
     audit: bool = False
     audit_entry_id: str = ""
     audit_response: bytes = b""
+    # A miss's best candidate within the Lookup's near_miss_band under the threshold, for
+    # the app's judge (see semcache_server/audits.py).
+    near_miss_entry_id: str = ""
+    near_miss_query: str = ""
+    near_miss_response: bytes = b""
     nearest: Any = dataclasses.field(default=None, compare=False, repr=False)  # a miss's best Candidate
 
 

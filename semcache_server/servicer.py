@@ -124,6 +124,7 @@ class CacheServicer:
             lease=request.lease,
             lease_wait_seconds=wire.lease_wait_seconds(request),
             audit_rate=wire.audit_rate(request),
+            near_miss_band=wire.near_miss_band(request),
         )
         return wire.lookup_response(result)
 

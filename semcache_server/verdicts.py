@@ -48,13 +48,21 @@ class Verdicts:
 
     def logged(
         self, key: PartitionKey, request: LookupRequest, parts: Any, result: LookupResult, audit_rate: float,
-        configured_threshold: Callable[[str], float],
+        configured_threshold: Callable[[str], float], near_miss_band: float = 0.0,
     ) -> LookupResult:
         """The result with its lookup_id, under which Feedback finds what was served, and,
         where a Lookup asked for audits and was drawn, marked for one. configured_threshold:
-        a namespace's configured threshold (read only for a Lookup that asked for audits)."""
+        a namespace's configured threshold (read only for a Lookup that asked for audits).
+        near_miss_band: a miss names its best candidate when it came within this much under
+        the threshold, for the app's judge."""
         miss = not result.hit
         nearest = result.nearest if miss else None
+        near = nearest if near_miss_band > 0 and nearest is not None else None
+        if near is not None and near.similarity >= result.threshold - near_miss_band:
+            result = dataclasses.replace(
+                result, near_miss_entry_id=format_entry_id(near.entry_id), near_miss_query=near.record.query,
+                near_miss_response=near.record.response,
+            )
         audit_counts = None
         if audit_rate > 0 and not result.exact:
             counts = self._calibration.counts(key.namespace)
@@ -99,7 +107,7 @@ class Verdicts:
             return FeedbackResult(counted=False)
         if logged.audit_counts is not None:  # for a near miss: would its best candidate have been right?
             self._calibration.add(key.namespace, logged.similarity, not correct, *logged.audit_counts)
-            if not logged.entry_id:
+            if not logged.entry_id and not should_match_entry_id:
                 return FeedbackResult(counted=True)
         if logged.entry_id:  # a hit
             change = None if correct else functools.partial(veto, digest=logged.digest, similarity=logged.similarity)

@@ -52,6 +52,12 @@ def audit_rate(request: pb.LookupRequest) -> float:
     return request.audit_rate
 
 
+def near_miss_band(request: pb.LookupRequest) -> float:
+    if not 0.0 <= request.near_miss_band <= 1.0:  # NaN fails too
+        raise InvalidArgumentError(f"near_miss_band must be between 0 and 1, got {request.near_miss_band}")
+    return request.near_miss_band
+
+
 def lookup_response(result: LookupResult) -> pb.LookupResponse:
     response = pb.LookupResponse(
         hit=result.hit,
@@ -71,6 +77,9 @@ def lookup_response(result: LookupResult) -> pb.LookupResponse:
         audit=result.audit,
         audit_entry_id=result.audit_entry_id,
         audit_response=result.audit_response,
+        near_miss_entry_id=result.near_miss_entry_id,
+        near_miss_query=result.near_miss_query,
+        near_miss_response=result.near_miss_response,
     )
     if result.verifier_score is not None:
         response.verifier_score = result.verifier_score

@@ -52,7 +52,7 @@ class Partition(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., system_prompt: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score", "key", "cache_control", "lease", "lease_wait_ms", "audit_rate")
+    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score", "key", "cache_control", "lease", "lease_wait_ms", "audit_rate", "near_miss_band")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class LookupRequest(_message.Message):
     LEASE_FIELD_NUMBER: _ClassVar[int]
     LEASE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    NEAR_MISS_BAND_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     query: str
     embedding: _containers.RepeatedScalarFieldContainer[float]
@@ -75,10 +76,11 @@ class LookupRequest(_message.Message):
     lease: bool
     lease_wait_ms: int
     audit_rate: float
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ..., audit_rate: _Optional[float] = ...) -> None: ...
+    near_miss_band: float
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ..., audit_rate: _Optional[float] = ..., near_miss_band: _Optional[float] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms", "lookup_id", "audit", "audit_entry_id", "audit_response")
+    __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms", "lookup_id", "audit", "audit_entry_id", "audit_response", "near_miss_entry_id", "near_miss_query", "near_miss_response")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +107,9 @@ class LookupResponse(_message.Message):
     AUDIT_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    NEAR_MISS_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    NEAR_MISS_QUERY_FIELD_NUMBER: _ClassVar[int]
+    NEAR_MISS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     hit: bool
     entry_id: str
     response: bytes
@@ -124,7 +129,10 @@ class LookupResponse(_message.Message):
     audit: bool
     audit_entry_id: str
     audit_response: bytes
-    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ..., lease_id: _Optional[str] = ..., coalesced: _Optional[bool] = ..., waited_ms: _Optional[int] = ..., lookup_id: _Optional[str] = ..., audit: _Optional[bool] = ..., audit_entry_id: _Optional[str] = ..., audit_response: _Optional[bytes] = ...) -> None: ...
+    near_miss_entry_id: str
+    near_miss_query: str
+    near_miss_response: bytes
+    def __init__(self, hit: _Optional[bool] = ..., entry_id: _Optional[str] = ..., response: _Optional[bytes] = ..., similarity: _Optional[float] = ..., matched_query: _Optional[str] = ..., exact: _Optional[bool] = ..., threshold: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., resolved_version: _Optional[str] = ..., guard_reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., verifier_score: _Optional[float] = ..., lease_id: _Optional[str] = ..., coalesced: _Optional[bool] = ..., waited_ms: _Optional[int] = ..., lookup_id: _Optional[str] = ..., audit: _Optional[bool] = ..., audit_entry_id: _Optional[str] = ..., audit_response: _Optional[bytes] = ..., near_miss_entry_id: _Optional[str] = ..., near_miss_query: _Optional[str] = ..., near_miss_response: _Optional[bytes] = ...) -> None: ...
 
 class StoreRequest(_message.Message):
     __slots__ = ("partition", "query", "response", "embedding", "ttl_seconds", "metadata", "cost", "key", "lease_id")
