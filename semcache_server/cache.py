@@ -89,7 +89,8 @@ class SemanticCache:
         self.thresholds = Thresholds(settings, self.storage.namespace_thresholds, calibration)
         self.storage.watch_namespace_thresholds(self.thresholds.replace_runtime)
         self.leases = LeaseTable(settings.lease_seconds, settings.lease_waiters)
-        self.verdicts = Verdicts(settings, self.storage, self.store, calibration, self._embed if embedder is not None else None)
+        embed = self._embed if embedder is not None else None
+        self.verdicts = Verdicts(settings, self.storage, self.store, calibration, embed, clock)
 
     # -- lookup -------------------------------------------------------------------
 

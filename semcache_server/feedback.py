@@ -2,11 +2,13 @@
 what the verdicts say of the served false-hit rate.
 
 Every Lookup is logged in memory under its lookup_id (bounded: the newest
-`max_entries`, at most `max_age_seconds` old; a restart forgets them). A verdict counts
-once per lookup_id. A hit reported wrong is never served to that question again (its
-digest joins the entry's vetoed questions) and the entry's own similarity floor rises to
-just above the similarity it was wrongly served at, so every query at least that far
-from it misses too; queries nearer to it still hit. A "correct" verdict changes nothing
+`max_entries`, at most `max_age_seconds` old; a restart forgets them), and the id itself
+says, signed, what a hit or an audit needs (semcache_server/lookup_ids.py), so verdicts
+on those still count after a restart. A verdict counts once per lookup_id. A hit
+reported wrong is never served to that question again (its digest joins the entry's
+vetoed questions) and the entry's own similarity floor rises to just above the
+similarity it was wrongly served at, so every query at least that far from it misses
+too; queries nearer to it still hit. A "correct" verdict changes nothing
 but the counts, unless its Lookup was drawn for an audit: then it joins the sample that
 moves the namespace's threshold, within the bounds of semcache_server/calibration.py.
 """
@@ -17,7 +19,6 @@ import collections
 import dataclasses
 import hashlib
 import math
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class LoggedLookup:
     # and the entry whose answer is judged (the served one, or a miss's best candidate).
     audit_counts: tuple[int, int] | None = None
     audit_entry_id: int = 0
+    from_id: bool = False  # read from a signed lookup id (no query, vector or key), not the log
 
 
 class LookupLog:
@@ -80,27 +82,27 @@ class LookupLog:
         self._lookups: collections.OrderedDict[str, LoggedLookup] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, lookup: LoggedLookup) -> str:
-        lookup_id = secrets.token_hex(12)
+    def add(self, lookup_id: str, lookup: LoggedLookup) -> None:
         with self._lock:
             self._lookups[lookup_id] = lookup
             while len(self._lookups) > self.max_entries:
                 self._lookups.popitem(last=False)
-        return lookup_id
 
     def peek(self, lookup_id: str) -> LoggedLookup | None:
+        """The logged Lookup (None: unknown, or over max_age_seconds old)."""
         with self._lock:
-            return self._lookups.get(lookup_id)
+            lookup = self._lookups.get(lookup_id)
+            if lookup is not None and self._clock() - lookup.logged_at > self.max_age_seconds:
+                del self._lookups[lookup_id]
+                return None
+            return lookup
 
     def judge(self, lookup_id: str) -> tuple[LoggedLookup | None, bool]:
         """The logged Lookup, and True if this is the first verdict on it (now taken)."""
+        lookup = self.peek(lookup_id)
+        if lookup is None:
+            return None, False
         with self._lock:
-            lookup = self._lookups.get(lookup_id)
-            if lookup is None:
-                return None, False
-            if self._clock() - lookup.logged_at > self.max_age_seconds:
-                del self._lookups[lookup_id]
-                return None, False
             first = not lookup.judged
             lookup.judged = True
             return lookup, first

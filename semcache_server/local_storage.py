@@ -33,7 +33,7 @@ from semcache_server.ledger import Ledger
 from semcache_server.maintenance import Maintenance
 from semcache_server.partition import PartitionKey
 from semcache_server.partition_registry import LivePartition, PartitionRegistry
-from semcache_server.recovery import CALIBRATION_PREFIX, check_consistency, read_meta, rebuild
+from semcache_server.recovery import CALIBRATION_PREFIX, VERDICT_PREFIX, check_consistency, read_meta, rebuild
 from semcache_server.salvage import walk_in_child
 from semcache_server.settings import Settings
 from semcache_server.stats import stats_view
@@ -101,6 +101,7 @@ class LocalStorage:
 
     def __init__(self, settings: Settings, dimension: int, embedding_model: str, clock: Callable[[], float]) -> None:
         started = time.monotonic()
+        self._clock = clock
         self.store = Store(settings.data_dir, max_map_bytes=settings.max_map_bytes, sync_writes=settings.sync_writes)
         data_dir = Path(settings.data_dir)
         try:
@@ -119,6 +120,7 @@ class LocalStorage:
             self.ledger = Ledger(policy)
             self.ledger.totals = recovered.totals
             self.namespace_thresholds: Mapping[str, float] = recovered.namespace_thresholds
+            self.lookup_id_key = recovered.lookup_id_key
             with self.store.read() as txn:
                 self.calibrations: Mapping[str, str] = {
                     name[len(CALIBRATION_PREFIX):]: value for name, value in self.store.iter_meta(txn, CALIBRATION_PREFIX)
@@ -309,6 +311,22 @@ class LocalStorage:
         with self.write_lock, self.store.write() as txn:
             self.store.put_meta(txn, CALIBRATION_PREFIX + namespace, data)
 
+    def claim_verdict(self, key: PartitionKey, claim: bytes, expires_at: float) -> bool:
+        now = self._clock()
+        name = f"{VERDICT_PREFIX}{int(expires_at):010d}:{claim.hex()}"
+        with self.write_lock, self.store.write() as txn:
+            if self.store.get_meta(txn, name) is not None:
+                return False
+            expired: list[str] = []  # the oldest claims first: drop a bounded batch of the expired ones
+            for old, _ in self.store.iter_meta(txn, VERDICT_PREFIX):
+                if len(expired) >= _CLAIMS_PRUNED_PER_VERDICT or int(old[len(VERDICT_PREFIX):].split(":")[0]) >= now:
+                    break
+                expired.append(old)
+            for old in expired:
+                self.store.delete_meta(txn, old)
+            self.store.put_meta(txn, name, "")
+        return True
+
     # -- reporting and upkeep ---------------------------------------------------------------
 
     def stats(
@@ -344,6 +362,10 @@ class LocalStorage:
         except StorageFullError as e:  # entries are safe in LMDB; only the last counts are lost
             log.warning("hit counts since the last flush were not written: %s", e)
         self.store.close()
+
+
+# Expired verdict claims a new claim deletes at most (more than one, so they never pile up).
+_CLAIMS_PRUNED_PER_VERDICT = 8
 
 
 def _outcome(job: StoreJob) -> StoreResult:

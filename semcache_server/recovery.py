@@ -14,6 +14,7 @@ from semcache_server.entries import entry_bytes
 from semcache_server.errors import ConfigError
 from semcache_server.eviction import EvictionPolicy
 from semcache_server.invalidation import Invalidator
+from semcache_server.lookup_ids import KEY_BYTES, new_key
 from semcache_server.partition import PartitionKey
 from semcache_server.partition_registry import LivePartition, PartitionRegistry
 from semcache_server.settings import Settings
@@ -31,6 +32,7 @@ class Recovered:
     totals: PartitionRecord
     namespace_thresholds: dict[str, float]
     hits_table_from_entry_id: int
+    lookup_id_key: bytes  # signs lookup ids (semcache_server/lookup_ids.py); made once per data dir
 
 
 def read_meta(store: Store, settings: Settings, embedding_model: str, dimension: int) -> Recovered:
@@ -56,7 +58,11 @@ def read_meta(store: Store, settings: Settings, embedding_model: str, dimension:
         totals_hex = store.get_meta(txn, "totals")
         totals = PartitionRecord() if totals_hex is None else PartitionRecord.FromString(bytes.fromhex(totals_hex))
         thresholds = json.loads(store.get_meta(txn, "namespace_thresholds") or "{}")
-    return Recovered(totals, thresholds, int(first))
+        lookup_id_key = store.get_meta(txn, LOOKUP_ID_KEY)
+        if lookup_id_key is None:
+            lookup_id_key = new_key().hex()
+            store.put_meta(txn, LOOKUP_ID_KEY, lookup_id_key)
+    return Recovered(totals, thresholds, int(first), bytes.fromhex(lookup_id_key))
 
 
 def rebuild(
@@ -113,6 +119,10 @@ def rebuild(
 
 # Meta records "calibration:NAMESPACE": a namespace's audits (semcache_server/calibration.py).
 CALIBRATION_PREFIX = "calibration:"
+# The key lookup ids are signed with (hex), and the verdicts claimed, one record each:
+# "verdict:EXPIRES_AT:MAC", EXPIRES_AT in Unix seconds, ten digits, so they sort by expiry.
+LOOKUP_ID_KEY = "lookup_id_key"
+VERDICT_PREFIX = "verdict:"
 
 
 def check_consistency(store: Store, registry: PartitionRegistry, policy: EvictionPolicy) -> list[str]:
@@ -139,7 +149,17 @@ def check_consistency(store: Store, registry: PartitionRegistry, policy: Evictio
                 parse_calibration(value, window=1 << 30)
             except ValueError as e:
                 problems.append(f"meta record {name!r}: {e}")
+        raw_key = store.get_meta(txn, LOOKUP_ID_KEY)
+        if raw_key is not None and not _is_hex(raw_key, KEY_BYTES):
+            problems.append(f"meta record {LOOKUP_ID_KEY!r} is not a {KEY_BYTES}-byte key in hex")
         orphan_hits = store.count_orphan_hits(txn)
         if orphan_hits:
             problems.append(f"{orphan_hits} hit-statistics rows belong to no entry")
     return problems
+
+
+def _is_hex(text: str, size_bytes: int) -> bool:
+    try:
+        return len(bytes.fromhex(text)) == size_bytes
+    except ValueError:
+        return False

@@ -48,6 +48,7 @@ class CacheStorage(Protocol[PartitionT]):
     namespace_thresholds: Mapping[str, float]  # as recovered at start
     calibrations: Mapping[str, str]  # namespace -> its audits (semcache_server/calibration.py), as recovered
     recovery_seconds: float
+    lookup_id_key: bytes  # signs lookup ids (semcache_server/lookup_ids.py); one per cache, kept in it
 
     # -- lookups
     def partition(self, key: PartitionKey) -> PartitionT | None: ...
@@ -74,6 +75,8 @@ class CacheStorage(Protocol[PartitionT]):
     def record_verdict(
         self, key: PartitionKey, entry_id: int, correct: bool, change: Callable[[EntryRecord], None] | None,
     ) -> bool: ...
+    # True the first time: a verdict on one lookup id (its MAC) counts once, until the id expires.
+    def claim_verdict(self, key: PartitionKey, claim: bytes, expires_at: float) -> bool: ...
 
     # -- removals and settings
     def delete(self, key: PartitionKey, entry_id: int) -> bool: ...

@@ -18,6 +18,7 @@ from semcache_server.calibration import SAME_ANSWER_SIMILARITY, Calibration
 from semcache_server.entries import FeedbackResult, LookupResult, format_entry_id
 from semcache_server.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError, StorageFullError
 from semcache_server.feedback import LoggedLookup, LookupLog, RateLimit, key_bytes, veto
+from semcache_server.lookup_ids import LookupIds
 from semcache_server.partition import PartitionKey
 from semcache_server.prepared import LookupRequest
 from semcache_server.settings import Settings
@@ -35,7 +36,7 @@ MAX_LOGGED_KEY_BYTES = 4096
 class Verdicts:
     def __init__(
         self, settings: Settings, storage: Any, store: Callable[..., Any], calibration: Calibration,
-        embed: Callable[[Sequence[str], float | None], np.ndarray] | None,
+        embed: Callable[[Sequence[str], float | None], np.ndarray] | None, clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._storage = storage
@@ -43,7 +44,9 @@ class Verdicts:
         self._calibration = calibration
         self._embed = embed  # the server's model (None: clients supply vectors)
         self._has_model = embed is not None
-        self.log_of_lookups = LookupLog(settings.feedback_log_entries, settings.feedback_log_seconds)
+        self._clock = clock
+        self.log_of_lookups = LookupLog(settings.feedback_log_entries, settings.feedback_log_seconds, clock)
+        self._ids = LookupIds(storage.lookup_id_key, settings.feedback_log_seconds, clock)
         self._limit = RateLimit(settings.feedback_per_second)
 
     def logged(
@@ -72,12 +75,14 @@ class Verdicts:
         # What an alias of a miss needs: the vector where no model can recompute it, and the key.
         kept_vector = request.vector if miss and not self._has_model else None
         keep_key = miss and key_bytes(parts) <= MAX_LOGGED_KEY_BYTES
-        lookup_id = self.log_of_lookups.add(LoggedLookup(
+        logged = LoggedLookup(
             key, request.query, request.question, 0 if miss else int(result.entry_id), result.similarity or 0.0,
             b"" if kept_vector is None else kept_vector.tobytes(),
-            parts if keep_key else None, time.monotonic(), audit_counts=audit_counts,
+            parts if keep_key else None, self._clock(), audit_counts=audit_counts,
             audit_entry_id=_judged_entry_id(result, audit_counts is not None),
-        ))
+        )
+        lookup_id = self._ids.issue(logged)
+        self.log_of_lookups.add(lookup_id, logged)
         if audit_counts is None:
             return dataclasses.replace(result, lookup_id=lookup_id, nearest=None)
         return dataclasses.replace(
@@ -99,11 +104,17 @@ class Verdicts:
             raise ResourceExhaustedError(
                 f"more than {self._settings.feedback_per_second:g} verdicts per second in namespace {key.namespace!r}"
             )
+        logged, claim = self._resolve(key, lookup_id)
         if fresh_response:
-            correct = self._same_answer(self._found(key, lookup_id, self.log_of_lookups.peek(lookup_id)), fresh_response)
-        found, first = self.log_of_lookups.judge(lookup_id)
-        logged = self._found(key, lookup_id, found)
-        if not first:
+            correct = self._same_answer(logged, fresh_response)
+        if not logged.from_id and not self.log_of_lookups.judge(lookup_id)[1]:
+            return FeedbackResult(counted=False)
+        if logged.from_id and should_match_entry_id and not logged.entry_id:
+            raise FailedPreconditionError(
+                "an alias needs the missed Lookup's text and key, which the server keeps in memory only (the newest "
+                "feedback_log_entries Lookups): this one is gone from it (a restart, or another frontend's Lookup)"
+            )
+        if claim is not None and not self._storage.claim_verdict(logged.key, *claim):  # counted before a restart
             return FeedbackResult(counted=False)
         if logged.audit_counts is not None:  # for a near miss: would its best candidate have been right?
             self._calibration.add(key.namespace, logged.similarity, not correct, *logged.audit_counts)
@@ -117,13 +128,24 @@ class Verdicts:
             return FeedbackResult(counted=True)
         return FeedbackResult(counted=True, alias_entry_id=self._alias(logged, parse_entry_id(should_match_entry_id)))
 
+    def _resolve(self, key: PartitionKey, lookup_id: str) -> tuple[LoggedLookup, tuple[bytes, float] | None]:
+        """The Lookup an id names, from the log or else from the signed id itself, and what
+        its verdict claims in the storage (its MAC, until when); NotFoundError when neither
+        knows it in this namespace."""
+        in_log = self.log_of_lookups.peek(lookup_id)
+        if in_log is not None and in_log.key.namespace != key.namespace:
+            in_log = None
+        signed = self._ids.read(lookup_id, in_log.key if in_log is not None else key)
+        logged = self._found(key, lookup_id, in_log if in_log is not None else signed[0] if signed is not None else None)
+        return logged, (signed[1], signed[2]) if signed is not None else None
+
     @staticmethod
     def _found(key: PartitionKey, lookup_id: str, logged: LoggedLookup | None) -> LoggedLookup:
         """The logged Lookup of this namespace, else NotFoundError."""
         if logged is None or logged.key.namespace != key.namespace:
             raise NotFoundError(
-                f"no Lookup {lookup_id[:40]!r} in namespace {key.namespace!r} (unknown, over feedback_log_seconds old, "
-                "or older than the newest feedback_log_entries Lookups)"
+                f"no Lookup {lookup_id[:40]!r} in partition {key} (unknown, of another partition, or over "
+                "feedback_log_seconds old)"
             )
         return logged
 

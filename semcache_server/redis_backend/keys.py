@@ -12,6 +12,7 @@ Per partition, tag T = "{sc:" + 16 hex digits of the partition digest + "}":
     sc:T:e:ID     string: the entry record, with Redis expiry at its TTL
     sc:T:old:N    hash: the entries of an invalidation still being deleted
     sc:T:olds     set: those old:N keys, so any frontend can finish one
+    sc:T:verdict:MAC  string: a verdict on that lookup id was counted (expires with the id)
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from semcache_server.partition import PartitionKey
 
 GLOBAL_TAG = "{sc}"
 REGISTRY = f"sc:{GLOBAL_TAG}:partitions"  # hash: tag -> JSON [namespace, model, version]
-META = f"sc:{GLOBAL_TAG}:meta"  # hash: format, dimension, embedding_model, namespace_thresholds, calibration:NS
+META = f"sc:{GLOBAL_TAG}:meta"  # hash: format, dimension, embedding_model, lookup_id_key, namespace_thresholds,
+# calibration:NS
 TOTALS = f"sc:{GLOBAL_TAG}:totals"  # hash: counters of Lookups that found no partition
 FORMAT = "1"
 # Pub/sub channel (not a key): the change scripts publish the name of the log they appended to.
@@ -71,6 +73,9 @@ class PartitionKeys:
     @property
     def olds(self) -> str:
         return f"sc:{self.tag}:olds"
+
+    def verdict(self, claim: bytes) -> str:
+        return f"sc:{self.tag}:verdict:{claim.hex()}"
 
 
 def registry_value(key: PartitionKey) -> str:

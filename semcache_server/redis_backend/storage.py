@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ from semcache_server.entries import COUNTERS, PartitionStatsView, StatsView, Sto
 from semcache_server.errors import ConfigError, SemcacheError
 from semcache_server.group_commit import StoreJob
 from semcache_server.key_fingerprint import NO_FILTER, CandidateFilter, record_exact_suffix
+from semcache_server.lookup_ids import new_key
 from semcache_server.partition import PartitionKey
 from semcache_server.redis_backend.connection import connect, parse_backend, redact, redis_errors, warn_about_eviction_policy
 from semcache_server.redis_backend.counters import PendingCounters, record_from_hash
@@ -74,6 +76,7 @@ class RedisStorage:
             self.client.close()
             raise
         self.namespace_thresholds: Mapping[str, float] = json.loads(meta.get(b"namespace_thresholds", b"{}"))
+        self.lookup_id_key = bytes.fromhex(meta[b"lookup_id_key"].decode())
         self.calibrations: Mapping[str, str] = {
             name.decode()[len(_CALIBRATION):]: value.decode()
             for name, value in meta.items() if name.startswith(_CALIBRATION.encode())
@@ -98,6 +101,7 @@ class RedisStorage:
             self.client.hsetnx(META, "format", FORMAT)
             self.client.hsetnx(META, "dimension", str(dimension))
             self.client.hsetnx(META, "embedding_model", embedding_model)
+            self.client.hsetnx(META, "lookup_id_key", new_key().hex())  # the first frontend's; all share it
             meta = self.client.hgetall(META)
         stored = (meta[b"embedding_model"].decode(), int(meta[b"dimension"]))
         if meta[b"format"] != FORMAT.encode() or stored != (embedding_model, dimension):
@@ -243,6 +247,11 @@ class RedisStorage:
     def save_calibration(self, namespace: str, data: str) -> None:
         with redis_errors("saves a calibration"):
             self.client.hset(META, _CALIBRATION + namespace, data)
+
+    def claim_verdict(self, key: PartitionKey, claim: bytes, expires_at: float) -> bool:
+        ttl_seconds = max(1, math.ceil(expires_at - self._clock()))
+        with redis_errors("claims a verdict"):
+            return bool(self.client.set(PartitionKeys.of(key).verdict(claim), b"", nx=True, ex=ttl_seconds))
 
     # -- reporting and upkeep ---------------------------------------------------------------
 

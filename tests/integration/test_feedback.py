@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from semcache_server.feedback import wilson_interval
+from semcache_server.lookup_ids import MAX_CHARS
 from tests.helpers import status_of, unit_vector, vector_at_similarity
 
 APP = {"namespace": "app", "model": "m"}
@@ -23,7 +24,7 @@ def test_every_lookup_has_its_own_id(served):
     client.store(APP, "q", "a", embedding=unit_vector(1))
     ids = {client.lookup(APP, "q", embedding=unit_vector(1)).lookup_id for _ in range(5)}
     ids.add(client.lookup(APP, "other", embedding=unit_vector(2)).lookup_id)
-    assert len(ids) == 6 and all(len(i) == 24 for i in ids)
+    assert len(ids) == 6 and all(0 < len(i) <= MAX_CHARS and i.isascii() for i in ids)  # signed: see lookup_ids.py
 
 
 def test_a_wrong_verdict_stops_the_match_for_that_question_and_farther_ones(served):
@@ -99,12 +100,65 @@ def test_bad_feedback_is_a_clear_status(make_server):
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
 
 
-def test_the_lookup_log_keeps_only_the_newest_feedback_log_entries(make_server):
-    _, client = make_server(embedder=None, feedback_log_entries=2)
-    client.store(APP, "q", "a", embedding=unit_vector(16))
-    oldest, *newer = [client.lookup(APP, "q", embedding=unit_vector(16)).lookup_id for _ in range(3)]
-    assert status_of(lambda: client.feedback(APP, oldest, correct=True)) == grpc.StatusCode.NOT_FOUND
+def test_past_the_newest_feedback_log_entries_a_hit_still_counts_but_a_miss_cannot_alias(make_server):
+    _, client = make_server(embedder=None, feedback_log_entries=2, min_similarity=0.9)
+    stored = client.store(APP, "q", "a", embedding=unit_vector(16))
+    oldest_miss = client.lookup(APP, "missed", embedding=unit_vector(17)).lookup_id
+    oldest_hit, *newer = [client.lookup(APP, "q", embedding=unit_vector(16)).lookup_id for _ in range(3)]
+    # An alias needs the missed query's text and key, which only the log keeps; the
+    # verdict is refused before it is counted.
+    alias = lambda: client.feedback(APP, oldest_miss, True, should_match_entry_id=stored.entry_id)  # noqa: E731
+    assert status_of(alias) == grpc.StatusCode.FAILED_PRECONDITION
+    assert client.feedback(APP, oldest_miss, correct=True).counted
+    # What a hit served is in its signed id: the verdict counts, once.
+    assert client.feedback(APP, oldest_hit, correct=True).counted
+    assert not client.feedback(APP, oldest_hit, correct=True).counted
     assert all(client.feedback(APP, lookup_id, correct=True).counted for lookup_id in newer)
+    assert client.stats().verdicts_correct == 3
+
+
+def test_a_forged_or_misplaced_lookup_id_is_not_found(make_server):
+    _, client = make_server(embedder=None, feedback_log_entries=1, min_similarity=0.9)
+    client.store(APP, "q", "a", embedding=unit_vector(18))
+    lookup_id = client.lookup(APP, "q", embedding=unit_vector(18)).lookup_id
+    client.lookup(APP, "q", embedding=unit_vector(18))  # pushes the first out of the log
+    flipped = lookup_id[:30] + ("A" if lookup_id[30] != "A" else "B") + lookup_id[31:]
+    for bad in (flipped, lookup_id[:-2], lookup_id + "AAAA", "\u00e9" * 40, "x" * 10_000):
+        assert status_of(lambda b=bad: client.feedback(APP, b, correct=False)) == grpc.StatusCode.NOT_FOUND
+    other_model = {"namespace": "app", "model": "another"}
+    assert status_of(lambda: client.feedback(other_model, lookup_id, correct=False)) == grpc.StatusCode.NOT_FOUND
+    assert client.feedback(APP, lookup_id, correct=False).vetoed
+
+
+def test_a_lookup_id_expires_after_feedback_log_seconds(make_server):
+    now = [1_000_000.0]
+    _, client = make_server(embedder=None, clock=lambda: now[0], feedback_log_seconds=60, min_similarity=0.9)
+    client.store(APP, "q", "a", embedding=unit_vector(19))
+    lookup_ids = [client.lookup(APP, "q", embedding=unit_vector(19)).lookup_id for _ in range(2)]
+    now[0] += 59
+    assert client.feedback(APP, lookup_ids[0], correct=True).counted
+    now[0] += 2
+    assert status_of(lambda: client.feedback(APP, lookup_ids[1], correct=True)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_verdict_after_a_restart_counts_once_and_vetoes(make_server):
+    server, client = make_server(embedder=None, min_similarity=0.9)
+    base = unit_vector(20)
+    client.store(APP, "q", "a", embedding=base)
+    near = vector_at_similarity(base, 0.95, seed=21)
+    wrong = client.lookup(APP, "wrong one", embedding=near)
+    judged = client.lookup(APP, "q", embedding=base)
+    assert wrong.hit and client.feedback(APP, judged.lookup_id, correct=True).counted
+    for _ in range(2):
+        client.close()
+        server.stop(grace_seconds=1)
+        server, client = make_server(embedder=None, min_similarity=0.9)
+        assert not client.feedback(APP, judged.lookup_id, correct=True).counted  # counted before the restart
+    assert client.feedback(APP, wrong.lookup_id, correct=False).vetoed
+    assert not client.feedback(APP, wrong.lookup_id, correct=False).counted
+    assert not client.lookup(APP, "wrong one", embedding=near).hit
+    assert (client.stats().verdicts_correct, client.stats().verdicts_wrong) == (1, 1)
+    assert server.cache.check_consistency() == []
 
 
 def test_verdicts_and_vetoes_survive_a_restart(make_server):

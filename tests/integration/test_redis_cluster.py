@@ -114,6 +114,20 @@ def test_a_namespace_threshold_set_on_one_frontend_holds_on_every_frontend(front
     assert b.lookup(ns, "in other words", embedding=probe).threshold == pytest.approx(0.97)
 
 
+def test_a_verdict_on_a_lookup_of_one_frontend_counts_once_on_any(frontend, ns):
+    a, b = frontend(), frontend()
+    base = unit_vector(32)
+    a.store(ns, "stored", "r", embedding=base)
+    near = vector_at_similarity(base, 0.95, 3)
+    served = a.lookup(ns, "in other words", embedding=near)
+    assert served.hit
+    reply = b.feedback(ns, served.lookup_id, correct=False)  # b never saw this Lookup: the signed id says it
+    assert reply.counted and reply.vetoed
+    assert not a.feedback(ns, served.lookup_id, correct=False).counted  # claimed once, cluster-wide
+    _wait_for(lambda: not a.lookup(ns, "in other words", embedding=near).hit, timeout_seconds=5.0)
+    assert not b.lookup(ns, "in other words", embedding=near).hit
+
+
 def test_partitions_stay_apart_across_frontends(frontend, ns):
     a, b = frontend(), frontend()
     vector = unit_vector(3)
