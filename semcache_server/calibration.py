@@ -1,9 +1,9 @@
 """Thresholds held to max_false_hit_rate by audits of live traffic (issue 19).
 
 The evidence is a uniform sample that the server draws itself: a Lookup that asks for
-audits (`audit_rate`) and whose best semantic candidate reaches the namespace's floor
-(its threshold less `adaptive_max_loosening`) is marked for audit with that
-probability. The caller judges a marked one: for a hit, was the served answer right;
+audits (`audit_rate`) and that was a semantic hit, or whose best semantic candidate
+reaches the namespace's floor (its threshold less `adaptive_max_loosening`), is marked
+for audit with that probability. The caller judges a marked one: for a hit, was the served answer right;
 for a near miss (a best candidate between the floor and the threshold), would that
 candidate's answer have been right (the caller computed a fresh one anyway). Verdicts
 on unmarked Lookups (complaints) veto entries but are not in this sample, since they
@@ -12,9 +12,11 @@ are not a random one.
 From the newest `adaptive_window` audits of a namespace (each with the cosine it was,
 or would have been, served at) and the share of its Lookups that reached the floor:
 
-    false hits per Lookup at threshold t = eligible share * P(cosine >= t and wrong)
+    false hits per Lookup at threshold t = eligible share * P(served at t and wrong)
 
-with P bounded above by the one-sided 95% Wilson bound. The threshold in force is the
+where an audit is served at t when its cosine is at least t, or when the verifier served
+it (a hit from the gray band under the threshold does not depend on the threshold: at
+every t it counts), with P bounded above by the one-sided 95% Wilson bound. The threshold in force is the
 lowest t (on a 0.005 grid, never under the floor) whose bound is at most
 max_false_hit_rate, once `adaptive_min_audits` audits are in. Where no t is certified,
 loosening waits: the threshold is the configured one, or higher where the audits' point
@@ -66,6 +68,7 @@ class Audit:
     wrong: bool
     lookups_before: int  # the namespace's counted Lookups when this audit was drawn
     eligible_before: int
+    verified: bool = False  # a hit the verifier served: wrong at every threshold
 
 
 @dataclasses.dataclass
@@ -87,12 +90,13 @@ class NamespaceEvidence:
     def bounds(self, thresholds: Sequence[float]) -> list[tuple[float, float]]:
         """bound_at of each threshold, from one sorted pass over the audits (a Lookup pays
         for this after each new audit, so not once per threshold)."""
-        wrong = sorted(a.similarity for a in self.audits if a.wrong)
+        wrong = sorted(a.similarity for a in self.audits if a.wrong and not a.verified)
+        wrong_verified = sum(a.wrong and a.verified for a in self.audits)
         share = self.eligible_share()
         n = len(self.audits)
         out = []
         for threshold in thresholds:
-            at_or_over = len(wrong) - bisect.bisect_left(wrong, threshold)
+            at_or_over = len(wrong) - bisect.bisect_left(wrong, threshold) + wrong_verified
             out.append((share * at_or_over / n, share * wilson_upper(at_or_over, n)))
         return out
 
@@ -149,20 +153,28 @@ class Calibration:
             self._thresholds[namespace] = (configured, adapted)
         return adapted
 
-    def sample(self, namespace: str, audit_rate: float, best_similarity: float | None, configured: float) -> bool:
-        """Count a Lookup that asked for audits; True when it is drawn for one."""
-        eligible = best_similarity is not None and best_similarity >= self.floor(namespace, configured)
+    def sample(
+        self, namespace: str, audit_rate: float, best_similarity: float | None, configured: float, *, hit: bool = False,
+    ) -> bool:
+        """Count a Lookup that asked for audits; True when it is drawn for one. hit: it
+        served a semantic hit (eligible wherever its cosine was: the verifier may serve
+        under the floor)."""
+        eligible = hit or (best_similarity is not None and best_similarity >= self.floor(namespace, configured))
         with self._lock:
             evidence = self._evidence.setdefault(namespace, NamespaceEvidence())
             evidence.lookups += 1
             evidence.eligible += eligible
         return eligible and self.rng.random() < audit_rate
 
-    def add(self, namespace: str, similarity: float, wrong: bool, lookups_before: int, eligible_before: int) -> None:
-        """An audit's verdict; the threshold is worked out again and the sample persisted."""
+    def add(
+        self, namespace: str, similarity: float, wrong: bool, lookups_before: int, eligible_before: int,
+        verified: bool = False,
+    ) -> None:
+        """An audit's verdict (verified: on a hit the verifier served); the threshold is
+        worked out again and the sample persisted."""
         with self._lock:
             evidence = self._evidence.setdefault(namespace, NamespaceEvidence())
-            evidence.audits.append(Audit(similarity, wrong, lookups_before, eligible_before))
+            evidence.audits.append(Audit(similarity, wrong, lookups_before, eligible_before, verified))
             evidence.audits_total += 1
             while len(evidence.audits) > self._window(namespace):
                 evidence.audits.popleft()
@@ -233,20 +245,27 @@ def _grid(floor: float) -> list[float]:
 def _dump(evidence: NamespaceEvidence) -> str:
     return json.dumps({
         "lookups": evidence.lookups, "eligible": evidence.eligible, "audits_total": evidence.audits_total,
-        "audits": [[round(a.similarity, 6), int(a.wrong), a.lookups_before, a.eligible_before] for a in evidence.audits],
+        "audits": [[round(a.similarity, 6), int(a.wrong), a.lookups_before, a.eligible_before, int(a.verified)]
+                   for a in evidence.audits],
     })
 
 
 def parse_calibration(data: str, window: int) -> NamespaceEvidence:
-    """A persisted sample (as _dump wrote it); ValueError if it is not one."""
+    """A persisted sample (as _dump wrote it, or before audits said `verified`: four
+    fields); ValueError if it is not one."""
     try:
         raw: Any = json.loads(data)
-        audits = collections.deque(
-            (Audit(float(s), bool(w), int(n), int(e)) for s, w, n, e in raw["audits"]), maxlen=None,
-        )
+        audits = collections.deque((_audit(fields) for fields in raw["audits"]), maxlen=None)
         evidence = NamespaceEvidence(int(raw["lookups"]), int(raw["eligible"]), int(raw["audits_total"]), audits)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a calibration record: {e}") from None
     while len(evidence.audits) > window:
         evidence.audits.popleft()
     return evidence
+
+
+def _audit(fields: Any) -> Audit:
+    if len(fields) not in (4, 5):
+        raise ValueError(f"an audit has 4 or 5 fields, not {len(fields)}")
+    similarity, wrong, lookups_before, eligible_before, *verified = fields
+    return Audit(float(similarity), bool(wrong), int(lookups_before), int(eligible_before), bool(verified and verified[0]))

@@ -70,6 +70,7 @@ class LoggedLookup:
     # and the entry whose answer is judged (the served one, or a miss's best candidate).
     audit_counts: tuple[int, int] | None = None
     audit_entry_id: int = 0
+    audit_verified: bool = False  # the audited hit was served by the verifier
     from_id: bool = False  # read from a signed lookup id (no query, vector or key), not the log
 
 

@@ -32,7 +32,7 @@ from semcache_server.partition import PartitionKey
 VERSION = 1
 KEY_BYTES = 32
 MAC_BYTES = 16
-_HIT, _AUDITED, _HAS_QUESTION = 1, 2, 4
+_HIT, _AUDITED, _HAS_QUESTION, _VERIFIED = 1, 2, 4, 8
 _CORE = struct.Struct("<BB8sIQf16s8s")
 _AUDIT = struct.Struct("<IIQ")
 # The longest lookup_id this module writes, in characters (longer ones are not read).
@@ -54,6 +54,7 @@ class LookupIds:
     def issue(self, lookup: LoggedLookup) -> str:
         flags = (_HIT if lookup.entry_id else 0) | (_AUDITED if lookup.audit_counts is not None else 0)
         flags |= _HAS_QUESTION if lookup.digest else 0
+        flags |= _VERIFIED if lookup.audit_verified else 0
         payload = _CORE.pack(
             VERSION, flags, lookup.key.digest()[:8], int(self._clock()) & 0xFFFFFFFF, lookup.entry_id,
             lookup.similarity, lookup.digest.ljust(16, b"\0")[:16], secrets.token_bytes(8),
@@ -78,7 +79,8 @@ class LookupIds:
             return None
         version, flags, digest, issued_at, entry_id, similarity, question, _ = _CORE.unpack_from(payload)
         audited = len(payload) > _CORE.size
-        if version != VERSION or bool(flags & _AUDITED) != audited or bool(flags & _HIT) != bool(entry_id):
+        if (version != VERSION or bool(flags & _AUDITED) != audited or bool(flags & _HIT) != bool(entry_id)
+                or bool(flags & _VERIFIED) > (audited and bool(entry_id))):
             return None
         age_seconds = self._clock() - issued_at
         if not -60 <= age_seconds <= self.max_age_seconds or digest != key.digest()[:8]:
@@ -90,7 +92,7 @@ class LookupIds:
         lookup = LoggedLookup(
             key, "", question if flags & _HAS_QUESTION else b"", entry_id, similarity, b"", None,
             float(issued_at), audit_counts=audit_counts, audit_entry_id=audit_entry_id,
-            from_id=True,
+            audit_verified=bool(flags & _VERIFIED), from_id=True,
         )
         return lookup, mac, issued_at + self.max_age_seconds
 

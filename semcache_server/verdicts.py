@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from semcache_server.calibration import SAME_ANSWER_SIMILARITY, Calibration
+from semcache_server.decision import VERIFIER
 from semcache_server.entries import FeedbackResult, LookupResult, format_entry_id
 from semcache_server.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError, StorageFullError
 from semcache_server.feedback import LoggedLookup, LookupLog, RateLimit, key_bytes, veto
@@ -70,7 +71,7 @@ class Verdicts:
         if audit_rate > 0 and not result.exact:
             counts = self._calibration.counts(key.namespace)
             configured = configured_threshold(key.namespace)
-            if self._calibration.sample(key.namespace, audit_rate, result.similarity, configured):
+            if self._calibration.sample(key.namespace, audit_rate, result.similarity, configured, hit=result.hit):
                 audit_counts = counts
         # What an alias of a miss needs: the vector where no model can recompute it, and the key.
         kept_vector = request.vector if miss and not self._has_model else None
@@ -80,6 +81,7 @@ class Verdicts:
             b"" if kept_vector is None else kept_vector.tobytes(),
             parts if keep_key else None, self._clock(), audit_counts=audit_counts,
             audit_entry_id=_judged_entry_id(result, audit_counts is not None),
+            audit_verified=audit_counts is not None and result.hit and result.decided_by == VERIFIER,
         )
         lookup_id = self._ids.issue(logged)
         self.log_of_lookups.add(lookup_id, logged)
@@ -117,7 +119,9 @@ class Verdicts:
         if claim is not None and not self._storage.claim_verdict(logged.key, *claim):  # counted before a restart
             return FeedbackResult(counted=False)
         if logged.audit_counts is not None:  # for a near miss: would its best candidate have been right?
-            self._calibration.add(key.namespace, logged.similarity, not correct, *logged.audit_counts)
+            self._calibration.add(
+                key.namespace, logged.similarity, not correct, *logged.audit_counts, verified=logged.audit_verified,
+            )
             if not logged.entry_id and not should_match_entry_id:
                 return FeedbackResult(counted=True)
         if logged.entry_id:  # a hit

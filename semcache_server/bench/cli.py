@@ -98,6 +98,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
 
 def _feedback(args: argparse.Namespace) -> dict:
     from semcache_server.bench.feedback_replay import feedback_result
+    from semcache_server.bench.targets import default_verifier
     from semcache_server.embedder import load_embedder
 
     if (args.mode or datasets.detect_mode(args.dataset)) != datasets.REPLAY:
@@ -107,6 +108,7 @@ def _feedback(args: argparse.Namespace) -> dict:
     vectors = accuracy.embed_all(embedder, [q.text for q in queries])
     return feedback_result(
         embedder, queries, vectors, rate=args.feedback_rate, max_false_hit_rate=args.target_false_hit_rate, seed=args.seed,
+        verifier=default_verifier(),
     )
 
 

@@ -1,7 +1,8 @@
 """`semcache bench accuracy REPLAY --feedback-rate R`: the audit loop on a labeled stream.
 
 A fresh in-process cache with the server's default settings (max_false_hit_rate as
-given) replays the stream: every Lookup asks for audits at rate R, and the data set's
+given, the verifier the caller passes: the CLI passes the server's default) replays the
+stream: every Lookup asks for audits at rate R, and the data set's
 labels judge each drawn one (a hit: was the served answer right; a miss: would its best
 candidate's have been). Figures:
 
@@ -30,6 +31,7 @@ from semcache_server.cache import SemanticCache
 from semcache_server.embedder import Embedder
 from semcache_server.partition import PartitionKey
 from semcache_server.settings import Settings
+from semcache_server.verifier.model import Verifier
 
 KEY = PartitionKey("bench", "bench", "feedback")
 STATIC_THRESHOLDS = tuple(round(0.85 + 0.01 * i, 2) for i in range(15))
@@ -51,17 +53,18 @@ class Halves:
 
 def replay_with_feedback(
     embedder: Embedder | None, queries: Sequence[Query], vectors: dict[str, np.ndarray], *, rate: float,
-    max_false_hit_rate: float, poison: bool = False, seed: int = 0, dimension: int = 0,
+    max_false_hit_rate: float, poison: bool = False, seed: int = 0, dimension: int = 0, verifier: Verifier | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="semcache-bench-feedback-") as data_dir:
         settings = Settings(
             data_dir=data_dir, sync_writes=False, max_false_hit_rate=max_false_hit_rate,
             embedding_model="" if embedder is not None else "none", embedding_dimension=dimension,
         )
-        cache = SemanticCache(settings, embedder)
+        cache = SemanticCache(settings, embedder, verifier=verifier)
         cache.thresholds.calibration.rng = random.Random(seed)
         try:
-            return _replay(cache, queries, vectors, rate, poison)
+            name = verifier.name if verifier is not None else "none"
+            return {"verifier": name, **_replay(cache, queries, vectors, rate, poison)}
         finally:
             cache.close()
 
@@ -132,12 +135,13 @@ def _settle(checkpoints: list[dict[str, Any]], wrong_by_lookup: list[bool]) -> N
 def static_second_halves(
     embedder: Embedder | None, queries: Sequence[Query], vectors: dict[str, np.ndarray], dimension: int = 0,
 ) -> list[dict[str, float]]:
-    """Each static threshold of STATIC_THRESHOLDS replayed on the same stream (no audits)."""
+    """Each static threshold of STATIC_THRESHOLDS replayed on the same stream: cosine
+    alone (no verifier, no audits), the hand-picked threshold the loop is measured against."""
     rows = []
     for threshold in STATIC_THRESHOLDS:
         with tempfile.TemporaryDirectory(prefix="semcache-bench-static-") as data_dir:
             settings = Settings(data_dir=data_dir, sync_writes=False, embedding_model="" if embedder else "none",
-                                embedding_dimension=dimension)
+                                embedding_dimension=dimension, verifier="none")
             cache = SemanticCache(settings, embedder)
             second = Halves()
             try:
@@ -162,13 +166,14 @@ def best_static(rows: Sequence[dict[str, float]], false_hit_rate: float) -> dict
 
 def feedback_result(
     embedder: Embedder | None, queries: Sequence[Query], vectors: dict[str, np.ndarray], *, rate: float,
-    max_false_hit_rate: float, seed: int = 0, dimension: int = 0,
+    max_false_hit_rate: float, seed: int = 0, dimension: int = 0, verifier: Verifier | None = None,
 ) -> dict[str, Any]:
-    """The JSON's "feedback" object."""
+    """The JSON's "feedback" object. verifier: the loop's (the server's default when the
+    caller passes that one); the static rows are cosine alone."""
     honest = replay_with_feedback(embedder, queries, vectors, rate=rate, max_false_hit_rate=max_false_hit_rate,
-                                  seed=seed, dimension=dimension)
+                                  seed=seed, dimension=dimension, verifier=verifier)
     poisoned = replay_with_feedback(embedder, queries, vectors, rate=rate, max_false_hit_rate=max_false_hit_rate,
-                                    poison=True, seed=seed, dimension=dimension)
+                                    poison=True, seed=seed, dimension=dimension, verifier=verifier)
     static = static_second_halves(embedder, queries, vectors, dimension)
     served = honest["second_half"]["false_hit_rate"]
     same_rate = best_static(static, served)
@@ -176,6 +181,7 @@ def feedback_result(
     return {
         "rate": rate,
         "max_false_hit_rate": max_false_hit_rate,
+        "verifier": honest["verifier"],
         **{k: v for k, v in honest.items() if k != "checkpoints"},
         "static_at_same_false_hit_rate": same_rate,
         "static_at_target": at_target,

@@ -185,7 +185,7 @@ def test_accuracy_feedback_rate_adds_the_feedback_figures(tmp_path):
     out = tmp_path / "r.json"
     assert main(["bench", "accuracy", str(data), "--thresholds", "0.9", "--feedback-rate", "1", "--json", str(out)]) == 0
     feedback = json.loads(out.read_text())["feedback"]
-    assert feedback["rate"] == 1.0 and feedback["max_false_hit_rate"] == 0.01
+    assert feedback["rate"] == 1.0 and feedback["max_false_hit_rate"] == 0.01 and feedback["verifier"]
     assert set(feedback["second_half"]) >= {"hit_rate", "false_hit_rate"} and feedback["second_half"]["lookups"] == 3
     assert feedback["poisoned"]["second_half"]["lookups"] == 3 and len(feedback["static"]) == 15
     with pytest.raises(SystemExit):

@@ -210,3 +210,24 @@ def test_bench_tune_with_a_verifier_fits_the_band_too(tmp_path, tiny_verifier, c
     assert '[namespaces."bank"]' in printed and f"min_similarity = {chosen['threshold']}" in printed
     if chosen["verifier_band_low"] is not None:
         assert f"verifier_min_score = {chosen['verifier_min_score']}" in printed
+
+
+def test_hits_the_verifier_serves_under_the_floor_are_audited_and_counted(make_server, tiny_verifier):
+    # The band reaches under the audit floor (0.92 less 0.04): its hits are served answers
+    # like any other, so they are drawn for audits, and their wrong ones count in the
+    # estimate at every threshold (no threshold takes the band's answers away).
+    out, _ = tiny_verifier
+    _, client = make_server(
+        embedder=None, verifier=str(out), min_similarity=0.92, verifier_band_low=0.8, verifier_min_score=0.0,
+        max_false_hit_rate=0.05, adaptive_min_audits=30, adaptive_max_loosening=0.04,
+    )
+    for seed in range(40):
+        base = unit_vector(7000 + seed)
+        client.store(P, f"question {seed}", f"answer {seed}", embedding=base)
+        found = _lookup(client, f"another question {seed}", vector_at_similarity(base, 0.82, seed), audit_rate=1.0)
+        assert found.hit and found.decided_by == "verifier" and found.audit
+        client.feedback(P, found.lookup_id, correct=seed % 4 != 0)  # one in four served wrongly
+    report = next(c for c in client.stats().calibrations if c.namespace == "shop")
+    assert report.audits == 40 and report.wrong_audits == 10
+    assert report.false_hit_rate == pytest.approx(0.25, abs=1e-6)  # every Lookup was a hit: 10 of 40 wrong
+    assert report.threshold >= 0.92  # nothing certified under 5%: it does not loosen

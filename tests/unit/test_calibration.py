@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import pytest
+
 from semcache_server.calibration import Calibration, parse_calibration, wilson_upper
 from semcache_server.settings import NamespaceSettings, Settings
 
@@ -97,3 +99,37 @@ def test_the_audits_persist_and_come_back():
 def test_a_damaged_record_is_set_aside_not_fatal():
     calibration, _ = _calibration(recovered={"ns": "{not json"})
     assert calibration.threshold("ns", CONFIGURED) == CONFIGURED
+
+
+def test_a_wrong_hit_the_verifier_served_counts_at_every_threshold():
+    # The gray band decides under the threshold whatever the threshold is: no threshold
+    # can make its wrong answers go away, so the estimate counts them at each.
+    calibration, _ = _calibration()
+    for _ in range(300):
+        before = calibration.counts("ns")
+        assert calibration.sample("ns", 1.0, 0.80, CONFIGURED, hit=True)  # a hit under the floor is eligible
+        calibration.add("ns", 0.80, False, *before, verified=True)
+    for _ in range(30):
+        before = calibration.counts("ns")
+        assert calibration.sample("ns", 1.0, 0.80, CONFIGURED, hit=True)
+        calibration.add("ns", 0.80, True, *before, verified=True)
+    report = calibration.report(lambda namespace: CONFIGURED, None)[0]
+    assert report.false_hit_rate > 0.05  # 30 of 330, at whatever threshold is in force
+    assert calibration.threshold("ns", CONFIGURED) > CONFIGURED  # nothing certified: it tightens, never loosens
+    # The same audits, not served by the verifier, are under every threshold of the grid.
+    plain, _ = _calibration()
+    _feed(plain, [(0.80, False)] * 300 + [(0.80, True)] * 30)
+    assert plain.counts("ns") == (330, 0)
+
+
+def test_an_audit_record_written_before_the_verified_field_still_reads():
+    old = '{"lookups": 3, "eligible": 2, "audits_total": 2, "audits": [[0.9, 1, 0, 0], [0.95, 0, 1, 1]]}'
+    evidence = parse_calibration(old, window=10)
+    assert [(a.similarity, a.wrong, a.verified) for a in evidence.audits] == [(0.9, True, False), (0.95, False, False)]
+    calibration, persisted = _calibration()
+    calibration.add("ns", 0.8, True, 0, 0, verified=True)
+    calibration.flush()
+    assert parse_calibration(persisted["ns"], window=10).audits[0].verified is True
+    for bad in ('[[0.9, 1, 0]]', '[[0.9, 1, 0, 0, 1, 1]]'):
+        with pytest.raises(ValueError):
+            parse_calibration('{"lookups": 1, "eligible": 1, "audits_total": 1, "audits": ' + bad + '}', window=10)

@@ -17,14 +17,16 @@ def _lookup(entry_id: int = 7, audit: tuple[int, int] | None = None, digest: byt
 def test_an_id_carries_what_a_hit_or_an_audit_served():
     now = [1_000_000.0]
     ids = LookupIds(new_key(), 3600, clock=lambda: now[0])
-    for lookup in (_lookup(), _lookup(entry_id=0, audit=(120, 80)), _lookup(digest=b"")):
+    verified = _lookup(audit=(5, 5))
+    verified.audit_verified = True  # an audited hit the verifier served
+    for lookup in (_lookup(), _lookup(entry_id=0, audit=(120, 80)), _lookup(digest=b""), verified):
         lookup_id = ids.issue(lookup)
         assert len(lookup_id) <= MAX_CHARS
         read = ids.read(lookup_id, KEY)
         assert read is not None
         got, mac, expires_at = read
-        assert (got.key, got.entry_id, got.digest, got.audit_counts, got.audit_entry_id) == (
-            KEY, lookup.entry_id, lookup.digest, lookup.audit_counts, lookup.audit_entry_id,
+        assert (got.key, got.entry_id, got.digest, got.audit_counts, got.audit_entry_id, got.audit_verified) == (
+            KEY, lookup.entry_id, lookup.digest, lookup.audit_counts, lookup.audit_entry_id, lookup.audit_verified,
         )
         assert abs(got.similarity - 0.93) < 1e-6 and got.from_id and got.query == "" and got.request_key is None
         assert len(mac) == 16 and expires_at == 1_000_000 + 3600
