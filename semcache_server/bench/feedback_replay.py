@@ -74,6 +74,7 @@ def _replay(
 ) -> dict[str, Any]:
     second = Halves()
     wrong_by_lookup: list[bool] = []
+    hit_by_lookup: list[bool] = []
     checkpoints: list[dict[str, Any]] = []
     hit_verdicts = miss_verdicts = hits = 0
     every = max(1, len(queries) // CHECKPOINTS)
@@ -81,6 +82,7 @@ def _replay(
         found = cache.lookup(KEY, query.text, embedding=vectors[query.text], audit_rate=rate)
         wrong = found.hit and found.response.decode("utf-8") != query.answer_key
         wrong_by_lookup.append(wrong)
+        hit_by_lookup.append(found.hit)
         hits += found.hit
         if i >= len(queries) // 2:
             second.lookups += 1
@@ -94,7 +96,7 @@ def _replay(
             hit_verdicts += found.hit
             miss_verdicts += not found.hit
         if (i + 1) % every == 0:
-            checkpoints.append(_checkpoint(cache, i + 1, wrong_by_lookup))
+            checkpoints.append(_checkpoint(cache, i + 1, wrong_by_lookup, hit_by_lookup, every))
     _settle(checkpoints, wrong_by_lookup)
     covered = [c["covered"] for c in checkpoints if c["covered"] is not None]
     return {
@@ -111,11 +113,19 @@ def _replay(
     }
 
 
-def _checkpoint(cache: SemanticCache, lookups: int, wrong_by_lookup: list[bool]) -> dict[str, Any]:
-    """The threshold in force and what the server says of it; "realized" is filled in at
-    the next checkpoint: the false-hit rate actually served until then."""
+def _checkpoint(
+    cache: SemanticCache, lookups: int, wrong_by_lookup: list[bool], hit_by_lookup: list[bool], window: int,
+) -> dict[str, Any]:
+    """The threshold in force and what the server says of it, and the hit and false-hit
+    rates served over the `window` Lookups up to here; "realized" is filled in at the
+    next checkpoint: the false-hit rate actually served until then."""
     report = next((c for c in cache.calibrations() if c.namespace == KEY.namespace), None)
-    point: dict[str, Any] = {"lookups": lookups, "threshold": round(cache.thresholds.in_force(KEY.namespace), 4)}
+    served = slice(max(0, lookups - window), lookups)
+    point: dict[str, Any] = {
+        "lookups": lookups, "threshold": round(cache.thresholds.in_force(KEY.namespace), 4),
+        "window_hit_rate": round(sum(hit_by_lookup[served]) / window, 5),
+        "window_false_hit_rate": round(sum(wrong_by_lookup[served]) / window, 5),
+    }
     if report is None or report.audits < cache.settings.adaptive_min_audits:
         return {**point, "estimate": None, "upper": None, "realized": None, "covered": None}
     return {**point, "estimate": round(report.false_hit_rate, 5), "upper": round(report.false_hit_rate_upper, 5),

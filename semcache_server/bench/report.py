@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from semcache_server.bench.accuracy import Point, recommend
 
@@ -115,8 +116,10 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict, path: str | Path) -> None:
-    """Rates against threshold, and hit rate against false-hit rate. Without matplotlib:
-    SystemExit naming the extra to install (callers write the JSON first)."""
+    """Rates against threshold, and hit rate against false-hit rate; with --feedback-rate,
+    a second row: the loop's rates over the stream, and its estimate and bound against
+    the rate it then served. Without matplotlib: SystemExit naming the extra to install
+    (callers write the JSON first)."""
     try:
         import matplotlib
     except ImportError:
@@ -132,7 +135,9 @@ def plot(result: dict, path: str | Path) -> None:
     thresholds = [p["threshold"] for p in sweep]
     hit = [p["hit_rate"] for p in sweep]
     false_hit = [p["false_hit_rate"] for p in sweep]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    feedback = result.get("feedback")
+    fig, axes = plt.subplots(2 if feedback else 1, 2, figsize=(11, 8.4 if feedback else 4.2), squeeze=False)
+    left, right = axes[0]
     left.plot(thresholds, hit, marker=".", label="hit rate")
     left.plot(thresholds, false_hit, marker=".", label="false-hit rate")
     left.axhline(result["target_false_hit_rate"], color="grey", linestyle=":", label="target false-hit rate")
@@ -149,10 +154,38 @@ def plot(result: dict, path: str | Path) -> None:
     right.set_ylabel("hit rate")
     right.legend()
     right.grid(alpha=0.3)
+    if feedback:
+        _plot_feedback(feedback, *axes[1])
     fig.suptitle(f"{result['dataset']} ({result['mode']}, n={result['n']}, {result['model']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_feedback(feedback: dict, over_stream: Any, bound: Any) -> None:
+    """The audit loop: served rates per window of the stream; the server's estimate and
+    95% upper bound at each checkpoint against the rate served over the next window."""
+    points = feedback["checkpoints"]
+    lookups = [p["lookups"] for p in points]
+    over_stream.plot(lookups, [p["window_hit_rate"] for p in points], marker=".", label="hit rate")
+    over_stream.plot(lookups, [p["window_false_hit_rate"] for p in points], marker=".", label="false-hit rate")
+    over_stream.axhline(feedback["max_false_hit_rate"], color="grey", linestyle=":", label="max_false_hit_rate")
+    over_stream.set_xlabel("Lookups (the loop, per window)")
+    over_stream.set_ylabel("rate")
+    over_stream.legend()
+    over_stream.grid(alpha=0.3)
+    known = [p for p in points if p["upper"] is not None]
+    x = [p["lookups"] for p in known]
+    bound.plot(x, [p["estimate"] for p in known], marker=".", label="estimate")
+    bound.plot(x, [p["upper"] for p in known], marker=".", label="95% upper bound")
+    settled = [p for p in known if p["realized"] is not None]
+    bound.plot([p["lookups"] for p in settled], [p["realized"] for p in settled], marker="x", linestyle="",
+               label="served over the next window")
+    bound.axhline(feedback["max_false_hit_rate"], color="grey", linestyle=":")
+    bound.set_xlabel("Lookups")
+    bound.set_ylabel("false hits per Lookup")
+    bound.legend()
+    bound.grid(alpha=0.3)
 
 
 def feedback_summary(feedback: dict) -> str:

@@ -183,8 +183,13 @@ def test_accuracy_feedback_rate_adds_the_feedback_figures(tmp_path):
     ]
     data = write_jsonl(tmp_path / "tiny.replay.jsonl", stream)
     out = tmp_path / "r.json"
-    assert main(["bench", "accuracy", str(data), "--thresholds", "0.9", "--feedback-rate", "1", "--json", str(out)]) == 0
+    plot = tmp_path / "r.png"
+    assert main(["bench", "accuracy", str(data), "--thresholds", "0.9", "--feedback-rate", "1", "--json", str(out),
+                 "--plot", str(plot)]) == 0
+    assert plot.stat().st_size > 0  # with the loop's row: its rates over the stream, the bound against the truth
     feedback = json.loads(out.read_text())["feedback"]
+    assert [c["lookups"] for c in feedback["checkpoints"]] == [1, 2, 3, 4, 5, 6]
+    assert all(0 <= c["window_false_hit_rate"] <= c["window_hit_rate"] <= 1 for c in feedback["checkpoints"])
     assert feedback["rate"] == 1.0 and feedback["max_false_hit_rate"] == 0.01 and feedback["verifier"]
     assert set(feedback["second_half"]) >= {"hit_rate", "false_hit_rate"} and feedback["second_half"]["lookups"] == 3
     assert feedback["poisoned"]["second_half"]["lookups"] == 3 and len(feedback["static"]) == 15
