@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -51,8 +52,15 @@ class PartitionKey:
 
     def digest(self) -> bytes:
         """A fixed-size key for the LMDB name index (names can exceed LMDB's 511-byte keys)."""
-        names = json.dumps([self.namespace, self.model, self.version], ensure_ascii=False)
-        return hashlib.sha256(names.encode("utf-8", "surrogatepass")).digest()
+        return _digest(self.namespace, self.model, self.version)
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.model}/{self.version}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(namespace: str, model: str, version: str) -> bytes:
+    """PartitionKey.digest, remembered: each request builds its key anew, and a Lookup
+    needs the digest more than once (the name index, its lookup id)."""
+    names = json.dumps([namespace, model, version], ensure_ascii=False)
+    return hashlib.sha256(names.encode("utf-8", "surrogatepass")).digest()
