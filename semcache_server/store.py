@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 from semcache_server.data_dir import check_not_truncated, damaged_data_error, lock_data_dir, warn_if_map_exceeds_volume
 from semcache_server.errors import ConfigError, StorageFullError
 from semcache_server.key_fingerprint import record_exact_suffix
+from semcache_server.map_reserve import MapReserve
 from semcache_server.partition import PartitionKey
 from semcache_server.record_checksums import checksum_ok, encode_entry
 from semcache_server.v1.records_pb2 import EntryHits, EntryRecord, PartitionRecord
@@ -77,8 +78,6 @@ def _expiry_key(expires_at: float, entry_id: int) -> bytes:
     return pack_id(int(expires_at * 1000)) + pack_id(entry_id)
 
 
-
-
 class Store:
     """An LMDB environment with semcache's schema. Transactions are used from one thread each."""
 
@@ -112,6 +111,8 @@ class Store:
             self._exact = self._env.open_db(b"exact")
             self._by_partition = self._env.open_db(b"by_partition")
             self._expiry = self._env.open_db(b"expiry")
+            named = (self._meta, self._partitions, self._partition_names, self._entries, self._entry_hits)
+            self.reserve = MapReserve(self._env, (*named, self._exact, self._by_partition, self._expiry), max_map_bytes)
         except (OSError, lmdb.Error) as e:
             os.close(self._lock_fd)
             raise ConfigError(f"cannot open the LMDB store in data dir {str(path)!r}: {e}") from None
@@ -154,14 +155,17 @@ class Store:
         return self._env.begin(write=False)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
+    def write(self, *, keep_delete_reserve: bool = False) -> Iterator[lmdb.Transaction]:
         """A write transaction, committed (and fsynced, with sync_writes) on success.
         StorageFullError when the map is at max_map_bytes or the data volume is full:
         either way nothing of the transaction is stored, and evicting makes room
-        (LMDB reuses the pages it frees)."""
+        (LMDB reuses the pages it frees). keep_delete_reserve (Stores): also where the
+        transaction would eat into the pages deletes need (map_reserve.py)."""
         try:
             with self._env.begin(write=True) as txn:
                 yield txn
+                if keep_delete_reserve and self.reserve.would_break(txn):
+                    raise StorageFullError(_MAP_FULL)
         except lmdb.MapFullError:
             raise StorageFullError(_MAP_FULL) from None
         except lmdb.Error as e:

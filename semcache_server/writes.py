@@ -125,7 +125,7 @@ class Writer:
         new_partitions: dict[PartitionKey, LivePartition] = {}
         retired_ids: set[int] = set()
         try:
-            with self.store.write() as txn:
+            with self.store.write(keep_delete_reserve=True) as txn:
                 for job in batch:
                     try:
                         with self.store.nested(txn) as child:

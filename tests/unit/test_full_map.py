@@ -56,3 +56,33 @@ def test_a_flush_that_cannot_fit_keeps_its_counts_for_the_next_one(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="semcache"):
         cache.close()
     assert not any(r.exc_info for r in caplog.records)  # no traceback
+
+
+def test_a_map_that_stores_filled_can_still_be_evicted_from(tmp_path):
+    """LMDB copies every page a delete touches before it frees the old ones: a map that
+    Stores fill to its last page cannot delete anything, so eviction could never make room
+    again. Stores leave a reserve; an eviction's delete (1% of the entries, a few at least),
+    spread over the map and with a reader holding the snapshot it frees pages from, still
+    commits."""
+    from semcache_server.store import Store
+    from semcache_server.v1.records_pb2 import EntryRecord
+
+    store = Store(tmp_path / "data", max_map_bytes=1 << 20, sync_writes=False)
+    records = []
+    while True:
+        record = EntryRecord(partition_id=1, normalized_query=f"question number {len(records)}", response=b"x" * 600)
+        try:
+            with store.write(keep_delete_reserve=True) as txn:
+                store.put_entry(txn, len(records), record)
+        except StorageFullError:
+            break
+        records.append(record)
+    assert len(records) > 100
+    reader = store.read()  # a Lookup still reading: the pages this delete frees are not reusable yet
+    try:
+        with store.write() as txn:
+            for entry_id in range(0, len(records), len(records) // 16):  # a leaf page each, at least
+                store.delete_entry(txn, entry_id, records[entry_id])
+    finally:
+        reader.abort()
+        store.close()
