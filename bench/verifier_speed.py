@@ -1,6 +1,10 @@
 """The verifier's cost per Lookup: scoring 1 and 4 gray-band candidates, int8 on
 onnxruntime, on 1 and 2 threads (verifier_threads), p50 and p90 over 200 calls.
 
+"batching": what scoring concurrent Lookups' pairs in one model call would buy, as the
+embedder's batcher does for texts: pairs/s when 320 pairs of replay queries go N at a
+time (N = 1 ... 32), on one thread, the server's default.
+
     python bench/verifier_speed.py --verifier DIR [--json FILE] [--quick]
 
 --quick trains a tiny model first (its speed is the same as a real one's: same graph).
@@ -57,7 +61,23 @@ def main() -> None:
                 "p50_ms": round(statistics.median(seconds) * 1000, 2),
                 "p90_ms": round(seconds[int(len(seconds) * 0.9)] * 1000, 2),
             })
-    write_report({"verifier": str(args.verifier), "rows": rows}, args.json)
+    write_report({"verifier": str(args.verifier), "rows": rows, "batching": _batching(args)}, args.json)
+
+
+def _batching(args) -> list[dict]:  # type: ignore[no-untyped-def]
+    from semcache_server.bench import datasets
+
+    texts = [q.text for q in datasets.load_replay(default_datasets_dir() / "banking77" / "dev.replay.jsonl", 400, 0)]
+    pairs = list(zip(texts[::2], texts[1::2], strict=False))[: 32 if args.quick else 320]
+    verifier = OnnxVerifier(args.verifier, threads=1)
+    verifier.score_pairs(pairs[:8])
+    rows = []
+    for n in (1, 2, 4, 8, 16, 32):
+        started = time.perf_counter()
+        for i in range(0, len(pairs), n):
+            verifier.score_pairs(pairs[i:i + n])
+        rows.append({"pairs_per_call": n, "pairs_per_second": round(len(pairs) / (time.perf_counter() - started), 1)})
+    return rows
 
 
 if __name__ == "__main__":
