@@ -3,7 +3,8 @@ onnxruntime, on 1 and 2 threads (verifier_threads), p50 and p90 over 200 calls.
 
 "batching": what scoring concurrent Lookups' pairs in one model call would buy, as the
 embedder's batcher does for texts: pairs/s when 320 pairs of replay queries go N at a
-time (N = 1 ... 32), on one thread, the server's default.
+time (N = 1 ... 32), on one thread, the server's default; and the same for one pair
+repeated (one length, so no padding).
 
     python bench/verifier_speed.py --verifier DIR [--json FILE] [--quick]
 
@@ -71,12 +72,16 @@ def _batching(args) -> list[dict]:  # type: ignore[no-untyped-def]
     pairs = list(zip(texts[::2], texts[1::2], strict=False))[: 32 if args.quick else 320]
     verifier = OnnxVerifier(args.verifier, threads=1)
     verifier.score_pairs(pairs[:8])
+    same = [(QUERY, CANDIDATES[0])] * len(pairs)  # one length: no padding
     rows = []
     for n in (1, 2, 4, 8, 16, 32):
-        started = time.perf_counter()
-        for i in range(0, len(pairs), n):
-            verifier.score_pairs(pairs[i:i + n])
-        rows.append({"pairs_per_call": n, "pairs_per_second": round(len(pairs) / (time.perf_counter() - started), 1)})
+        row: dict = {"pairs_per_call": n}
+        for name, scored in (("pairs_per_second", pairs), ("same_pair_pairs_per_second", same)):
+            started = time.perf_counter()
+            for i in range(0, len(scored), n):
+                verifier.score_pairs(scored[i:i + n])
+            row[name] = round(len(scored) / (time.perf_counter() - started), 1)
+        rows.append(row)
     return rows
 
 
