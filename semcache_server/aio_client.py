@@ -74,10 +74,12 @@ class AsyncClient:
 
     async def feedback(
         self, partition: PartitionLike, lookup_id: str, correct: bool, *, should_match_entry_id: str = "",
-        fresh_response: bytes | str = b"",
+        fresh_response: bytes | str = b"", query: str = "", key: KeyLike = None, embedding: Sequence[float] | None = None,
     ) -> pb.FeedbackResponse:
         """As Client.feedback."""
-        request = build.feedback_request(partition, lookup_id, correct, should_match_entry_id, fresh_response)
+        request = build.feedback_request(
+            partition, lookup_id, correct, should_match_entry_id, fresh_response, query, key, embedding,
+        )
         return await self._call(self._stub.Feedback, request)
 
     async def delete(self, partition: PartitionLike, entry_id: str) -> bool:
@@ -169,7 +171,7 @@ class AsyncClient:
                 partition, query, value, embedding=embedding, ttl_seconds=ttl_seconds,
                 metadata=tagged_metadata(metadata, value), cost=cost, key=key, lease_id=lease_id,
             )
-        check = miss_check(found, query, value, judged) if found is not None else None
+        check = miss_check(found, query, value, judged, key, embedding) if found is not None else None
         if check is not None:  # after the Store: an alias the judge makes replaces the fresh entry
             self._start(self._check_miss(partition, check, same, judge))
         return value

@@ -16,7 +16,9 @@ query (an LLM judge, a rule of the app's). It runs in the background, after the 
 answer is computed and stored; when it says yes, Feedback's should_match_entry_id makes
 the query an alias of the candidate (replacing the fresh entry of the same question),
 so the next asker of it, or of a paraphrase nearer to it, is served that answer. An
-audited miss sends the judge's finding with the audit's verdict, in one Feedback.
+audited miss sends the judge's finding with the audit's verdict, in one Feedback. The
+alias carries the query, key and embedding again, so it works even when the server
+restarted, or another frontend answers, while the judge was thinking.
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ class MissCheck:
     fresh: Any
     audit_candidate: Any | None
     near_miss: tuple[str, str, Any] | None  # (entry_id, query, answer)
+    key: Any = None  # the Lookup's request key and embedding, sent with an alias
+    embedding: Any = None
 
 
-def miss_check(found: Any, query: str, fresh: Any, judged: bool) -> MissCheck | None:
+def miss_check(
+    found: Any, query: str, fresh: Any, judged: bool, key: Any = None, embedding: Any = None,
+) -> MissCheck | None:
     """The check a missed LookupResponse asks for (None: nothing to check). judged: the
-    caller has a judge. Answers are str where the fresh one is, else bytes."""
+    caller has a judge. Answers are str where the fresh one is, else bytes. key and
+    embedding: the Lookup's, sent again with an alias (the server may have lost it)."""
     def as_value(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace") if isinstance(fresh, str) else raw
 
@@ -62,18 +69,19 @@ def miss_check(found: Any, query: str, fresh: Any, judged: bool) -> MissCheck | 
         near_miss = (found.near_miss_entry_id, found.near_miss_query, as_value(found.near_miss_response))
     if audit_candidate is None and near_miss is None:
         return None
-    return MissCheck(found.lookup_id, query, fresh, audit_candidate, near_miss)
+    return MissCheck(found.lookup_id, query, fresh, audit_candidate, near_miss, key, embedding)
 
 
 def miss_feedback(check: MissCheck, same: Same | None, confirmed: bool) -> dict[str, Any] | None:
     """Feedback's arguments for a checked miss (None: nothing to send). confirmed: the
     judge found the near miss answers the query."""
     should_match = check.near_miss[0] if confirmed and check.near_miss is not None else ""
+    alias = {"should_match_entry_id": should_match, "query": check.query, "key": check.key, "embedding": check.embedding}
     if check.audit_candidate is not None:
         correct, fresh_response = verdict(check.fresh, check.audit_candidate, same)
-        return {"correct": correct, "fresh_response": fresh_response, "should_match_entry_id": should_match}
+        return {"correct": correct, "fresh_response": fresh_response, **(alias if should_match else {})}
     if should_match:
-        return {"correct": True, "should_match_entry_id": should_match}
+        return {"correct": True, **alias}
     return None
 
 

@@ -11,6 +11,7 @@ is `semcache_server.decision.decide`; this module alone records metrics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -82,7 +83,8 @@ class SemanticCache:
                 raise ConfigError("embedding_dimension must be > 0 without an embedding model")
             self.dimension = settings.embedding_dimension
             self.embedding_model = "none"
-        self.validator = RequestValidator(settings, self.dimension, has_model=embedder is not None)
+        self.validator = RequestValidator(settings, self.dimension, has_model=(has_model := embedder is not None))
+        self._prepare = functools.partial(prepare_lookup, validator=self.validator, settings=settings, has_model=has_model)
         self.storage: CacheStorage[Any] = open_storage(settings, self.dimension, self.embedding_model, clock)
         self.recovery_seconds = self.storage.recovery_seconds
         calibration = Calibration(settings, self.storage.calibrations, self.storage.save_calibration)
@@ -121,9 +123,7 @@ class SemanticCache:
         near_miss_band: a miss names its best candidate within this much under the threshold."""
         started = time.perf_counter()
         policy = self.thresholds.policy(key.namespace, min_similarity, verifier_band_low, verifier_min_score)
-        request = prepare_lookup(
-            key, query, embedding, request_key, control, self.validator, self.settings, has_model=self.embedder is not None
-        )
+        request = self._prepare(key, query, embedding, request_key, control)
         leased = lease and not control.no_store and not control.refresh
         result = self._lookup(key, request, policy, deadline, count_miss=not leased)
         if leased and not result.hit:
@@ -339,9 +339,11 @@ class SemanticCache:
 
     def feedback(
         self, key: PartitionKey, lookup_id: str, correct: bool, should_match_entry_id: str = "", fresh_response: bytes = b"",
+        *, missed: tuple[str, Any, KeyParts] | None = None,
     ) -> FeedbackResult:
-        """A verdict on a Lookup of this partition's namespace (see semcache_server/verdicts.py)."""
-        return self.verdicts.take(key, lookup_id, correct, should_match_entry_id, fresh_response)
+        """A verdict on a Lookup of its namespace (semcache_server/verdicts.py); missed: a miss sent again."""
+        resent = None if missed is None else (self._prepare(key, *missed, DEFAULT_CONTROL), missed[2])
+        return self.verdicts.take(key, lookup_id, correct, should_match_entry_id, fresh_response, resent=resent)
 
     def release_lease(self, key: PartitionKey, lease_id: str) -> bool:
         """End a lease without a Store (its holder's LLM call failed); waiters wake."""

@@ -97,12 +97,17 @@ class Client:
 
     def feedback(
         self, partition: PartitionLike, lookup_id: str, correct: bool, *, should_match_entry_id: str = "",
-        fresh_response: bytes | str = b"",
+        fresh_response: bytes | str = b"", query: str = "", key: KeyLike = None, embedding: Sequence[float] | None = None,
     ) -> pb.FeedbackResponse:
         """A verdict on a Lookup (its response's lookup_id): was the served answer right? For
         a miss, should_match_entry_id names the entry that should have answered. For an
-        audited Lookup, fresh_response (the answer computed now) lets the server judge."""
-        request = build.feedback_request(partition, lookup_id, correct, should_match_entry_id, fresh_response)
+        audited Lookup, fresh_response (the answer computed now) lets the server judge. With
+        should_match_entry_id, query and key (and embedding, where the app embeds) are the
+        missed Lookup's: the server needs them when it no longer holds that Lookup (after
+        a restart, or on another frontend)."""
+        request = build.feedback_request(
+            partition, lookup_id, correct, should_match_entry_id, fresh_response, query, key, embedding,
+        )
         return self._call(self._stub.Feedback, request)
 
     def delete(self, partition: PartitionLike, entry_id: str) -> bool:
@@ -233,5 +238,6 @@ class Client:
                 cost=cost, key=key, lease_id=lease_id,
             )
         if found is not None:  # after the Store: an alias the judge makes replaces the fresh entry
-            self.audits.miss(partition, miss_check(found, query, value, judge is not None and not no_store), same, judge)
+            check = miss_check(found, query, value, judge is not None and not no_store, key, embedding)
+            self.audits.miss(partition, check, same, judge)
         return value

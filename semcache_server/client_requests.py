@@ -158,9 +158,10 @@ def cache_unavailable(error: grpc.RpcError) -> bool:
 
 def feedback_request(
     partition: PartitionLike, lookup_id: str, correct: bool, should_match_entry_id: str, fresh_response: bytes | str,
+    query: str = "", key: KeyLike = None, embedding: Sequence[float] | None = None,
 ) -> pb.FeedbackRequest:
     fresh = fresh_response.encode("utf-8") if isinstance(fresh_response, str) else fresh_response
     return pb.FeedbackRequest(
         partition=as_partition(partition), lookup_id=lookup_id, correct=correct, should_match_entry_id=should_match_entry_id,
-        fresh_response=fresh,
+        fresh_response=fresh, query=query, key=as_key(key), embedding=embedding,
     )

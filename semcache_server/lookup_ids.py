@@ -11,7 +11,8 @@ under a key the storage keeps (LMDB meta, or the Redis cluster's meta hash), mad
 per cache. The server trusts an id only if its MAC checks out, it is at most
 `feedback_log_seconds` old and its partition is the Feedback's. What it cannot carry
 (the missed query's text, vector and request key, which an alias needs) stays in the
-in-memory lookup log (semcache_server/feedback.py). A verdict counts once per id: its
+in-memory lookup log (semcache_server/feedback.py); past it, the Feedback sends them
+again, and the question digest here proves they are the missed Lookup's. A verdict counts once per id: its
 MAC is claimed in the storage until the id expires (CacheStorage.claim_verdict).
 """
 

@@ -139,9 +139,12 @@ class CacheServicer:
 
     @_rpc
     def Feedback(self, request: pb.FeedbackRequest, grant: Grant, deadline: float | None) -> pb.FeedbackResponse:
+        missed = None  # the missed Lookup, sent again for an alias
+        if request.query or request.embedding:
+            missed = (request.query, request.embedding, wire.key_parts(request.key))
         result = self._ready().feedback(
             self._key(request.partition, grant), request.lookup_id, request.correct, request.should_match_entry_id,
-            request.fresh_response,
+            request.fresh_response, missed=missed,
         )
         return pb.FeedbackResponse(counted=result.counted, vetoed=result.vetoed, alias_entry_id=result.alias_entry_id)
 

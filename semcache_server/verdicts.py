@@ -17,7 +17,13 @@ import numpy as np
 from semcache_server.calibration import SAME_ANSWER_SIMILARITY, Calibration
 from semcache_server.decision import VERIFIER
 from semcache_server.entries import FeedbackResult, LookupResult, format_entry_id
-from semcache_server.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError, StorageFullError
+from semcache_server.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    StorageFullError,
+)
 from semcache_server.feedback import LoggedLookup, LookupLog, RateLimit, key_bytes, veto
 from semcache_server.lookup_ids import LookupIds
 from semcache_server.partition import PartitionKey
@@ -101,7 +107,10 @@ class Verdicts:
 
     def take(
         self, key: PartitionKey, lookup_id: str, correct: bool, should_match_entry_id: str, fresh_response: bytes = b"",
+        resent: tuple[LookupRequest, object] | None = None,
     ) -> FeedbackResult:
+        """resent: a missed Lookup (validated) and its request key, sent again for an alias
+        where the log no longer holds it."""
         if not self._limit.allow(key.namespace):
             raise ResourceExhaustedError(
                 f"more than {self._settings.feedback_per_second:g} verdicts per second in namespace {key.namespace!r}"
@@ -111,11 +120,11 @@ class Verdicts:
             correct = self._same_answer(logged, fresh_response)
         if not logged.from_id and not self.log_of_lookups.judge(lookup_id)[1]:
             return FeedbackResult(counted=False)
-        if logged.from_id and should_match_entry_id and not logged.entry_id:
-            raise FailedPreconditionError(
-                "an alias needs the missed Lookup's text and key, which the server keeps in memory only (the newest "
-                "feedback_log_entries Lookups): this one is gone from it (a restart, or another frontend's Lookup)"
-            )
+        alias_of = None  # (an entry) checked before the verdict is claimed: a refused alias costs it nothing
+        if should_match_entry_id and not logged.entry_id:
+            if logged.from_id:
+                logged = self._resent_miss(logged, lookup_id, resent)
+            alias_of = self._alias_target(logged, parse_entry_id(should_match_entry_id))
         if claim is not None and not self._storage.claim_verdict(logged.key, *claim):  # counted before a restart
             return FeedbackResult(counted=False)
         if logged.audit_counts is not None:  # for a near miss: would its best candidate have been right?
@@ -128,9 +137,9 @@ class Verdicts:
             change = None if correct else functools.partial(veto, digest=logged.digest, similarity=logged.similarity)
             vetoed = self._storage.record_verdict(logged.key, logged.entry_id, correct, change)
             return FeedbackResult(counted=True, vetoed=vetoed and not correct)
-        if not should_match_entry_id:
+        if alias_of is None:
             return FeedbackResult(counted=True)
-        return FeedbackResult(counted=True, alias_entry_id=self._alias(logged, parse_entry_id(should_match_entry_id)))
+        return FeedbackResult(counted=True, alias_entry_id=self._alias(logged, alias_of))
 
     def _resolve(self, key: PartitionKey, lookup_id: str) -> tuple[LoggedLookup, tuple[bytes, float] | None]:
         """The Lookup an id names, from the log or else from the signed id itself, and what
@@ -153,6 +162,29 @@ class Verdicts:
             )
         return logged
 
+    def _resent_miss(
+        self, logged: LoggedLookup, lookup_id: str, resent: tuple[LookupRequest, object] | None,
+    ) -> LoggedLookup:
+        """A miss read from its signed id, completed with the query, key and vector sent
+        again, once they prove to be the question the id was issued for."""
+        if resent is None:
+            raise FailedPreconditionError(
+                "an alias needs the missed Lookup's query and key, which the server keeps in memory only (the newest "
+                "feedback_log_entries Lookups), and this one is gone from it (a restart, or another frontend's "
+                "Lookup): send them again in the Feedback (query, key, and embedding where the server has no model)"
+            )
+        request, parts = resent
+        if not logged.digest:
+            raise FailedPreconditionError(
+                "the missed Lookup had no query (a vector alone), so a query sent again cannot be checked against it"
+            )
+        if request.question != logged.digest:
+            raise InvalidArgumentError(
+                f"the query and key sent are not those Lookup {lookup_id[:40]!r} was issued for"
+            )
+        vector = b"" if self._has_model or request.vector is None else request.vector.astype(np.float32).tobytes()
+        return dataclasses.replace(logged, query=request.query, vector=vector, request_key=parts)
+
     def _same_answer(self, logged: LoggedLookup, fresh_response: bytes) -> bool:
         """An audit's verdict from the fresh answer: is it the same as the one compared?"""
         if logged.audit_counts is None:
@@ -166,15 +198,22 @@ class Verdicts:
         vectors = self._embed(texts, None)
         return float(np.dot(vectors[0], vectors[1])) >= SAME_ANSWER_SIMILARITY
 
-    def _alias(self, logged: LoggedLookup, entry_id: int) -> str:
-        """Store a missed query as an alias of an entry of its partition: the entry's response."""
+    def _alias_target(self, logged: LoggedLookup, entry_id: int) -> Any:
+        """The entry a missed Lookup can become an alias of, else the error that says why not."""
         entry = self._storage.entry(logged.key, entry_id)
         if entry is None:
             raise NotFoundError(f"no entry {entry_id} in partition {logged.key}")
         if logged.request_key is None:
             raise FailedPreconditionError("the Lookup's request key was too large to keep for an alias")
         if not logged.vector and (not self._has_model or not logged.query):
-            raise FailedPreconditionError("an alias of a vector-only Lookup needs the server's model or the Lookup's vector")
+            raise FailedPreconditionError(
+                "an alias needs the missed Lookup's vector where the server has no model (send its embedding), "
+                "or its query where it has one"
+            )
+        return entry
+
+    def _alias(self, logged: LoggedLookup, entry: Any) -> str:
+        """Store a missed query as an alias of an entry of its partition: the entry's response."""
         vector = np.frombuffer(logged.vector, dtype=np.float32) if logged.vector else None
         stored = self._store(
             logged.key, logged.query, entry.response, embedding=vector, metadata=dict(entry.metadata), cost=entry.cost,

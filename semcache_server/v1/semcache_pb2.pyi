@@ -351,18 +351,24 @@ class NamespaceCalibration(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., threshold: _Optional[float] = ..., configured_threshold: _Optional[float] = ..., max_false_hit_rate: _Optional[float] = ..., audits: _Optional[int] = ..., wrong_audits: _Optional[int] = ..., false_hit_rate: _Optional[float] = ..., false_hit_rate_upper: _Optional[float] = ..., audits_total: _Optional[int] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("partition", "lookup_id", "correct", "should_match_entry_id", "fresh_response")
+    __slots__ = ("partition", "lookup_id", "correct", "should_match_entry_id", "fresh_response", "query", "key", "embedding")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_ID_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     SHOULD_MATCH_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     FRESH_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     lookup_id: str
     correct: bool
     should_match_entry_id: str
     fresh_response: bytes
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., lookup_id: _Optional[str] = ..., correct: _Optional[bool] = ..., should_match_entry_id: _Optional[str] = ..., fresh_response: _Optional[bytes] = ...) -> None: ...
+    query: str
+    key: RequestKey
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., lookup_id: _Optional[str] = ..., correct: _Optional[bool] = ..., should_match_entry_id: _Optional[str] = ..., fresh_response: _Optional[bytes] = ..., query: _Optional[str] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
     __slots__ = ("counted", "vetoed", "alias_entry_id")

@@ -173,3 +173,36 @@ def test_verdicts_and_vetoes_survive_a_restart(make_server):
     assert not client.lookup(APP, "wrong one", embedding=near).hit
     assert client.stats().verdicts_wrong == 1
     assert server.cache.check_consistency() == []
+
+
+def test_an_alias_of_a_miss_after_a_restart_takes_the_lookup_sent_again(make_server):
+    """The server kept the missed Lookup in memory only; after a restart the Feedback
+    carries its query, key and vector again, checked against the question digest the
+    signed lookup_id carries."""
+    server, client = make_server(embedder=None, min_similarity=0.9)
+    base = unit_vector(40)
+    stored = client.store(APP, "how do I get a refund", "30 days", embedding=base)
+    far = vector_at_similarity(base, 0.5, seed=41)
+    key = {"settings": {"temperature": 0}}
+    missed = client.lookup(APP, "money back?", embedding=far, key=key)
+    assert not missed.hit
+    client.close()
+    server.stop(grace_seconds=1)
+    server, client = make_server(embedder=None, min_similarity=0.9)
+
+    def alias(**sent):  # type: ignore[no-untyped-def]
+        return lambda: client.feedback(APP, missed.lookup_id, True, should_match_entry_id=stored.entry_id, **sent)
+
+    assert status_of(alias()) == grpc.StatusCode.FAILED_PRECONDITION  # nothing sent: it says what to send
+    assert status_of(alias(query="refund now", key=key, embedding=far)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(alias(query="money back?", embedding=far)) == grpc.StatusCode.INVALID_ARGUMENT  # not its key
+    other_key = {"settings": {"temperature": 1}}
+    assert status_of(alias(query="money back?", key=other_key, embedding=far)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(alias(query="money back?", key=key)) == grpc.StatusCode.FAILED_PRECONDITION  # no model: the vector
+    reply = alias(query="money back?", key=key, embedding=far)()
+    assert reply.counted and reply.alias_entry_id
+    assert not alias(query="money back?", key=key, embedding=far)().counted  # once per lookup_id
+    again = client.lookup(APP, "money back?", embedding=far, key=key)
+    assert again.hit and again.response == b"30 days" and again.entry_id == reply.alias_entry_id
+    assert not client.lookup(APP, "money back?", embedding=far, key=other_key).hit  # the alias keeps its key
+    assert server.cache.check_consistency() == []

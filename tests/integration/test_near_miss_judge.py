@@ -121,3 +121,27 @@ def test_the_async_client_asks_an_async_judge_in_a_task(make_server):
     assert asyncio.run(scenario()) == "fresh answer"
     again = client.lookup(APP, "asker", embedding=asker)
     assert again.hit and again.response == b"answer 600"
+
+
+def test_the_judge_s_alias_holds_when_the_server_no_longer_has_the_miss(make_server):
+    """The server keeps the newest feedback_log_entries Lookups (one here); the judge is
+    slow, other Lookups push the miss out meanwhile, and the alias still goes in, since
+    the client sends the missed Lookup's query, key and vector with it."""
+    _, client = make_server(embedder=None, feedback_log_entries=1, **THRESHOLD)
+    key = {"settings": {"tools": ["search"]}}
+    base = unit_vector(700)
+    entry_id = client.store(APP, "stored question", "answer 700", embedding=base, key=key).entry_id
+    asker = vector_at_similarity(base, 0.88, seed=701)
+    asked = []
+
+    def judge(query: str, candidate_query: str, candidate: str) -> bool:
+        for seed in range(702, 705):  # other traffic while the judge thinks
+            client.lookup(APP, "someone else", embedding=unit_vector(seed))
+        asked.append(query)
+        return True
+
+    client.get_or_compute(APP, "asker", lambda: "fresh answer", embedding=asker, key=key, judge=judge)
+    client.audits.close()
+    assert asked == ["asker"]
+    again = client.lookup(APP, "asker", embedding=asker, key=key)
+    assert again.hit and again.response == b"answer 700" and again.entry_id != entry_id

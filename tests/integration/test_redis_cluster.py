@@ -394,3 +394,18 @@ def _hit_or_none(client: Client, ns: dict[str, str]) -> bool:
         return client.lookup(ns, "q", embedding=unit_vector(1)).hit
     except grpc.RpcError:
         return False
+
+
+def test_an_alias_of_a_miss_made_on_another_frontend(frontend, ns):
+    """b never saw the missed Lookup: the Feedback sends it again, and b checks it against
+    the question digest signed in the id before storing the alias cluster-wide."""
+    a, b = frontend(), frontend()
+    base = unit_vector(33)
+    stored = a.store(ns, "how do I get a refund", "30 days", embedding=base)
+    far = vector_at_similarity(base, 0.5, 4)
+    missed = a.lookup(ns, "money back?", embedding=far)
+    assert not missed.hit
+    reply = b.feedback(ns, missed.lookup_id, True, should_match_entry_id=stored.entry_id, query="money back?", embedding=far)
+    assert reply.counted and reply.alias_entry_id
+    _wait_for(lambda: a.lookup(ns, "money back?", embedding=far).hit, timeout_seconds=5.0)
+    assert a.lookup(ns, "money back?", embedding=far).response == b"30 days"
