@@ -92,7 +92,7 @@ class SemanticCache:
         self.storage.watch_namespace_thresholds(self.thresholds.replace_runtime)
         self.leases = LeaseTable(settings.lease_seconds, settings.lease_waiters)
         embed = self._embed if embedder is not None else None
-        self.verdicts = Verdicts(settings, self.storage, self.store, calibration, embed, clock)
+        self.verdicts = Verdicts(settings, self.storage, self.store, calibration, embed, clock, self.metrics.count_judged)
 
     # -- lookup -------------------------------------------------------------------
 

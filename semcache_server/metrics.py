@@ -46,6 +46,10 @@ class Metrics:
             "semcache_embed_batch_size", "Texts per embedding model call made for concurrent requests.",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry,
         )
+        self.near_miss_judge = Counter(
+            "semcache_near_miss_judge", "Near misses the webhook judge settled, by result (confirmed, refused, "
+            "failed, dropped, alias_failed).", ["result"], registry=self.registry,
+        )
         self.verifier_seconds = Histogram(
             "semcache_verifier_seconds", "Verifier calls (the gray band's candidates of one Lookup).",
             buckets=_LATENCY_BUCKETS, registry=self.registry,
@@ -91,6 +95,10 @@ class Metrics:
 
     def count_stores(self, namespace: str, count: int = 1) -> None:
         self._child(self._store_counters, self.stores, namespace).inc(count)
+
+    def count_judged(self, result: str) -> None:
+        """One outcome of the webhook judge of near misses (semcache_server/near_miss_judge.py)."""
+        self.near_miss_judge.labels(result).inc()
 
     def watch(
         self, stats: Callable[[], StatsView], store_commits: Callable[[], int],

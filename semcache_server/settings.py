@@ -129,6 +129,15 @@ class Settings:
     adaptive_max_loosening: float = 0.03
     adaptive_min_audits: int = 100
     adaptive_window: int = 4000
+    # The app's judge of near misses, a webhook (semcache_server/near_miss_judge.py): misses
+    # whose best candidate came within near_miss_judge_band under the threshold are POSTed
+    # to it, off the Lookup's path; a yes stores the query as an alias. "" = off.
+    near_miss_judge_url: str = ""
+    near_miss_judge_token: str = ""  # sent as a bearer token
+    near_miss_judge_band: float = 0.05
+    near_miss_judge_timeout_seconds: float = 10.0
+    near_miss_judge_per_second: float = 5.0
+    near_miss_judge_queue: int = 1000
     # Lookups a verdict can still be given on (the newest; ~0.5 KB each), and for how long.
     feedback_log_entries: int = 100_000
     feedback_log_seconds: float = 3600.0
@@ -199,6 +208,9 @@ class Settings:
         """Every setting as plain data, secrets replaced (token names hidden, scopes kept)."""
         data = dataclasses.asdict(self)
         data["backend"] = redact(self.backend)
+        data["near_miss_judge_url"] = redact(self.near_miss_judge_url)
+        if self.near_miss_judge_token:
+            data["near_miss_judge_token"] = "<redacted>"
         if self.auth_tokens:
             data["auth_tokens"] = ";".join(
                 "<redacted>=" + item.partition("=")[2] for item in self.auth_tokens.split(";") if item.strip()
@@ -215,7 +227,7 @@ class Settings:
 
 _NO_OVERRIDES = NamespaceSettings()
 # Settings whose values `semcache config` must not print.
-SECRET_FIELDS = frozenset({"auth_tokens"})
+SECRET_FIELDS = frozenset({"auth_tokens", "near_miss_judge_token"})
 _FIELD_TYPES: dict[str, Any] = {
     f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)
 }

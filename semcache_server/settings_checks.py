@@ -105,7 +105,8 @@ def validate(s: Settings) -> None:
         "max_query_bytes", "max_response_bytes", "max_message_bytes", "max_map_bytes",
         "lfu_half_life_seconds", "sweep_interval_seconds", "stats_flush_interval_seconds",
         "grpc_workers", "lease_seconds", "max_key_bytes", "max_context_turns", "feedback_per_second",
-        "feedback_log_entries", "feedback_log_seconds",
+        "feedback_log_entries", "feedback_log_seconds", "near_miss_judge_timeout_seconds", "near_miss_judge_per_second",
+        "near_miss_judge_queue",
     )
     for name in positive:
         if getattr(s, name) <= 0:
@@ -131,6 +132,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("embedding_dimension must be > 0 when embedding_model is 'none'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")
+    if s.near_miss_judge_url and not s.near_miss_judge_url.startswith(("http://", "https://")):
+        raise ConfigError(f"near_miss_judge_url must be an http:// or https:// URL, got {s.near_miss_judge_url!r}")
+    if not 0.0 < s.near_miss_judge_band <= 1.0:  # NaN fails too
+        raise ConfigError(f"near_miss_judge_band must be over 0 and at most 1, got {s.near_miss_judge_band}")
     _check_address("listen", s.listen, unix_ok=True)
     if s.metrics_listen:
         _check_address("metrics_listen", s.metrics_listen, unix_ok=False)

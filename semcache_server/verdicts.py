@@ -26,6 +26,7 @@ from semcache_server.errors import (
 )
 from semcache_server.feedback import LoggedLookup, LookupLog, RateLimit, key_bytes, veto
 from semcache_server.lookup_ids import LookupIds
+from semcache_server.near_miss_judge import NearMiss, WebhookJudge
 from semcache_server.partition import PartitionKey
 from semcache_server.prepared import LookupRequest
 from semcache_server.settings import Settings
@@ -44,7 +45,9 @@ class Verdicts:
     def __init__(
         self, settings: Settings, storage: Any, store: Callable[..., Any], calibration: Calibration,
         embed: Callable[[Sequence[str], float | None], np.ndarray] | None, clock: Callable[[], float] = time.time,
+        count_judged: Callable[[str], None] = lambda result: None,
     ) -> None:
+        """count_judged: counts each outcome of the webhook judge of near misses, by name."""
         self._settings = settings
         self._storage = storage
         self._store = store  # SemanticCache.store, for aliases
@@ -55,6 +58,13 @@ class Verdicts:
         self.log_of_lookups = LookupLog(settings.feedback_log_entries, settings.feedback_log_seconds, clock)
         self._ids = LookupIds(storage.lookup_id_key, settings.feedback_log_seconds, clock)
         self._limit = RateLimit(settings.feedback_per_second)
+        self._judge: WebhookJudge | None = None
+        if settings.near_miss_judge_url:
+            self._judge = WebhookJudge(
+                settings.near_miss_judge_url, token=settings.near_miss_judge_token,
+                timeout_seconds=settings.near_miss_judge_timeout_seconds, queue_size=settings.near_miss_judge_queue,
+                per_second=settings.near_miss_judge_per_second, alias=self.judged_alias, count=count_judged,
+            )
 
     def logged(
         self, key: PartitionKey, request: LookupRequest, parts: Any, result: LookupResult, audit_rate: float,
@@ -91,6 +101,8 @@ class Verdicts:
         )
         lookup_id = self._ids.issue(logged)
         self.log_of_lookups.add(lookup_id, logged)
+        if self._judge is not None and nearest is not None and logged.digest:
+            self._offer_to_judge(logged, nearest, result.threshold)
         if audit_counts is None:
             return dataclasses.replace(result, lookup_id=lookup_id, nearest=None)
         return dataclasses.replace(
@@ -99,7 +111,24 @@ class Verdicts:
             audit_response=nearest.record.response if nearest is not None else b"",
         )
 
+    def _offer_to_judge(self, logged: LoggedLookup, nearest: Any, threshold: float) -> None:
+        """A miss just under the threshold goes to the webhook judge, when an alias of it could be stored."""
+        assert self._judge is not None
+        if not threshold - self._settings.near_miss_judge_band <= nearest.similarity < threshold:
+            return
+        if logged.request_key is None or not (logged.vector or self._has_model):
+            return
+        self._judge.offer(NearMiss(
+            logged, nearest.entry_id, nearest.record.query, nearest.record.response, nearest.similarity, threshold,
+        ))
+
+    def judged_alias(self, logged: LoggedLookup, entry_id: int) -> str:
+        """The webhook judge confirmed a near miss: store its query as an alias of the entry."""
+        return self._alias(logged, self._alias_target(logged, entry_id))
+
     def close(self) -> None:
+        if self._judge is not None:
+            self._judge.close()
         try:
             self._calibration.flush()
         except StorageFullError as e:
