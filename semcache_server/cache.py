@@ -91,8 +91,8 @@ class SemanticCache:
         self.thresholds = Thresholds(settings, self.storage.namespace_thresholds, calibration)
         self.storage.watch_namespace_thresholds(self.thresholds.replace_runtime)
         self.leases = LeaseTable(settings.lease_seconds, settings.lease_waiters)
-        embed = self._embed if embedder is not None else None
-        self.verdicts = Verdicts(settings, self.storage, self.store, calibration, embed, clock, self.metrics.count_judged)
+        embed, count_judged = (self._embed if embedder is not None else None), self.metrics.count_judged
+        self.verdicts = Verdicts(settings, self.storage, self.store, calibration, embed, clock, count_judged, self.verifier)
 
     # -- lookup -------------------------------------------------------------------
 

@@ -22,7 +22,18 @@ max_false_hit_rate, once `adaptive_min_audits` audits are in. Where no t is cert
 loosening waits: the threshold is the configured one, or higher where the audits' point
 estimate there is over the target. So every verdict of a flood of false "correct" ones
 can at most bring the threshold down to the floor, and that only after
-adaptive_min_audits of them. The sample persists in LMDB (one meta record a namespace,
+adaptive_min_audits of them.
+
+Verdicts are also checked against the server's own judge: each audit keeps the
+verifier's judgement of its pair, where the server has a verifier. Honest verdicts call
+few of the pairs it judged unlikely (at most IMPLAUSIBLE_SCORE) "correct" (0-12% on the
+dev streams; it is calibrated). Where the verdicts call most of them correct (the
+one-sided 95% lower bound of that share over IMPLAUSIBLE_CORRECT_SHARE, from
+MIN_IMPLAUSIBLE_AUDITS of them on), they are distrusted: the threshold goes to
+distrusted_min_similarity (the strict setting), whatever they say, until the window of
+audits holds such evidence no more. Stats says so (verdicts_distrusted). A verifier
+badly calibrated for the app's traffic can trip it on honest verdicts: the cache then
+serves fewer hits, never more wrong ones. The sample persists in LMDB (one meta record a namespace,
 written at most once a second and at close: a crash loses at most a second of audits).
 """
 
@@ -50,6 +61,14 @@ PERSIST_INTERVAL_SECONDS = 1.0
 SAME_ANSWER_SIMILARITY = 0.9
 # One-sided 95%.
 UPPER_Z = 1.645
+# Verdicts the verifier contradicts: audits of pairs it judged at most this likely to ask
+# the same thing ...
+IMPLAUSIBLE_SCORE = 0.2
+# ... of which, once there are this many, the verdicts may call "correct" no more than
+# this share (its one-sided 95% lower bound); past it the namespace's verdicts are
+# distrusted. Honest ones on the dev streams call 0-12% of such pairs correct.
+MIN_IMPLAUSIBLE_AUDITS = 10
+IMPLAUSIBLE_CORRECT_SHARE = 0.5
 
 
 def wilson_upper(wrong: int, total: int, z: float = UPPER_Z) -> float:
@@ -62,6 +81,11 @@ def wilson_upper(wrong: int, total: int, z: float = UPPER_Z) -> float:
     return min(1.0, (centre + spread) / (1 + z * z / total))
 
 
+def wilson_lower(count: int, total: int, z: float = UPPER_Z) -> float:
+    """The one-sided lower Wilson score bound of count / total (0.0 without evidence)."""
+    return 1.0 - wilson_upper(total - count, total, z) if total > 0 else 0.0
+
+
 @dataclasses.dataclass
 class Audit:
     similarity: float
@@ -69,6 +93,7 @@ class Audit:
     lookups_before: int  # the namespace's counted Lookups when this audit was drawn
     eligible_before: int
     verified: bool = False  # a hit the verifier served: wrong at every threshold
+    verifier_score: float = -1.0  # the verifier's judgement of the audited pair (-1: none)
 
 
 @dataclasses.dataclass
@@ -77,6 +102,14 @@ class NamespaceEvidence:
     eligible: int = 0  # of them, with a best semantic candidate at or above the floor
     audits_total: int = 0
     audits: collections.deque[Audit] = dataclasses.field(default_factory=collections.deque)
+
+    def distrusted(self) -> bool:
+        """True when the verdicts call "correct" far more of the pairs the verifier judged
+        unlikely than it is calibrated for: a flood of false "correct" verdicts (poisoning)."""
+        implausible = [a for a in self.audits if 0.0 <= a.verifier_score <= IMPLAUSIBLE_SCORE]
+        correct = sum(not a.wrong for a in implausible)
+        return (len(implausible) >= MIN_IMPLAUSIBLE_AUDITS
+                and wilson_lower(correct, len(implausible)) > IMPLAUSIBLE_CORRECT_SHARE)
 
     def eligible_share(self) -> float:
         first = self.audits[0] if self.audits else Audit(0.0, False, 0, 0)
@@ -114,6 +147,7 @@ class Calibrated:
     false_hit_rate: float  # wrong answers per Lookup at the threshold in force
     false_hit_rate_upper: float
     audits_total: int
+    verdicts_distrusted: bool = False  # the verifier contradicts them: the threshold is distrusted_min_similarity
 
 
 class Calibration:
@@ -168,13 +202,14 @@ class Calibration:
 
     def add(
         self, namespace: str, similarity: float, wrong: bool, lookups_before: int, eligible_before: int,
-        verified: bool = False,
+        verified: bool = False, verifier_score: float = -1.0,
     ) -> None:
-        """An audit's verdict (verified: on a hit the verifier served); the threshold is
-        worked out again and the sample persisted."""
+        """An audit's verdict (verified: on a hit the verifier served; verifier_score: its
+        judgement of the pair, -1 for none); the threshold is worked out again and the
+        sample persisted."""
         with self._lock:
             evidence = self._evidence.setdefault(namespace, NamespaceEvidence())
-            evidence.audits.append(Audit(similarity, wrong, lookups_before, eligible_before, verified))
+            evidence.audits.append(Audit(similarity, wrong, lookups_before, eligible_before, verified, verifier_score))
             evidence.audits_total += 1
             while len(evidence.audits) > self._window(namespace):
                 evidence.audits.popleft()
@@ -204,6 +239,8 @@ class Calibration:
     def _adapt(self, namespace: str, configured: float) -> float:
         evidence = self._evidence.get(namespace)
         target = float(self._settings.for_namespace(namespace, "max_false_hit_rate"))
+        if evidence is not None and evidence.distrusted():
+            return max(configured, self._settings.distrusted_min_similarity)
         if evidence is None or len(evidence.audits) < int(self._settings.for_namespace(namespace, "adaptive_min_audits")):
             return configured
         grid = _grid(self.floor(namespace, configured))
@@ -229,10 +266,10 @@ class Calibration:
                 evidence = self._evidence[namespace]
                 estimate, upper = evidence.bound_at(threshold) if evidence.audits else (0.0, 1.0)
                 audits, wrong = len(evidence.audits), sum(a.wrong for a in evidence.audits)
-                total = evidence.audits_total
+                total, distrusted = evidence.audits_total, evidence.distrusted()
             out.append(Calibrated(
                 namespace, threshold, configured, float(self._settings.for_namespace(namespace, "max_false_hit_rate")),
-                audits, wrong, estimate, upper, total,
+                audits, wrong, estimate, upper, total, distrusted,
             ))
         return out
 
@@ -245,8 +282,8 @@ def _grid(floor: float) -> list[float]:
 def _dump(evidence: NamespaceEvidence) -> str:
     return json.dumps({
         "lookups": evidence.lookups, "eligible": evidence.eligible, "audits_total": evidence.audits_total,
-        "audits": [[round(a.similarity, 6), int(a.wrong), a.lookups_before, a.eligible_before, int(a.verified)]
-                   for a in evidence.audits],
+        "audits": [[round(a.similarity, 6), int(a.wrong), a.lookups_before, a.eligible_before, int(a.verified),
+                    round(a.verifier_score, 4)] for a in evidence.audits],
     })
 
 
@@ -265,7 +302,10 @@ def parse_calibration(data: str, window: int) -> NamespaceEvidence:
 
 
 def _audit(fields: Any) -> Audit:
-    if len(fields) not in (4, 5):
-        raise ValueError(f"an audit has 4 or 5 fields, not {len(fields)}")
-    similarity, wrong, lookups_before, eligible_before, *verified = fields
-    return Audit(float(similarity), bool(wrong), int(lookups_before), int(eligible_before), bool(verified and verified[0]))
+    """Older records have 4 fields (no `verified`) or 5 (no verifier score)."""
+    if len(fields) not in (4, 5, 6):
+        raise ValueError(f"an audit has 4 to 6 fields, not {len(fields)}")
+    similarity, wrong, lookups_before, eligible_before, *rest = fields
+    verified = bool(rest[0]) if rest else False
+    score = float(rest[1]) if len(rest) > 1 else -1.0
+    return Audit(float(similarity), bool(wrong), int(lookups_before), int(eligible_before), verified, score)

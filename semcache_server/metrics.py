@@ -183,11 +183,16 @@ class _StatsCollector(Collector):
         audits = CounterMetricFamily(
             "semcache_audits", "Audits taken (each cost its caller one model call).", labels=["namespace"],
         )
+        distrusted = GaugeMetricFamily(
+            "semcache_verdicts_distrusted", "1 while the verifier contradicts the namespace's verdicts (poisoning).",
+            labels=["namespace"],
+        )
         for c in calibrations:
             threshold.add_metric([c.namespace], c.threshold)
             upper.add_metric([c.namespace], c.false_hit_rate_upper)
             audits.add_metric([c.namespace], c.audits_total)
-        yield from (threshold, upper, audits)
+            distrusted.add_metric([c.namespace], float(c.verdicts_distrusted))
+        yield from (threshold, upper, audits, distrusted)
 
     def describe(self) -> Iterator:
         return iter(())

@@ -129,6 +129,9 @@ class Settings:
     adaptive_max_loosening: float = 0.03
     adaptive_min_audits: int = 100
     adaptive_window: int = 4000
+    # The threshold of a namespace whose verdicts the verifier contradicts (poisoning; see
+    # semcache_server/calibration.py): the strict setting of bench/README.md, "Verifier".
+    distrusted_min_similarity: float = 0.98
     # The app's judge of near misses, a webhook (semcache_server/near_miss_judge.py): misses
     # whose best candidate came within near_miss_judge_band under the threshold are POSTed
     # to it, off the Lookup's path; a yes stores the query as an alias. "" = off.

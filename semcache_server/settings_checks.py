@@ -132,6 +132,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("embedding_dimension must be > 0 when embedding_model is 'none'")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {s.log_level!r}")
+    if not -1.0 <= s.distrusted_min_similarity <= 1.0:  # NaN fails too
+        raise ConfigError(f"distrusted_min_similarity must be between -1 and 1, got {s.distrusted_min_similarity}")
     if s.near_miss_judge_url and not s.near_miss_judge_url.startswith(("http://", "https://")):
         raise ConfigError(f"near_miss_judge_url must be an http:// or https:// URL, got {s.near_miss_judge_url!r}")
     if not 0.0 < s.near_miss_judge_band <= 1.0:  # NaN fails too

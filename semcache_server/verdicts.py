@@ -31,6 +31,7 @@ from semcache_server.partition import PartitionKey
 from semcache_server.prepared import LookupRequest
 from semcache_server.settings import Settings
 from semcache_server.validation import parse_entry_id
+from semcache_server.verifier.model import Verifier
 
 log = logging.getLogger("semcache")
 
@@ -46,8 +47,12 @@ class Verdicts:
         self, settings: Settings, storage: Any, store: Callable[..., Any], calibration: Calibration,
         embed: Callable[[Sequence[str], float | None], np.ndarray] | None, clock: Callable[[], float] = time.time,
         count_judged: Callable[[str], None] = lambda result: None,
+        verifier: Verifier | None = None,
     ) -> None:
-        """count_judged: counts each outcome of the webhook judge of near misses, by name."""
+        """count_judged: counts each outcome of the webhook judge of near misses, by name.
+        verifier: its judgement of each audited pair is kept, to check the verdicts
+        against (semcache_server/calibration.py)."""
+        self._verifier = verifier
         self._settings = settings
         self._storage = storage
         self._store = store  # SemanticCache.store, for aliases
@@ -159,6 +164,7 @@ class Verdicts:
         if logged.audit_counts is not None:  # for a near miss: would its best candidate have been right?
             self._calibration.add(
                 key.namespace, logged.similarity, not correct, *logged.audit_counts, verified=logged.audit_verified,
+                verifier_score=self._audit_score(logged),
             )
             if not logged.entry_id and not should_match_entry_id:
                 return FeedbackResult(counted=True)
@@ -190,6 +196,16 @@ class Verdicts:
                 "feedback_log_seconds old)"
             )
         return logged
+
+    def _audit_score(self, logged: LoggedLookup) -> float:
+        """The verifier's judgement of an audited pair (-1: no verifier, or the query is not
+        known: a Lookup read from its signed id, or a vector alone)."""
+        if self._verifier is None or not logged.query:
+            return -1.0
+        entry = self._storage.entry(logged.key, logged.audit_entry_id)
+        if entry is None or not entry.query:
+            return -1.0
+        return float(self._verifier.judge(logged.query, [entry.query], [logged.similarity])[0])
 
     def _resent_miss(
         self, logged: LoggedLookup, lookup_id: str, resent: tuple[LookupRequest, object] | None,

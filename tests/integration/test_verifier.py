@@ -231,3 +231,21 @@ def test_hits_the_verifier_serves_under_the_floor_are_audited_and_counted(make_s
     assert report.audits == 40 and report.wrong_audits == 10
     assert report.false_hit_rate == pytest.approx(0.25, abs=1e-6)  # every Lookup was a hit: 10 of 40 wrong
     assert report.threshold >= 0.92  # nothing certified under 5%: it does not loosen
+
+
+def test_each_audit_keeps_the_verifier_s_judgement_of_its_pair(make_server, tiny_verifier):
+    """What the verdicts are checked against (poisoning, semcache_server/calibration.py):
+    the verifier's own judgement of the audited pair, taken when the verdict comes."""
+    out, _ = tiny_verifier
+    server, client = make_server(
+        embedder=None, verifier=str(out), min_similarity=0.92, verifier_band_low=0.8, verifier_min_score=0.0,
+    )
+    base = unit_vector(7100)
+    client.store(P, "how do I reset my password", "answer", embedding=base)
+    found = _lookup(client, "my password needs resetting", vector_at_similarity(base, 0.82, 1), audit_rate=1.0)
+    assert found.audit
+    client.feedback(P, found.lookup_id, correct=True)
+    audit = server.cache.thresholds.calibration._evidence["shop"].audits[-1]
+    expected = OnnxVerifier(out).judge("my password needs resetting", ["how do I reset my password"], [found.similarity])
+    assert 0.0 <= audit.verifier_score <= 1.0 and audit.verifier_score == pytest.approx(float(expected[0]), abs=1e-5)
+    assert not client.stats().calibrations[0].verdicts_distrusted

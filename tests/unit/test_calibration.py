@@ -127,9 +127,43 @@ def test_an_audit_record_written_before_the_verified_field_still_reads():
     evidence = parse_calibration(old, window=10)
     assert [(a.similarity, a.wrong, a.verified) for a in evidence.audits] == [(0.9, True, False), (0.95, False, False)]
     calibration, persisted = _calibration()
-    calibration.add("ns", 0.8, True, 0, 0, verified=True)
+    assert [a.verifier_score for a in parse_calibration(
+        '{"lookups": 1, "eligible": 1, "audits_total": 1, "audits": [[0.9, 1, 0, 0, 1]]}', window=10,
+    ).audits] == [-1.0]  # five fields: written before audits kept the verifier's score
+    calibration.add("ns", 0.8, True, 0, 0, verified=True, verifier_score=0.125)
     calibration.flush()
-    assert parse_calibration(persisted["ns"], window=10).audits[0].verified is True
-    for bad in ('[[0.9, 1, 0]]', '[[0.9, 1, 0, 0, 1, 1]]'):
+    back = parse_calibration(persisted["ns"], window=10).audits[0]
+    assert (back.verified, back.verifier_score) == (True, 0.125)
+    for bad in ('[[0.9, 1, 0]]', '[[0.9, 1, 0, 0, 1, 0.5, 1]]'):
         with pytest.raises(ValueError):
             parse_calibration('{"lookups": 1, "eligible": 1, "audits_total": 1, "audits": ' + bad + '}', window=10)
+
+
+def _judged(calibration: Calibration, audits: list[tuple[float, bool, float]]) -> None:
+    """Audits as (cosine, wrong as the verdict says, the verifier's score of the pair)."""
+    for similarity, wrong, score in audits:
+        before = calibration.counts("ns")
+        assert calibration.sample("ns", 1.0, similarity, CONFIGURED)
+        calibration.add("ns", similarity, wrong, *before, verifier_score=score)
+
+
+def test_verdicts_the_verifier_contradicts_are_distrusted_and_the_threshold_goes_strict():
+    """Poisoning: every verdict says "correct", also for the pairs the verifier judged
+    unlikely (score <= 0.2), which honest verdicts call correct 0-12% of the time."""
+    poisoned, _ = _calibration()
+    _judged(poisoned, [(0.87, False, 0.9)] * 300 + [(0.86, False, 0.05)] * 9)
+    assert poisoned.threshold("ns", CONFIGURED) == 0.85  # 9 such pairs: not yet evidence
+    _judged(poisoned, [(0.86, False, 0.1)])
+    assert poisoned.threshold("ns", CONFIGURED) == SETTINGS.distrusted_min_similarity == 0.98
+    assert poisoned.report(lambda namespace: CONFIGURED, None)[0].verdicts_distrusted
+    honest, _ = _calibration()  # like traffic, judged truly: 2 of 30 unlikely pairs were right
+    _judged(honest, [(0.87, False, 0.9)] * 300 + [(0.86, True, 0.05)] * 28 + [(0.86, False, 0.15)] * 2)
+    report = honest.report(lambda namespace: CONFIGURED, None)[0]
+    assert not report.verdicts_distrusted and report.threshold < CONFIGURED
+    unscored, _ = _calibration()  # no verifier: nothing to check against, nothing distrusted
+    _judged(unscored, [(0.86, False, -1.0)] * 310)
+    assert unscored.threshold("ns", CONFIGURED) == 0.85
+    configured_high = dataclasses.replace(SETTINGS, distrusted_min_similarity=0.8)
+    low, _ = _calibration(configured_high)  # never under the configured threshold
+    _judged(low, [(0.86, False, 0.1)] * 10)
+    assert low.threshold("ns", CONFIGURED) == CONFIGURED
