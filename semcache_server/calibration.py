@@ -10,7 +10,10 @@ on unmarked Lookups (complaints) veto entries but are not in this sample, since 
 are not a random one.
 
 From the newest `adaptive_window` audits of a namespace (each with the cosine it was,
-or would have been, served at) and the share of its Lookups that reached the floor:
+or would have been, served at) and the share of its Lookups that reached the floor
+(counted over every Lookup that asked for audits, weighted to the recent ones: a
+Lookup's weight halves after SHARE_HALF_LIFE_LOOKUPS more, since the share grows as the
+cache fills and a share over the whole sample lags it):
 
     false hits per Lookup at threshold t = eligible share * P(served at t and wrong)
 
@@ -69,6 +72,11 @@ IMPLAUSIBLE_SCORE = 0.2
 # distrusted. Honest ones on the dev streams call 0-12% of such pairs correct.
 MIN_IMPLAUSIBLE_AUDITS = 10
 IMPLAUSIBLE_CORRECT_SHARE = 0.5
+# The share of Lookups that reach the floor is counted over every Lookup (no verdict is
+# needed for it), weighted to the recent ones: each Lookup's weight halves after this
+# many more. The share grows as the cache fills, so a share over the whole sample lags.
+SHARE_HALF_LIFE_LOOKUPS = 1000
+SHARE_DECAY = 0.5 ** (1.0 / SHARE_HALF_LIFE_LOOKUPS)
 
 
 def wilson_upper(wrong: int, total: int, z: float = UPPER_Z) -> float:
@@ -102,6 +110,14 @@ class NamespaceEvidence:
     eligible: int = 0  # of them, with a best semantic candidate at or above the floor
     audits_total: int = 0
     audits: collections.deque[Audit] = dataclasses.field(default_factory=collections.deque)
+    recent_lookups: float = 0.0  # Lookups weighted by SHARE_DECAY per later Lookup
+    recent_eligible: float = 0.0
+
+    def count(self, eligible: bool) -> None:
+        self.lookups += 1
+        self.eligible += eligible
+        self.recent_lookups = self.recent_lookups * SHARE_DECAY + 1.0
+        self.recent_eligible = self.recent_eligible * SHARE_DECAY + eligible
 
     def distrusted(self) -> bool:
         """True when the verdicts call "correct" far more of the pairs the verifier judged
@@ -112,6 +128,10 @@ class NamespaceEvidence:
                 and wilson_lower(correct, len(implausible)) > IMPLAUSIBLE_CORRECT_SHARE)
 
     def eligible_share(self) -> float:
+        """The share of recent Lookups that reached the floor (over the sample's span where
+        a record from before recent counts were kept has none)."""
+        if self.recent_lookups > 0:
+            return self.recent_eligible / self.recent_lookups
         first = self.audits[0] if self.audits else Audit(0.0, False, 0, 0)
         lookups = self.lookups - first.lookups_before
         return (self.eligible - first.eligible_before) / lookups if lookups > 0 else 1.0
@@ -196,8 +216,7 @@ class Calibration:
         eligible = hit or (best_similarity is not None and best_similarity >= self.floor(namespace, configured))
         with self._lock:
             evidence = self._evidence.setdefault(namespace, NamespaceEvidence())
-            evidence.lookups += 1
-            evidence.eligible += eligible
+            evidence.count(eligible)
         return eligible and self.rng.random() < audit_rate
 
     def add(
@@ -282,6 +301,7 @@ def _grid(floor: float) -> list[float]:
 def _dump(evidence: NamespaceEvidence) -> str:
     return json.dumps({
         "lookups": evidence.lookups, "eligible": evidence.eligible, "audits_total": evidence.audits_total,
+        "recent_lookups": round(evidence.recent_lookups, 4), "recent_eligible": round(evidence.recent_eligible, 4),
         "audits": [[round(a.similarity, 6), int(a.wrong), a.lookups_before, a.eligible_before, int(a.verified),
                     round(a.verifier_score, 4)] for a in evidence.audits],
     })
@@ -289,11 +309,15 @@ def _dump(evidence: NamespaceEvidence) -> str:
 
 def parse_calibration(data: str, window: int) -> NamespaceEvidence:
     """A persisted sample (as _dump wrote it, or before audits said `verified`: four
-    fields); ValueError if it is not one."""
+    fields, or before recent counts were kept); ValueError if it is not one."""
     try:
         raw: Any = json.loads(data)
         audits = collections.deque((_audit(fields) for fields in raw["audits"]), maxlen=None)
         evidence = NamespaceEvidence(int(raw["lookups"]), int(raw["eligible"]), int(raw["audits_total"]), audits)
+        evidence.recent_lookups = float(raw.get("recent_lookups", 0.0))
+        evidence.recent_eligible = float(raw.get("recent_eligible", 0.0))
+        if not (math.isfinite(evidence.recent_lookups) and 0 <= evidence.recent_eligible <= evidence.recent_lookups):
+            raise ValueError("recent counts out of range")
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a calibration record: {e}") from None
     while len(evidence.audits) > window:

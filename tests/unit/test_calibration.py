@@ -4,6 +4,7 @@ pure policy, with a seeded draw."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import pytest
@@ -167,3 +168,35 @@ def test_verdicts_the_verifier_contradicts_are_distrusted_and_the_threshold_goes
     low, _ = _calibration(configured_high)  # never under the configured threshold
     _judged(low, [(0.86, False, 0.1)] * 10)
     assert low.threshold("ns", CONFIGURED) == CONFIGURED
+
+
+def _filling(calibration: Calibration, lookups: int, eligible_every: int, eligible_of: int) -> None:
+    """Lookups of which `eligible_every` in each `eligible_of` reach the floor (gray-band
+    hits the verifier served); one audited eligible Lookup in ten is wrong."""
+    judged = 0
+    for i in range(lookups):
+        before = calibration.counts("ns")
+        if calibration.sample("ns", 1.0, 0.80, CONFIGURED, hit=i % eligible_of < eligible_every):
+            calibration.add("ns", 0.80, judged % 10 == 0, *before, verified=True)
+            judged += 1
+
+
+def test_the_share_that_reaches_the_floor_follows_a_cache_filling_up():
+    # A cache fills: first 1 Lookup in 10 comes near a stored question, later 6 in 10.
+    # Wrong answers per Lookup are (that share) x (wrong among them, 1 in 10): 6% now, not
+    # the 3.9% of the share over the whole sample.
+    calibration, persisted = _calibration()
+    _filling(calibration, 3000, 1, 10)
+    _filling(calibration, 4000, 6, 10)
+    whole_sample = 0.1 * (300 + 2400) / 7000
+    estimate = calibration.report(lambda namespace: CONFIGURED, None)[0].false_hit_rate
+    assert 0.055 <= estimate <= 0.06 and estimate > whole_sample + 0.015
+    calibration.flush()
+    again, _ = _calibration(recovered=dict(persisted))  # the recent counts persist
+    assert again.report(lambda namespace: CONFIGURED, None)[0].false_hit_rate == pytest.approx(estimate, abs=1e-4)
+    older = json.loads(persisted["ns"])  # written before recent counts were kept: the sample's span
+    del older["recent_lookups"], older["recent_eligible"]
+    assert parse_calibration(json.dumps(older), window=4000).eligible_share() == pytest.approx(2700 / 7000, abs=1e-3)
+    for bad in ({"recent_lookups": 5.0, "recent_eligible": 6.0}, {"recent_lookups": "nan", "recent_eligible": 0}):
+        with pytest.raises(ValueError):
+            parse_calibration(json.dumps({**older, **bad}), window=4000)
