@@ -71,6 +71,10 @@ class LoggedLookup:
     audit_counts: tuple[int, int] | None = None
     audit_entry_id: int = 0
     audit_verified: bool = False  # the audited hit was served by the verifier
+    # The score the decision's verifier gave an audited hit it served (None otherwise: the
+    # audit scores its pair anew). The audit keeps this one: int8 scores vary a little
+    # with the batch, so a hit served just over the cut could read as just under it.
+    audit_score: float | None = None
     from_id: bool = False  # read from a signed lookup id (no query, vector or key), not the log
 
 

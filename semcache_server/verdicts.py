@@ -103,6 +103,7 @@ class Verdicts:
             parts if keep_key else None, self._clock(), audit_counts=audit_counts,
             audit_entry_id=_judged_entry_id(result, audit_counts is not None),
             audit_verified=audit_counts is not None and result.hit and result.decided_by == VERIFIER,
+            audit_score=result.verifier_score if audit_counts is not None and result.decided_by == VERIFIER else None,
         )
         lookup_id = self._ids.issue(logged)
         self.log_of_lookups.add(lookup_id, logged)
@@ -200,6 +201,8 @@ class Verdicts:
     def _audit_score(self, logged: LoggedLookup) -> float:
         """The verifier's judgement of an audited pair (-1: no verifier, or the query is not
         known: a Lookup read from its signed id, or a vector alone)."""
+        if logged.audit_score is not None:
+            return logged.audit_score
         if self._verifier is None or not logged.query:
             return -1.0
         entry = self._storage.entry(logged.key, logged.audit_entry_id)

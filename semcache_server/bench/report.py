@@ -181,6 +181,9 @@ def _plot_feedback(feedback: dict, over_stream: Any, bound: Any) -> None:
     settled = [p for p in known if p["realized"] is not None]
     bound.plot([p["lookups"] for p in settled], [p["realized"] for p in settled], marker="x", linestyle="",
                label="served over the next window")
+    probed = [p for p in known if p.get("probe")]
+    bound.plot([p["lookups"] for p in probed], [p["probe"]["false_hit_rate"] for p in probed], marker="+",
+               linestyle="", label="that threshold on the next 2,000 (probe)")
     bound.axhline(feedback["max_false_hit_rate"], color="grey", linestyle=":")
     bound.set_xlabel("Lookups")
     bound.set_ylabel("false hits per Lookup")
@@ -202,6 +205,8 @@ def feedback_summary(feedback: dict) -> str:
            f"false_hit_rate={static['false_hit_rate']:.4f} (x{feedback['hit_rate_vs_static']})" if static else "none"),
         f"  interval coverage (the 95% upper bound >= the realized rate): {feedback['interval_coverage']} "
         f"of {feedback['checkpoints_with_estimate']} checkpoints",
+        f"  probe coverage (the bound >= that threshold's rate on the next 2,000 queries, nothing stored): "
+        f"{feedback.get('probe_coverage')} of {feedback.get('checkpoints_probed', 0)} checkpoints",
         f"  poisoned (every verdict 'correct'): second-half false_hit_rate={poisoned['false_hit_rate']:.4f} "
         f"(x{feedback['poisoned_vs_target']} the target), hit_rate={poisoned['hit_rate']:.4f}",
     ]

@@ -210,3 +210,10 @@ def test_the_feedback_loop_tightens_where_the_default_serves_wrong_answers():
     result = replay_with_feedback(None, queries, vectors, rate=0.5, max_false_hit_rate=0.01, dimension=POLICY_DIMENSION)
     assert result["final_threshold"] > 0.94  # the default 0.92 served every second question wrongly
     assert result["second_half"]["false_hit_rate"] < result["whole"]["false_hit_rate"] / 2
+    # The probe reads the threshold in force on upcoming queries, storing nothing: where
+    # it is over 0.94, none of the second askers is served, so none wrongly.
+    probed = [c for c in result["checkpoints"] if c.get("probe")]
+    assert probed and result["checkpoints_probed"] == len(probed) and result["probe_coverage"] is not None
+    assert all(0 <= c["probe"]["false_hit_rate"] <= c["probe"]["hit_rate"] <= 1 for c in probed)
+    assert all(c["probe"]["false_hit_rate"] == 0 for c in probed if c["threshold"] > 0.94)
+    assert any(c["probe"]["lookups"] < 2000 for c in probed)  # the stream's end: what remains

@@ -235,7 +235,9 @@ def test_hits_the_verifier_serves_under_the_floor_are_audited_and_counted(make_s
 
 def test_each_audit_keeps_the_verifier_s_judgement_of_its_pair(make_server, tiny_verifier):
     """What the verdicts are checked against (poisoning, semcache_server/calibration.py):
-    the verifier's own judgement of the audited pair, taken when the verdict comes."""
+    the verifier's own judgement of the audited pair: for a hit it served, the very score
+    the decision gave it (int8 scores vary a little with the batch), else taken when the
+    verdict comes."""
     out, _ = tiny_verifier
     server, client = make_server(
         embedder=None, verifier=str(out), min_similarity=0.92, verifier_band_low=0.8, verifier_min_score=0.0,
@@ -248,4 +250,5 @@ def test_each_audit_keeps_the_verifier_s_judgement_of_its_pair(make_server, tiny
     audit = server.cache.thresholds.calibration._evidence["shop"].audits[-1]
     expected = OnnxVerifier(out).judge("my password needs resetting", ["how do I reset my password"], [found.similarity])
     assert 0.0 <= audit.verifier_score <= 1.0 and audit.verifier_score == pytest.approx(float(expected[0]), abs=1e-5)
+    assert found.hit and audit.verifier_score == pytest.approx(found.verifier_score, abs=1e-6)
     assert not client.stats().calibrations[0].verdicts_distrusted
