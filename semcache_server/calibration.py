@@ -128,13 +128,19 @@ class NamespaceEvidence:
                 and wilson_lower(correct, len(implausible)) > IMPLAUSIBLE_CORRECT_SHARE)
 
     def eligible_share(self) -> float:
-        """The share of recent Lookups that reached the floor (over the sample's span where
-        a record from before recent counts were kept has none)."""
-        if self.recent_lookups > 0:
-            return self.recent_eligible / self.recent_lookups
+        """The share of recent Lookups that reached the floor (1.0 before any)."""
+        return self.recent_eligible / self.recent_lookups if self.recent_lookups > 0 else 1.0
+
+    def seed_recent_from_span(self) -> None:
+        """A record from before recent counts were kept: they start from the share over
+        the sample's span, weighing at most what a steady stream of Lookups would (so one
+        new Lookup does not decide the share alone)."""
         first = self.audits[0] if self.audits else Audit(0.0, False, 0, 0)
         lookups = self.lookups - first.lookups_before
-        return (self.eligible - first.eligible_before) / lookups if lookups > 0 else 1.0
+        if lookups <= 0:
+            return
+        self.recent_lookups = min(float(lookups), 1.0 / (1.0 - SHARE_DECAY))
+        self.recent_eligible = self.recent_lookups * (self.eligible - first.eligible_before) / lookups
 
     def bound_at(self, threshold: float) -> tuple[float, float]:
         """(point estimate, upper bound) of false hits per Lookup at this threshold."""
@@ -314,8 +320,11 @@ def parse_calibration(data: str, window: int) -> NamespaceEvidence:
         raw: Any = json.loads(data)
         audits = collections.deque((_audit(fields) for fields in raw["audits"]), maxlen=None)
         evidence = NamespaceEvidence(int(raw["lookups"]), int(raw["eligible"]), int(raw["audits_total"]), audits)
-        evidence.recent_lookups = float(raw.get("recent_lookups", 0.0))
-        evidence.recent_eligible = float(raw.get("recent_eligible", 0.0))
+        if "recent_lookups" not in raw:
+            evidence.seed_recent_from_span()
+        else:
+            evidence.recent_lookups = float(raw["recent_lookups"])
+            evidence.recent_eligible = float(raw["recent_eligible"])
         if not (math.isfinite(evidence.recent_lookups) and 0 <= evidence.recent_eligible <= evidence.recent_lookups):
             raise ValueError("recent counts out of range")
     except (KeyError, TypeError, ValueError) as e:

@@ -102,8 +102,8 @@ class Verdicts:
             b"" if kept_vector is None else kept_vector.tobytes(),
             parts if keep_key else None, self._clock(), audit_counts=audit_counts,
             audit_entry_id=_judged_entry_id(result, audit_counts is not None),
-            audit_verified=audit_counts is not None and result.hit and result.decided_by == VERIFIER,
-            audit_score=result.verifier_score if audit_counts is not None and result.decided_by == VERIFIER else None,
+            audit_verified=(verified := audit_counts is not None and result.decided_by == VERIFIER),
+            audit_score=result.verifier_score if verified else None,
         )
         lookup_id = self._ids.issue(logged)
         self.log_of_lookups.add(lookup_id, logged)
