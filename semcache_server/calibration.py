@@ -21,11 +21,17 @@ where an audit is served at t when its cosine is at least t, or when the verifie
 it (a hit from the gray band under the threshold does not depend on the threshold: at
 every t it counts), with P bounded above by the one-sided 95% Wilson bound. The threshold in force is the
 lowest t (on a 0.005 grid, never under the floor) whose bound is at most
-max_false_hit_rate, once `adaptive_min_audits` audits are in. Where no t is certified,
-loosening waits: the threshold is the configured one, or higher where the audits' point
-estimate there is over the target. So every verdict of a flood of false "correct" ones
-can at most bring the threshold down to the floor, and that only after
-adaptive_min_audits of them.
+max_false_hit_rate, once `adaptive_min_audits` audits are in. Until then, and wherever
+no t is certified, the namespace is held strict: at uncertified_min_similarity (the
+strict setting, 0.98; its verifier still serves the band under it), or higher where the
+audits' point estimate there is over the target, never under the configured threshold.
+Before its first audit a namespace serves at the configured one. Holding the
+configured threshold while nothing was certified (as before) served what it serves
+until a bound came in: on the hwu64 dev stream, 0.7-1.35% wrong over the second half
+depending on the stream's order, where the strict hold serves 0.26-0.49% at 2.4-4.8x the
+hits of the static threshold that serves as few wrong (bench/README.md, "Feedback").
+So every verdict of a flood of false "correct" ones can at most bring the threshold
+down to the floor, and that only after adaptive_min_audits of them.
 
 Verdicts are also checked against the server's own judge: each audit keeps the
 verifier's judgement of its pair, where the server has a verifier. Honest verdicts call
@@ -174,6 +180,7 @@ class Calibrated:
     false_hit_rate_upper: float
     audits_total: int
     verdicts_distrusted: bool = False  # the verifier contradicts them: the threshold is distrusted_min_similarity
+    certified: bool = False  # the bound at the threshold in force is at most max_false_hit_rate, from enough audits
 
 
 class Calibration:
@@ -266,18 +273,20 @@ class Calibration:
         target = float(self._settings.for_namespace(namespace, "max_false_hit_rate"))
         if evidence is not None and evidence.distrusted():
             return max(configured, self._settings.distrusted_min_similarity)
-        if evidence is None or len(evidence.audits) < int(self._settings.for_namespace(namespace, "adaptive_min_audits")):
+        if evidence is None or not evidence.audits:
             return configured
         grid = _grid(self.floor(namespace, configured))
         bounds = evidence.bounds(grid)
-        for t, (_, upper) in zip(grid, bounds, strict=True):
-            if upper <= target:
-                return t
-        # Nothing certified: no loosening; tighten while the point estimate is over the target.
-        for t, (estimate, _) in zip(grid, bounds, strict=True):
-            if t >= configured and estimate <= target:
-                return t
-        return grid[-1]
+        if len(evidence.audits) >= int(self._settings.for_namespace(namespace, "adaptive_min_audits")):
+            for t, (_, upper) in zip(grid, bounds, strict=True):
+                if upper <= target:
+                    return t
+        # Nothing certified: the uncertified threshold, or higher where the point estimate
+        # there is over the target; never looser than the configured one.
+        estimated = next(
+            (t for t, (estimate, _) in zip(grid, bounds, strict=True) if t >= configured and estimate <= target), grid[-1]
+        )
+        return max(estimated, float(self._settings.for_namespace(namespace, "uncertified_min_similarity")))
 
     def report(self, configured_for: Callable[[str], float], allowed: Callable[[str], bool] | None) -> list[Calibrated]:
         """The namespaces with audits (those `allowed` lets through)."""
@@ -292,9 +301,11 @@ class Calibration:
                 estimate, upper = evidence.bound_at(threshold) if evidence.audits else (0.0, 1.0)
                 audits, wrong = len(evidence.audits), sum(a.wrong for a in evidence.audits)
                 total, distrusted = evidence.audits_total, evidence.distrusted()
+            target = float(self._settings.for_namespace(namespace, "max_false_hit_rate"))
+            certified = (not distrusted and upper <= target
+                         and audits >= int(self._settings.for_namespace(namespace, "adaptive_min_audits")))
             out.append(Calibrated(
-                namespace, threshold, configured, float(self._settings.for_namespace(namespace, "max_false_hit_rate")),
-                audits, wrong, estimate, upper, total, distrusted,
+                namespace, threshold, configured, target, audits, wrong, estimate, upper, total, distrusted, certified,
             ))
         return out
 

@@ -187,12 +187,18 @@ class _StatsCollector(Collector):
             "semcache_verdicts_distrusted", "1 while the verifier contradicts the namespace's verdicts (poisoning).",
             labels=["namespace"],
         )
+        certified = GaugeMetricFamily(
+            "semcache_threshold_certified",
+            "1 while the bound at the threshold in force is at most max_false_hit_rate; 0: held strict for want of audits.",
+            labels=["namespace"],
+        )
         for c in calibrations:
             threshold.add_metric([c.namespace], c.threshold)
             upper.add_metric([c.namespace], c.false_hit_rate_upper)
             audits.add_metric([c.namespace], c.audits_total)
             distrusted.add_metric([c.namespace], float(c.verdicts_distrusted))
-        yield from (threshold, upper, audits, distrusted)
+            certified.add_metric([c.namespace], float(c.certified))
+        yield from (threshold, upper, audits, distrusted, certified)
 
     def describe(self) -> Iterator:
         return iter(())

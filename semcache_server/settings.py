@@ -40,6 +40,7 @@ class NamespaceSettings:
     adaptive_max_loosening: float | None = None
     adaptive_min_audits: int | None = None
     adaptive_window: int | None = None
+    uncertified_min_similarity: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,8 +130,13 @@ class Settings:
     adaptive_max_loosening: float = 0.03
     adaptive_min_audits: int = 100
     adaptive_window: int = 4000
+    # The threshold of a namespace whose audits certify none (fewer than adaptive_min_audits
+    # of them, or no threshold's bound at or under max_false_hit_rate), never under its
+    # configured one: the strict setting of bench/README.md, "Verifier" (its verifier, where
+    # it has one, still serves the band). -1 keeps the configured one until certified.
+    uncertified_min_similarity: float = 0.98
     # The threshold of a namespace whose verdicts the verifier contradicts (poisoning; see
-    # semcache_server/calibration.py): the strict setting of bench/README.md, "Verifier".
+    # semcache_server/calibration.py): the strict setting too.
     distrusted_min_similarity: float = 0.98
     # The app's judge of near misses, a webhook (semcache_server/near_miss_judge.py): misses
     # whose best candidate came within near_miss_judge_band under the threshold are POSTed

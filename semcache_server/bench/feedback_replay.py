@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,23 +56,28 @@ class Halves:
 def replay_with_feedback(
     embedder: Embedder | None, queries: Sequence[Query], vectors: dict[str, np.ndarray], *, rate: float,
     max_false_hit_rate: float, poison: bool = False, seed: int = 0, dimension: int = 0, verifier: Verifier | None = None,
+    probe_lookups: int = PROBE_LOOKUPS, settings_overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """probe_lookups: queries each checkpoint's probe reads (0: no probe); settings_overrides:
+    Settings fields other than the server's defaults (an A/B of the loop's own settings)."""
     with tempfile.TemporaryDirectory(prefix="semcache-bench-feedback-") as data_dir:
         settings = Settings(
             data_dir=data_dir, sync_writes=False, max_false_hit_rate=max_false_hit_rate,
             embedding_model="" if embedder is not None else "none", embedding_dimension=dimension,
+            **(settings_overrides or {}),
         )
         cache = SemanticCache(settings, embedder, verifier=verifier)
         cache.thresholds.calibration.rng = random.Random(seed)
         try:
             name = verifier.name if verifier is not None else "none"
-            return {"verifier": name, **_replay(cache, queries, vectors, rate, poison)}
+            return {"verifier": name, **_replay(cache, queries, vectors, rate, poison, probe_lookups)}
         finally:
             cache.close()
 
 
 def _replay(
     cache: SemanticCache, queries: Sequence[Query], vectors: dict[str, np.ndarray], rate: float, poison: bool,
+    probe_lookups: int,
 ) -> dict[str, Any]:
     second = Halves()
     wrong_by_lookup: list[bool] = []
@@ -99,8 +104,8 @@ def _replay(
             miss_verdicts += not found.hit
         if (i + 1) % every == 0:
             checkpoints.append(_checkpoint(cache, i + 1, wrong_by_lookup, hit_by_lookup, every))
-            if checkpoints[-1]["upper"] is not None:
-                checkpoints[-1]["probe"] = _probe(cache, queries[i + 1:i + 1 + PROBE_LOOKUPS], vectors, every)
+            if checkpoints[-1]["upper"] is not None and probe_lookups:
+                checkpoints[-1]["probe"] = _probe(cache, queries[i + 1:i + 1 + probe_lookups], vectors, every)
     _settle(checkpoints, wrong_by_lookup)
     covered = [c["covered"] for c in checkpoints if c["covered"] is not None]
     probed = [c["probe"]["false_hit_rate"] <= c["upper"] for c in checkpoints if c.get("probe")]

@@ -329,7 +329,7 @@ class StatsResponse(_message.Message):
     def __init__(self, entries: _Optional[int] = ..., lookups: _Optional[int] = ..., hits: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., misses: _Optional[int] = ..., saved_cost: _Optional[float] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes: _Optional[int] = ..., embedding_model: _Optional[str] = ..., embedding_dimension: _Optional[int] = ..., evictions: _Optional[int] = ..., expirations: _Optional[int] = ..., invalidations: _Optional[int] = ..., partitions_total: _Optional[int] = ..., damaged_entries: _Optional[int] = ..., verdicts_correct: _Optional[int] = ..., verdicts_wrong: _Optional[int] = ..., false_hit_rate: _Optional[_Union[FalseHitEstimate, _Mapping]] = ..., calibrations: _Optional[_Iterable[_Union[NamespaceCalibration, _Mapping]]] = ...) -> None: ...
 
 class NamespaceCalibration(_message.Message):
-    __slots__ = ("namespace", "threshold", "configured_threshold", "max_false_hit_rate", "audits", "wrong_audits", "false_hit_rate", "false_hit_rate_upper", "audits_total", "verdicts_distrusted")
+    __slots__ = ("namespace", "threshold", "configured_threshold", "max_false_hit_rate", "audits", "wrong_audits", "false_hit_rate", "false_hit_rate_upper", "audits_total", "verdicts_distrusted", "certified")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +340,7 @@ class NamespaceCalibration(_message.Message):
     FALSE_HIT_RATE_UPPER_FIELD_NUMBER: _ClassVar[int]
     AUDITS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_DISTRUSTED_FIELD_NUMBER: _ClassVar[int]
+    CERTIFIED_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     threshold: float
     configured_threshold: float
@@ -350,7 +351,8 @@ class NamespaceCalibration(_message.Message):
     false_hit_rate_upper: float
     audits_total: int
     verdicts_distrusted: bool
-    def __init__(self, namespace: _Optional[str] = ..., threshold: _Optional[float] = ..., configured_threshold: _Optional[float] = ..., max_false_hit_rate: _Optional[float] = ..., audits: _Optional[int] = ..., wrong_audits: _Optional[int] = ..., false_hit_rate: _Optional[float] = ..., false_hit_rate_upper: _Optional[float] = ..., audits_total: _Optional[int] = ..., verdicts_distrusted: _Optional[bool] = ...) -> None: ...
+    certified: bool
+    def __init__(self, namespace: _Optional[str] = ..., threshold: _Optional[float] = ..., configured_threshold: _Optional[float] = ..., max_false_hit_rate: _Optional[float] = ..., audits: _Optional[int] = ..., wrong_audits: _Optional[int] = ..., false_hit_rate: _Optional[float] = ..., false_hit_rate_upper: _Optional[float] = ..., audits_total: _Optional[int] = ..., verdicts_distrusted: _Optional[bool] = ..., certified: _Optional[bool] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("partition", "lookup_id", "correct", "should_match_entry_id", "fresh_response", "query", "key", "embedding")

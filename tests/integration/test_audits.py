@@ -55,8 +55,9 @@ def test_clean_audits_open_the_near_misses_within_the_bound(make_server):
 def test_wrong_audits_close_what_they_found_wrong(make_server):
     _, client = make_server(embedder=None, **LOOP)
     wrong = _stream(client, 2000, [0.93, 0.935] * 30, same_answer=False)  # other questions over 0.92
-    assert wrong[:5] == [True] * 5  # served wrongly until the audits were in
-    assert not any(wrong[-10:])
+    # Served wrongly before the first audit; from it on, nothing is certified, so the
+    # namespace is held at uncertified_min_similarity (0.98), then above the wrong ones.
+    assert wrong[0] and not any(wrong[1:])
     assert _calibration(client).threshold > 0.935
     assert client.stats().verdicts_wrong > 0  # the audited hits count as verdicts too
 
@@ -97,7 +98,8 @@ def test_audit_rate_and_fresh_response_errors_are_clear(make_server):
 
 
 def test_get_or_compute_audits_hits_in_the_background(make_server):
-    _, client = make_server(embedder=None, **LOOP)
+    # The client's mechanics, not the threshold: keep the configured one until certified.
+    _, client = make_server(embedder=None, **LOOP, uncertified_min_similarity=-1.0)
     base = unit_vector(7000)
     calls = []
     value = client.get_or_compute(APP, "q", lambda: "a", embedding=base)
@@ -162,3 +164,20 @@ def test_prometheus_has_the_threshold_in_force_and_its_bound(make_server):
     assert float(threshold.split()[-1]) < 0.9
     assert 'semcache_audits_total{namespace="app"} 90.0' in text
     assert 'semcache_false_hit_rate_upper{namespace="app"}' in text
+    assert 'semcache_threshold_certified{namespace="app"} 1.0' in text
+
+
+def test_a_namespace_is_held_strict_until_its_audits_certify_a_threshold(make_server):
+    _, client = make_server(embedder=None, **LOOP)
+    base = unit_vector(9500)
+    client.store(APP, "the question", "its answer", embedding=base)
+    before = client.lookup(APP, "one asker", embedding=vector_at_similarity(base, 0.95, seed=9501), audit_rate=1.0)
+    assert before.hit and abs(before.threshold - 0.92) < 1e-6  # no audit yet: the configured threshold
+    client.feedback(APP, before.lookup_id, correct=True)
+    report = _calibration(client)
+    assert abs(report.threshold - 0.98) < 1e-6 and not report.certified  # one audit certifies nothing
+    again = client.lookup(APP, "another asker", embedding=vector_at_similarity(base, 0.95, seed=9502))
+    assert not again.hit and abs(again.threshold - 0.98) < 1e-6
+    _stream(client, 9600, [0.895, 0.905, 0.915] * 30, same_answer=True)  # clean audits: certified
+    report = _calibration(client)
+    assert report.certified and report.threshold < 0.92 and report.false_hit_rate_upper <= 0.05

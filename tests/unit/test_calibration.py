@@ -33,10 +33,33 @@ def _feed(calibration: Calibration, lookups: list[tuple[float | None, bool]], au
     return audits
 
 
-def test_the_configured_threshold_holds_until_enough_audits_are_in():
+def test_until_enough_audits_are_in_the_namespace_is_held_strict():
     calibration, _ = _calibration()
+    assert calibration.threshold("ns", CONFIGURED) == CONFIGURED  # no audit yet: the configured one
+    clean = [(0.86, False)] + [(None, False)] * 9  # 1 Lookup in 10 reaches the floor, never wrong
+    _feed(calibration, clean * 49)  # one audit short of adaptive_min_audits
+    assert calibration.threshold("ns", CONFIGURED) == SETTINGS.uncertified_min_similarity == 0.98
+    report = calibration.report(lambda namespace: CONFIGURED, None)[0]
+    assert report.threshold == 0.98 and not report.certified
+    _feed(calibration, clean)
+    assert calibration.threshold("ns", CONFIGURED) == 0.85  # certified: down to the floor
+    assert calibration.report(lambda namespace: CONFIGURED, None)[0].certified
+
+
+def test_uncertified_min_similarity_minus_one_keeps_the_configured_threshold_until_certified():
+    calibration, _ = _calibration(dataclasses.replace(SETTINGS, uncertified_min_similarity=-1.0))
     _feed(calibration, [(0.86, False)] * 49)
     assert calibration.threshold("ns", CONFIGURED) == CONFIGURED
+    calibration, _ = _calibration(dataclasses.replace(SETTINGS, uncertified_min_similarity=0.95))
+    _feed(calibration, [(0.86, False)] * 49)
+    assert calibration.threshold("ns", CONFIGURED) == 0.95
+    per_namespace = {"ns": NamespaceSettings(uncertified_min_similarity=0.96)}
+    calibration, _ = _calibration(dataclasses.replace(SETTINGS, namespaces=per_namespace))
+    _feed(calibration, [(0.86, False)] * 49)
+    assert calibration.threshold("ns", CONFIGURED) == 0.96
+    calibration, _ = _calibration(dataclasses.replace(SETTINGS, uncertified_min_similarity=0.5))
+    _feed(calibration, [(0.86, False)] * 49)
+    assert calibration.threshold("ns", CONFIGURED) == CONFIGURED  # never looser than the configured one
 
 
 def test_clean_audits_loosen_it_but_never_under_the_floor():
@@ -56,11 +79,20 @@ def test_wrong_audits_keep_the_threshold_above_them():
 
 
 def test_when_nothing_is_certified_it_only_tightens():
-    calibration, _ = _calibration()
+    calibration, _ = _calibration(dataclasses.replace(SETTINGS, uncertified_min_similarity=-1.0))
     _feed(calibration, [(0.95, False)] * 20 + [(0.89, True)] * 1 + [(0.92, False)] * 40)  # few audits, all eligible
     threshold = calibration.threshold("ns", CONFIGURED)
     assert threshold >= CONFIGURED
     assert wilson_upper(0, 61) > 0.01  # no threshold could be certified with 61 audits
+    calibration, _ = _calibration()
+    _feed(calibration, [(0.95, False)] * 20 + [(0.89, True)] * 1 + [(0.92, False)] * 40)
+    assert calibration.threshold("ns", CONFIGURED) == 0.98  # the default holds it strict
+
+
+def test_where_wrong_audits_leave_no_threshold_certified_the_point_estimate_tightens_past_the_strict_one():
+    calibration, _ = _calibration()
+    _feed(calibration, [(0.99, True)] * 10 + [(0.86, False)] * 90)  # 10% wrong at 0.99: nothing certified
+    assert calibration.threshold("ns", CONFIGURED) == 0.995  # above every wrong one
 
 
 def test_a_flood_of_correct_verdicts_opens_nothing_past_the_floor():

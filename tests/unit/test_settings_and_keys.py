@@ -77,6 +77,8 @@ def test_config_file_from_env(tmp_path):
         ({"env": {"SEMCACHE_METRICS_LISTEN": "0.0.0.0:metrics"}}, "metrics_listen"),
         ({"env": {"SEMCACHE_METRICS_LISTEN": "unix:/tmp/m.sock"}}, "metrics_listen"),  # HTTP over TCP only
         ({"env": {"SEMCACHE_MAX_MAP_BYTES": "10"}}, "max_map_bytes"),
+        ({"env": {"SEMCACHE_UNCERTIFIED_MIN_SIMILARITY": "-1.5"}}, "uncertified_min_similarity"),
+        ({"env": {"SEMCACHE_DISTRUSTED_MIN_SIMILARITY": "2"}}, "distrusted_min_similarity"),
     ],
 )
 def test_bad_settings_name_the_key(kwargs, key):
