@@ -36,7 +36,7 @@ PAIR_SETS = ("banking77", "clinc150", "hwu64", "paws_wiki", "cannot_negation", "
 REPLAY_SETS = ("banking77", "clinc150", "hwu64")
 # GPTCache similarity_threshold values: 0.8 (its default) = cosine 0.6 ... 0.995 = cosine 0.99.
 THRESHOLDS = [0.8, 0.85, 0.9, 0.92, 0.93, 0.94, 0.95, 0.955, 0.96, 0.965, 0.97, 0.975, 0.98, 0.985, 0.99, 0.995]
-REPLAY_THRESHOLDS = [0.8, 0.9, 0.94, 0.96, 0.97, 0.98]  # each one a whole replay
+REPLAY_THRESHOLDS = [0.8, 0.9, 0.94, 0.96, 0.97, 0.98, 0.985, 0.99]  # each one a whole replay
 DEFAULT_THRESHOLD = 0.8
 
 # Runs inside the GPTCache environment: reads the data, writes the outcomes.
