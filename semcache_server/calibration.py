@@ -19,7 +19,10 @@ cache fills and a share over the whole sample lags it):
 
 where an audit is served at t when its cosine is at least t, or when the verifier served
 it (a hit from the gray band under the threshold does not depend on the threshold: at
-every t it counts), with P bounded above by the one-sided 95% Wilson bound. The threshold in force is the
+every t it counts), with P bounded above by the one-sided 95% Wilson bound. The audits
+are weighted to the recent ones as well (each one's weight halves after AUDIT_HALF_LIFE
+more; the bound uses their effective sample size), since the wrong share among them
+grows as the cache fills too. The threshold in force is the
 lowest t (on a 0.005 grid, never under the floor) whose bound is at most
 max_false_hit_rate, once `adaptive_min_audits` audits are in. Until then, and wherever
 no t is certified, the namespace is held strict: at uncertified_min_similarity (the
@@ -51,6 +54,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -83,10 +87,16 @@ IMPLAUSIBLE_CORRECT_SHARE = 0.5
 # many more. The share grows as the cache fills, so a share over the whole sample lags.
 SHARE_HALF_LIFE_LOOKUPS = 1000
 SHARE_DECAY = 0.5 ** (1.0 / SHARE_HALF_LIFE_LOOKUPS)
+# The audits are weighted to the recent ones too: each one's weight halves after this many
+# more. The wrong share among them grows as the cache fills (clinc150: the verifier's
+# hits from ~1% wrong early to 4-5% late), so the whole window's share lags it.
+AUDIT_HALF_LIFE = 250
+AUDIT_DECAY = 0.5 ** (1.0 / AUDIT_HALF_LIFE)
 
 
-def wilson_upper(wrong: int, total: int, z: float = UPPER_Z) -> float:
-    """The one-sided upper Wilson score bound of wrong / total (1.0 without evidence)."""
+def wilson_upper(wrong: float, total: float, z: float = UPPER_Z) -> float:
+    """The one-sided upper Wilson score bound of wrong / total (1.0 without evidence);
+    weighted counts may be fractional (total: the effective sample size)."""
     if total <= 0:
         return 1.0
     p = wrong / total
@@ -95,7 +105,7 @@ def wilson_upper(wrong: int, total: int, z: float = UPPER_Z) -> float:
     return min(1.0, (centre + spread) / (1 + z * z / total))
 
 
-def wilson_lower(count: int, total: int, z: float = UPPER_Z) -> float:
+def wilson_lower(count: float, total: float, z: float = UPPER_Z) -> float:
     """The one-sided lower Wilson score bound of count / total (0.0 without evidence)."""
     return 1.0 - wilson_upper(total - count, total, z) if total > 0 else 0.0
 
@@ -155,14 +165,22 @@ class NamespaceEvidence:
     def bounds(self, thresholds: Sequence[float]) -> list[tuple[float, float]]:
         """bound_at of each threshold, from one sorted pass over the audits (a Lookup pays
         for this after each new audit, so not once per threshold)."""
-        wrong = sorted(a.similarity for a in self.audits if a.wrong and not a.verified)
-        wrong_verified = sum(a.wrong and a.verified for a in self.audits)
-        share = self.eligible_share()
         n = len(self.audits)
+        if n == 0:
+            return [(0.0, 1.0) for _ in thresholds]
+        weights = [AUDIT_DECAY ** (n - 1 - i) for i in range(n)]  # the newest weighs 1
+        total = sum(weights)
+        effective = total * total / sum(w * w for w in weights)  # Kish's effective sample size
+        wrong = sorted((a.similarity, w) for a, w in zip(self.audits, weights, strict=True) if a.wrong and not a.verified)
+        similarities = [s for s, _ in wrong]
+        weight_at_or_over = list(itertools.accumulate((w for _, w in reversed(wrong)), initial=0.0))
+        wrong_verified = sum(w for a, w in zip(self.audits, weights, strict=True) if a.wrong and a.verified)
+        share = self.eligible_share()
         out = []
         for threshold in thresholds:
-            at_or_over = len(wrong) - bisect.bisect_left(wrong, threshold) + wrong_verified
-            out.append((share * at_or_over / n, share * wilson_upper(at_or_over, n)))
+            over = len(similarities) - bisect.bisect_left(similarities, threshold)
+            p = (weight_at_or_over[over] + wrong_verified) / total
+            out.append((share * p, share * wilson_upper(p * effective, effective)))
         return out
 
 

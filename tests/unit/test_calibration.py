@@ -235,3 +235,30 @@ def test_the_share_that_reaches_the_floor_follows_a_cache_filling_up():
     for bad in ({"recent_lookups": 5.0, "recent_eligible": 6.0}, {"recent_lookups": "nan", "recent_eligible": 0}):
         with pytest.raises(ValueError):
             parse_calibration(json.dumps({**older, **bad}), window=4000)
+
+
+def _verified_hits(calibration: Calibration, audits: int, wrong_every: int) -> None:
+    """Audited gray-band hits the verifier served, one in `wrong_every` of them wrong."""
+    for i in range(audits):
+        before = calibration.counts("ns")
+        assert calibration.sample("ns", 1.0, 0.80, CONFIGURED, hit=True)
+        calibration.add("ns", 0.80, i % wrong_every == 0, *before, verified=True)
+
+
+def test_the_wrong_share_among_audits_follows_the_recent_ones():
+    # The verifier's hits grow wronger as the cache fills: 1 in 100 over the first 1,000
+    # audits, then 1 in 20. The whole window says 2.3%; the recent audits weigh more, so
+    # the estimate is near what is served now (5%), and its bound is at least as wide as
+    # the whole window's, since fewer audits stand behind it.
+    calibration, _ = _calibration()
+    _verified_hits(calibration, 1000, 100)
+    _verified_hits(calibration, 500, 20)
+    report = calibration.report(lambda namespace: CONFIGURED, None)[0]
+    whole_window = 35 / 1500
+    assert report.false_hit_rate >= 0.035 and report.false_hit_rate > whole_window + 0.01
+    assert report.false_hit_rate_upper > wilson_upper(35, 1500)
+    assert report.wrong_audits == 35 and report.audits == 1500  # the counts stay the plain ones
+    # A steady rate reads the same either way.
+    steady, _ = _calibration()
+    _verified_hits(steady, 1500, 20)
+    assert steady.report(lambda namespace: CONFIGURED, None)[0].false_hit_rate == pytest.approx(0.05, abs=0.003)
