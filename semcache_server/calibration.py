@@ -168,13 +168,15 @@ class NamespaceEvidence:
         n = len(self.audits)
         if n == 0:
             return [(0.0, 1.0) for _ in thresholds]
-        weights = [AUDIT_DECAY ** (n - 1 - i) for i in range(n)]  # the newest weighs 1
-        total = sum(weights)
-        effective = total * total / sum(w * w for w in weights)  # Kish's effective sample size
-        wrong = sorted((a.similarity, w) for a, w in zip(self.audits, weights, strict=True) if a.wrong and not a.verified)
+        # The newest audit weighs 1, the one before AUDIT_DECAY, ...: geometric sums.
+        total = (1.0 - AUDIT_DECAY ** n) / (1.0 - AUDIT_DECAY)
+        squares = (1.0 - AUDIT_DECAY ** (2 * n)) / (1.0 - AUDIT_DECAY ** 2)
+        effective = total * total / squares  # Kish's effective sample size
+        wrong_audits = [(a, AUDIT_DECAY ** (n - 1 - i)) for i, a in enumerate(self.audits) if a.wrong]
+        wrong = sorted((a.similarity, w) for a, w in wrong_audits if not a.verified)
         similarities = [s for s, _ in wrong]
         weight_at_or_over = list(itertools.accumulate((w for _, w in reversed(wrong)), initial=0.0))
-        wrong_verified = sum(w for a, w in zip(self.audits, weights, strict=True) if a.wrong and a.verified)
+        wrong_verified = sum(w for a, w in wrong_audits if a.verified)
         share = self.eligible_share()
         out = []
         for threshold in thresholds:
