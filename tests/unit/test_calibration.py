@@ -202,14 +202,16 @@ def test_verdicts_the_verifier_contradicts_are_distrusted_and_the_threshold_goes
     assert low.threshold("ns", CONFIGURED) == CONFIGURED
 
 
-def _filling(calibration: Calibration, lookups: int, eligible_every: int, eligible_of: int) -> None:
+def _filling(
+    calibration: Calibration, lookups: int, eligible_every: int, eligible_of: int, wrong_every: int = 10,
+) -> None:
     """Lookups of which `eligible_every` in each `eligible_of` reach the floor (gray-band
-    hits the verifier served); one audited eligible Lookup in ten is wrong."""
+    hits the verifier served); one audited eligible Lookup in `wrong_every` is wrong."""
     judged = 0
     for i in range(lookups):
         before = calibration.counts("ns")
         if calibration.sample("ns", 1.0, 0.80, CONFIGURED, hit=i % eligible_of < eligible_every):
-            calibration.add("ns", 0.80, judged % 10 == 0, *before, verified=True)
+            calibration.add("ns", 0.80, judged % wrong_every == 0, *before, verified=True)
             judged += 1
 
 
@@ -237,22 +239,14 @@ def test_the_share_that_reaches_the_floor_follows_a_cache_filling_up():
             parse_calibration(json.dumps({**older, **bad}), window=4000)
 
 
-def _verified_hits(calibration: Calibration, audits: int, wrong_every: int) -> None:
-    """Audited gray-band hits the verifier served, one in `wrong_every` of them wrong."""
-    for i in range(audits):
-        before = calibration.counts("ns")
-        assert calibration.sample("ns", 1.0, 0.80, CONFIGURED, hit=True)
-        calibration.add("ns", 0.80, i % wrong_every == 0, *before, verified=True)
-
-
 def test_the_wrong_share_among_audits_follows_the_recent_ones():
     # The verifier's hits grow wronger as the cache fills: 1 in 100 over the first 1,000
     # audits, then 1 in 20. The whole window says 2.3%; the recent audits weigh more, so
     # the estimate is near what is served now (5%), and its bound is at least as wide as
     # the whole window's, since fewer audits stand behind it.
     calibration, _ = _calibration()
-    _verified_hits(calibration, 1000, 100)
-    _verified_hits(calibration, 500, 20)
+    _filling(calibration, 1000, 1, 1, wrong_every=100)  # every Lookup a verifier hit, audited
+    _filling(calibration, 500, 1, 1, wrong_every=20)
     report = calibration.report(lambda namespace: CONFIGURED, None)[0]
     whole_window = 35 / 1500
     assert report.false_hit_rate >= 0.035 and report.false_hit_rate > whole_window + 0.01
@@ -260,5 +254,5 @@ def test_the_wrong_share_among_audits_follows_the_recent_ones():
     assert report.wrong_audits == 35 and report.audits == 1500  # the counts stay the plain ones
     # A steady rate reads the same either way.
     steady, _ = _calibration()
-    _verified_hits(steady, 1500, 20)
+    _filling(steady, 1500, 1, 1, wrong_every=20)
     assert steady.report(lambda namespace: CONFIGURED, None)[0].false_hit_rate == pytest.approx(0.05, abs=0.003)
