@@ -2,7 +2,8 @@
 static threshold, the threshold with the lexical guard, and the guard plus the verifier
 in a gray band; the share of lookups that asked the verifier; false hits by kind.
 
-    python bench/verifier_eval.py --verifier DIR --split bench/.cache/verifier-split [--json FILE] [--quick]
+    python bench/verifier_eval.py --verifier DIR --split bench/.cache/verifier-split [--embedding-model DIR]
+        [--json FILE] [--quick]
 
 Pairs: every held-out pair scored once (cosine, guard, verifier), then each decision
 rule evaluated over a grid of its settings. Replay: each stream replayed through the
@@ -32,6 +33,7 @@ from semcache_server.decision import Candidate, DecisionPolicy, decide
 from semcache_server.embedder import load_embedder
 from semcache_server.guard import conflict, cosine_is_blind
 from semcache_server.normalize import normalize_query
+from semcache_server.settings import Settings
 from semcache_server.v1.records_pb2 import EntryRecord
 from semcache_server.verifier.calibrate import auc
 from semcache_server.verifier.model import OnnxVerifier
@@ -46,6 +48,9 @@ SCORES = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
 REPLAY_THRESHOLDS = [0.86, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98]
 REPLAY_BAND_LOWS = [0.7, 0.75, 0.8, 0.85]
 REPLAY_SCORES = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
+# The verifier's veto above the threshold (0: none, cosine alone serves there).
+VETOES = [0.0, 0.5, 0.8]
+REPLAY_VETOES = [0.0, 0.8]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,25 +59,33 @@ class Rule:
     threshold: float
     band_low: float | None = None
     min_score: float = 0.5
+    veto_score: float = 0.0  # with the verifier: the score a candidate at or above the threshold needs
 
     def key(self) -> str:
         if self.kind == "verifier":
-            return f"verifier t={self.threshold} low={self.band_low} s={self.min_score}"
+            veto = f" veto={self.veto_score}" if self.veto_score > 0 else ""
+            return f"verifier t={self.threshold} low={self.band_low} s={self.min_score}{veto}"
         return f"{self.kind} t={self.threshold}"
 
 
-# The rules the README's "old default / shipped default / strict" table compares, measured
-# on every set (each grid holds them; --quick's small grids have them added).
+_DEFAULTS = Settings()
+# The rules the README's "old default / previous default / shipped default / strict" table
+# compares, measured on every set (each grid holds them; --quick's small grids have them added).
 NAMED_RULES = {
     "old_default": Rule("guard", 0.92),
-    "shipped_default": Rule("verifier", 0.92, 0.85, 0.95),
+    "previous_default": Rule("verifier", 0.92, 0.85, 0.95),
+    "shipped_default": Rule(
+        "verifier", _DEFAULTS.min_similarity, _DEFAULTS.verifier_band_low, _DEFAULTS.verifier_min_score,
+        _DEFAULTS.verifier_veto_score,
+    ),
     "strict": Rule("verifier", 0.98, 0.85, 0.95),
 }
 
 
-def rules(thresholds: list[float], band_lows: list[float], scores: list[float]) -> list[Rule]:
+def rules(thresholds: list[float], band_lows: list[float], scores: list[float], vetoes: list[float]) -> list[Rule]:
     out = [Rule(kind, t) for kind in ("static", "guard") for t in thresholds]
-    out += [Rule("verifier", t, low, s) for t, low, s in itertools.product(thresholds, band_lows, scores) if low < t]
+    out += [Rule("verifier", t, low, s, v) for t, low, s, v in itertools.product(thresholds, band_lows, scores, vetoes)
+            if low < t and v <= s]
     return out + [rule for rule in NAMED_RULES.values() if rule not in out]
 
 
@@ -101,7 +114,9 @@ def pair_hits(f: dict, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
     above = open_ & ~exact & (sims >= rule.threshold)
     blind = above & f["cosine_is_blind"]  # above the threshold, but a near copy or a negation: verified
     band = (open_ & ~exact & (sims >= rule.band_low) & (sims < rule.threshold)) | blind
-    return exact | (above & ~blind) | (band & (f["scores"] >= rule.min_score)), band
+    served_above = above & ~blind & (f["scores"] >= rule.veto_score)  # the veto (0: cosine alone)
+    asked = band | (above & ~blind) if rule.veto_score > 0 else band
+    return exact | served_above | (band & (f["scores"] >= rule.min_score)), asked
 
 
 def pair_rates(hit: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
@@ -118,7 +133,8 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:
     stored: list[tuple[str, str]] = []
     exact_index: dict[str, int] = {}
     hits = wrong = asked = 0
-    policy = DecisionPolicy(rule.threshold, band_low=rule.band_low, min_verifier_score=rule.min_score)
+    policy = DecisionPolicy(rule.threshold, band_low=rule.band_low, min_verifier_score=rule.min_score,
+                            veto_score=rule.veto_score)
     for q in queries:
         normalized = normalize_query(q.text)
         if normalized in exact_index:
@@ -213,8 +229,12 @@ def main() -> None:
     parser.add_argument("--choose-at", type=float, default=0.0075,
                         help="false-hit rate the chosen settings keep to on every tune set (a 1%% goal, less a margin)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embedding-model", default="",
+                        help="the embedder whose cosines are measured (default: the embedded one; a dir from "
+                        "`semcache train embedder` measures that lever)")
     args = parser.parse_args()
-    thresholds, band_lows, scores = THRESHOLDS, BAND_LOWS, SCORES
+    thresholds, band_lows, scores, vetoes = THRESHOLDS, BAND_LOWS, SCORES, VETOES
+    replay_vetoes = REPLAY_VETOES
     replay_thresholds, replay_lows, replay_scores = REPLAY_THRESHOLDS, REPLAY_BAND_LOWS, REPLAY_SCORES
     pair_sets, replay_sets = PAIR_SETS, REPLAY_SETS
     if args.quick:
@@ -222,15 +242,18 @@ def main() -> None:
         pair_sets, replay_sets = ("banking77", "paws_wiki"), ("banking77", "hwu64")
         thresholds, band_lows, scores = [0.8, 0.9], [0.7], [0.5]
         replay_thresholds, replay_lows, replay_scores = [0.9], [0.7], [0.5]
+        vetoes = replay_vetoes = [0.0]
     if args.quick:
         args.split, args.verifier = _quick_inputs(args.split, args.verifier)
     if args.verifier is None:
         parser.error("--verifier DIR is required")
-    embedder = load_embedder()
+    embedder = load_embedder(args.embedding_model)
     verifier = OnnxVerifier(args.verifier)
-    grids = (rules(thresholds, band_lows, scores), rules(replay_thresholds, replay_lows, replay_scores))
+    grids = (rules(thresholds, band_lows, scores, vetoes),
+             rules(replay_thresholds, replay_lows, replay_scores, replay_vetoes))
     sets = (pair_sets, replay_sets)
-    result: dict = {"verifier": str(args.verifier), "combination": verifier.config.get("combination"),
+    result: dict = {"verifier": str(args.verifier), "embedding_model": args.embedding_model or "(embedded)",
+                    "combination": verifier.config.get("combination"),
                     "choose_at": args.choose_at, "pairs": {}, "replay": {}, "chosen_on_tune": {}}
     tune_pairs, _, tune_replay = measure("tune", args, embedder, verifier, grids, sets)
     pair_rows, pair_data, replay_rows = measure("holdout", args, embedder, verifier, grids, sets)

@@ -104,8 +104,7 @@ class SemanticCache:
         min_similarity: float | None = None,
         deadline: float | None = None,
         *,
-        verifier_band_low: float | None = None,
-        verifier_min_score: float | None = None,
+        verifier_band_low: float | None = None, verifier_min_score: float | None = None, verifier_veto_score: float | None = None,
         request_key: KeyParts = NO_KEY,
         control: CacheControl = DEFAULT_CONTROL,
         lease: bool = False,
@@ -116,13 +115,13 @@ class SemanticCache:
         """The stored response for this query, or a miss. Never crosses partitions, and
         never answers with an entry whose request key (settings, tools, context) differs.
         deadline: time.monotonic() past which the caller has given up (see _embed).
-        verifier_band_low, verifier_min_score: this request's gray band (see decision.py).
+        verifier_band_low, verifier_min_score, verifier_veto_score: this request's band and veto (decision.py).
         lease: the caller computes and stores on a miss, so concurrent misses of the same
         question wait for its Store (see semcache_server/leases.py), at most lease_wait_seconds.
         audit_rate: the share of eligible Lookups drawn for an audit (semcache_server/calibration.py).
         near_miss_band: a miss names its best candidate within this much under the threshold."""
         started = time.perf_counter()
-        policy = self.thresholds.policy(key.namespace, min_similarity, verifier_band_low, verifier_min_score)
+        policy = self.thresholds.policy(key.namespace, min_similarity, verifier_band_low, verifier_min_score, verifier_veto_score)
         request = self._prepare(key, query, embedding, request_key, control)
         leased = lease and not control.no_store and not control.refresh
         result = self._lookup(key, request, policy, deadline, count_miss=not leased)

@@ -75,7 +75,7 @@ class Client:
 
     def lookup(self, partition: PartitionLike, query: str, **options: Any) -> pb.LookupResponse:
         """Options (see LookupRequest; None leaves a setting to the namespace and server):
-        embedding, min_similarity, verifier_band_low, verifier_min_score, key (settings,
+        embedding, min_similarity, verifier_band_low, verifier_min_score, verifier_veto_score, key (settings,
         tools and context: see request_key), no_store, refresh, max_age_seconds, lease,
         lease_wait_ms, audit_rate, near_miss_band. A leased Lookup may wait up to lease_wait_ms (plus the timeout)."""
         request = build.lookup_request(partition, query, **options)

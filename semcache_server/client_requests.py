@@ -64,6 +64,7 @@ def lookup_request(
     min_similarity: float | None = None,
     verifier_band_low: float | None = None,
     verifier_min_score: float | None = None,
+    verifier_veto_score: float | None = None,
     key: KeyLike = None,
     no_store: bool = False,
     refresh: bool = False,
@@ -80,7 +81,8 @@ def lookup_request(
     )
     for field, value in (
         ("min_similarity", min_similarity), ("verifier_band_low", verifier_band_low),
-        ("verifier_min_score", verifier_min_score), ("lease_wait_ms", lease_wait_ms),
+        ("verifier_min_score", verifier_min_score), ("verifier_veto_score", verifier_veto_score),
+        ("lease_wait_ms", lease_wait_ms),
     ):
         if value is not None:
             setattr(request, field, value)

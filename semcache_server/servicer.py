@@ -119,6 +119,7 @@ class CacheServicer:
             deadline=deadline,
             verifier_band_low=wire.optional(request, "verifier_band_low"),
             verifier_min_score=wire.optional(request, "verifier_min_score"),
+            verifier_veto_score=wire.optional(request, "verifier_veto_score"),
             request_key=wire.key_parts(request.key),
             control=wire.cache_control(request.cache_control),
             lease=request.lease,

@@ -71,7 +71,8 @@ def check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
     if obj.lease_wait_seconds is not None and not 0 <= obj.lease_wait_seconds <= 3600:
         raise ConfigError(f"{prefix}lease_wait_seconds must be from 0 to 3600, got {obj.lease_wait_seconds}")
     for name, low in (
-        ("min_similarity", -1.0), ("verifier_band_low", -1.0), ("verifier_min_score", 0.0), ("context_min_similarity", -1.0),
+        ("min_similarity", -1.0), ("verifier_band_low", -1.0), ("verifier_min_score", 0.0), ("verifier_veto_score", 0.0),
+        ("context_min_similarity", -1.0),
         ("uncertified_min_similarity", -1.0),
     ):
         value = getattr(obj, name)

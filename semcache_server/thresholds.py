@@ -34,21 +34,29 @@ class Thresholds:
 
     def policy(
         self, namespace: str, min_similarity: float | None, band_low: float | None = None, min_score: float | None = None,
+        veto_score: float | None = None,
     ) -> DecisionPolicy:
-        """The decision policy of one Lookup: its threshold, and the band the verifier decides."""
+        """The decision policy of one Lookup: its threshold, the band the verifier decides,
+        and the verifier's veto at or above the threshold."""
         threshold = self.resolve(namespace, min_similarity)
         if band_low is None:
             band_low = self._settings.for_namespace(namespace, "verifier_band_low")
         else:
             check_similarity(band_low)
-        if min_score is None:
-            min_score = self._settings.for_namespace(namespace, "verifier_min_score")
-        elif not 0.0 <= min_score <= 1.0:  # NaN fails too
-            raise InvalidArgumentError(f"verifier_min_score must be between 0 and 1, got {min_score}")
+        min_score = self._score(namespace, "verifier_min_score", min_score)
+        veto_score = self._score(namespace, "verifier_veto_score", veto_score)
         return DecisionPolicy(
-            threshold, band_low=float(band_low), min_verifier_score=float(min_score),
-            max_verified=self._settings.verifier_max_candidates,
+            threshold, band_low=float(band_low), min_verifier_score=min_score,
+            max_verified=self._settings.verifier_max_candidates, veto_score=veto_score,
         )
+
+    def _score(self, namespace: str, name: str, requested: float | None) -> float:
+        """A verifier score setting: the request's (checked), else the namespace's."""
+        if requested is None:
+            return float(self._settings.for_namespace(namespace, name))
+        if not 0.0 <= requested <= 1.0:  # NaN fails too
+            raise InvalidArgumentError(f"{name} must be between 0 and 1, got {requested}")
+        return float(requested)
 
     def in_force(self, namespace: str) -> float:
         """The namespace's threshold as audits have moved it (its configured one without them)."""

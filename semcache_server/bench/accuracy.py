@@ -27,6 +27,7 @@ import numpy as np
 
 from semcache_server.bench.datasets import PAIRS, Pair, Query
 from semcache_server.bench.targets import Target
+from semcache_server.decision import THRESHOLD_VERIFIED, VERIFIER, VERIFIER_REJECTED
 from semcache_server.embedder import Embedder
 
 EMBED_BATCH = 256
@@ -109,7 +110,7 @@ def run_pairs(target: Target, pairs: Sequence[Pair], vectors: dict[str, np.ndarr
     return outcomes
 
 
-VERIFIER_PATHS = ("verifier", "verifier_rejected")
+VERIFIER_PATHS = (VERIFIER, VERIFIER_REJECTED, THRESHOLD_VERIFIED)  # the decision paths that asked the verifier
 
 
 def default_figures(target: Target, mode: str, items: Sequence[Pair] | Sequence[Query], vectors: dict[str, np.ndarray],

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from semcache_server.bench import accuracy, datasets, report
+from semcache_server.settings import Settings
 
 DEFAULT_THRESHOLDS = "0.70:0.99:0.01"
 
@@ -134,10 +135,10 @@ def _decision_points(args: argparse.Namespace) -> list:
         if mode == datasets.PAIRS:
             pairs = datasets.load_pairs(args.dataset, args.limit, args.seed)
             vectors = accuracy.embed_all(embedder, [t for p in pairs for t in (p.a, p.b)])
-            return decision_tune.pair_points(target, pairs, vectors, thresholds)
+            return decision_tune.pair_points(target, pairs, vectors, thresholds, args.veto_score)
         queries = datasets.load_replay(args.dataset, args.limit, args.seed)
         vectors = accuracy.embed_all(embedder, [q.text for q in queries])
-        return decision_tune.replay_points(target, queries, vectors, thresholds)
+        return decision_tune.replay_points(target, queries, vectors, thresholds, args.veto_score)
     finally:
         target.close()
 
@@ -168,7 +169,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     threshold = recommended["threshold"]
     lines = [f"min_similarity = {threshold}"]
     if decision is not None and decision.band_low is not None:
-        lines += [f"verifier_band_low = {decision.band_low}", f"verifier_min_score = {decision.min_score}"]
+        lines += [f"verifier_band_low = {decision.band_low}", f"verifier_min_score = {decision.min_score}",
+                  f"verifier_veto_score = {decision.veto_score}"]
     section = f"[namespaces.{json.dumps(args.namespace)}]"
     if args.apply:
         from semcache_server.client import Client
@@ -227,6 +229,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                       help="tune to the point estimate of the false-hit rate, not its 95%% upper bound")
     tune.add_argument("--verifier", default="",
                       help="in-process: the verifier whose band is tuned too (default: the shipped one; none: threshold only)")
+    tune.add_argument("--veto-score", type=float, default=Settings().verifier_veto_score,
+                      help="the verifier_veto_score the tuned decision is served with (0: no veto); default %(default)s")
     tune.add_argument("--json", metavar="OUT")
     tune.set_defaults(run=cmd_tune)
 

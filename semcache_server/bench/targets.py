@@ -66,10 +66,11 @@ class InProcessTarget:
     def lookup(
         self, version: str, query: str, vector: np.ndarray, min_similarity: float | None, **band: float | None,
     ) -> Found:
-        """band: verifier_band_low, verifier_min_score (None: the settings')."""
+        """band: verifier_band_low, verifier_min_score, verifier_veto_score (None: the settings')."""
         r = self._cache.lookup(
             self._key(version), query, embedding=vector, min_similarity=min_similarity,
             verifier_band_low=band.get("verifier_band_low"), verifier_min_score=band.get("verifier_min_score"),
+            verifier_veto_score=band.get("verifier_veto_score"),
         )
         similarity = -1.0 if r.similarity is None else r.similarity
         return Found(r.hit, r.exact, similarity, r.response, r.guard_reason, r.decided_by, r.verifier_score)

@@ -52,7 +52,7 @@ class Partition(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., prompt_version: _Optional[str] = ..., system_prompt: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score", "key", "cache_control", "lease", "lease_wait_ms", "audit_rate", "near_miss_band")
+    __slots__ = ("partition", "query", "embedding", "min_similarity", "verifier_band_low", "verifier_min_score", "key", "cache_control", "lease", "lease_wait_ms", "audit_rate", "near_miss_band", "verifier_veto_score")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class LookupRequest(_message.Message):
     LEASE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RATE_FIELD_NUMBER: _ClassVar[int]
     NEAR_MISS_BAND_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_VETO_SCORE_FIELD_NUMBER: _ClassVar[int]
     partition: Partition
     query: str
     embedding: _containers.RepeatedScalarFieldContainer[float]
@@ -77,7 +78,8 @@ class LookupRequest(_message.Message):
     lease_wait_ms: int
     audit_rate: float
     near_miss_band: float
-    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ..., audit_rate: _Optional[float] = ..., near_miss_band: _Optional[float] = ...) -> None: ...
+    verifier_veto_score: float
+    def __init__(self, partition: _Optional[_Union[Partition, _Mapping]] = ..., query: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., min_similarity: _Optional[float] = ..., verifier_band_low: _Optional[float] = ..., verifier_min_score: _Optional[float] = ..., key: _Optional[_Union[RequestKey, _Mapping]] = ..., cache_control: _Optional[_Union[CacheControl, _Mapping]] = ..., lease: _Optional[bool] = ..., lease_wait_ms: _Optional[int] = ..., audit_rate: _Optional[float] = ..., near_miss_band: _Optional[float] = ..., verifier_veto_score: _Optional[float] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("hit", "entry_id", "response", "similarity", "matched_query", "exact", "threshold", "metadata", "resolved_version", "guard_reason", "decided_by", "verifier_score", "lease_id", "coalesced", "waited_ms", "lookup_id", "audit", "audit_entry_id", "audit_response", "near_miss_entry_id", "near_miss_query", "near_miss_response")

@@ -53,7 +53,7 @@ def test_tune_fits_the_whole_decision_to_the_target_with_a_margin(embedder):
     pairs, vectors, table = _synthetic(embedder.dimension)
     target = InProcessTarget(embedder, TableVerifier(table))
     try:
-        points = decision_tune.pair_points(target, pairs, vectors, [0.8, 0.9, 0.99])
+        points = decision_tune.pair_points(target, pairs, vectors, [0.8, 0.9, 0.99], veto_score=0.0)
     finally:
         target.close()
     by_rule = {(p.threshold, p.band_low, p.min_score): p for p in points}
@@ -74,3 +74,28 @@ def test_tune_fits_the_whole_decision_to_the_target_with_a_margin(embedder):
     # With the margin, 150 negatives cannot certify a target under the Wilson bound of 0 in 150.
     assert decision_tune.recommend_decision(points, 0.01) is None
     assert decision_tune.recommend_decision(points, 0.02) is not None
+
+
+def test_tune_models_the_veto_above_the_threshold(embedder):
+    """Negatives in other words at cosine 0.95 (not near copies: no guard, no blind spot):
+    cosine alone serves them at any threshold under 0.95; the veto refuses them, and tune's
+    figures say so, as the served decision would."""
+    pairs, vectors, table = _synthetic(embedder.dimension)
+    for i in range(40):
+        a, b = f"when does shop {i} open", f"how much is parking near shop {i} tonight"
+        base = unit_vector(3000 + i, embedder.dimension)
+        vectors[a] = np.array(base, dtype=np.float32)
+        vectors[b] = np.array(vector_at_similarity(base, 0.95, seed=13_000 + i), dtype=np.float32)
+        pairs.append(Pair(a, b, 0, "negative"))
+        table[(b, a)] = 0.2
+    target = InProcessTarget(embedder, TableVerifier(table))
+    try:
+        no_veto = decision_tune.pair_points(target, pairs, vectors, [0.9], veto_score=0.0)
+        veto = decision_tune.pair_points(target, pairs, vectors, [0.9], veto_score=0.5)
+    finally:
+        target.close()
+    without = {(p.threshold, p.band_low, p.min_score): p for p in no_veto}[(0.9, 0.8, 0.5)]
+    with_veto = {(p.threshold, p.band_low, p.min_score): p for p in veto}[(0.9, 0.8, 0.5)]
+    assert without.point.false_hits == 40 and without.veto_score == 0.0
+    assert with_veto.point.false_hits == 0 and with_veto.point.hit_rate == 1.0 and with_veto.veto_score == 0.5
+    assert with_veto.to_json()["verifier_veto_score"] == 0.5

@@ -94,8 +94,19 @@ def test_each_decision_path_over_grpc(verified_server):
     exact = _lookup(client, "How do I return an item?", base)
     assert exact.hit and exact.decided_by == "exact" and not exact.HasField("verifier_score")
 
-    high = _lookup(client, "returning an item", vector_at_similarity(base, 0.95, 1))
+    above = vector_at_similarity(base, 0.95, 1)
+    high = _lookup(client, "returning an item", above, verifier_veto_score=0.0)
     assert high.hit and high.decided_by == "threshold" and not high.HasField("verifier_score")
+
+    # The veto (the server's default, 0.8): above the threshold the verifier is asked too.
+    confirmed = _lookup(client, "returning an item", above, verifier_veto_score=1e-6)
+    assert confirmed.hit and confirmed.decided_by == "threshold_verified" and confirmed.response == b"Use the returns page."
+    assert 0.0 < confirmed.verifier_score < 1.0
+    vetoed = _lookup(client, "returning an item", above, verifier_veto_score=1.0)
+    assert not vetoed.hit and vetoed.decided_by == "verifier_rejected"
+    assert vetoed.verifier_score == pytest.approx(confirmed.verifier_score, abs=1e-6)
+    by_default = _lookup(client, "returning an item", above)
+    assert by_default.decided_by == ("threshold_verified" if confirmed.verifier_score >= 0.8 else "verifier_rejected")
 
     in_band = vector_at_similarity(base, 0.85, 2)
     verified = _lookup(client, "can I send an item back", in_band, verifier_min_score=0.0)
@@ -122,7 +133,9 @@ def test_a_reordering_above_the_threshold_is_the_verifiers_to_decide_over_grpc(v
     assert not rejected.hit and rejected.decided_by == "verifier_rejected" and rejected.HasField("verifier_score")
     confirmed = _lookup(client, "flights from tampa to boston on monday", swapped, verifier_min_score=0.0)
     assert confirmed.hit and confirmed.decided_by == "verifier"
-    other_words = _lookup(client, "any direct connection Boston-Tampa, Mondays?", swapped, verifier_min_score=1.0)
+    other_words = _lookup(
+        client, "any direct connection Boston-Tampa, Mondays?", swapped, verifier_min_score=1.0, verifier_veto_score=0.0
+    )
     assert other_words.hit and other_words.decided_by == "threshold"
 
 
@@ -133,7 +146,10 @@ def test_the_guard_refuses_in_the_band_before_the_verifier_is_asked(verified_ser
     assert not closed.HasField("verifier_score")
 
 
-@pytest.mark.parametrize("field,value", [("verifier_min_score", 1.5), ("verifier_min_score", -0.1), ("verifier_band_low", 2.0)])
+@pytest.mark.parametrize("field,value", [
+    ("verifier_min_score", 1.5), ("verifier_min_score", -0.1), ("verifier_band_low", 2.0), ("verifier_veto_score", 1.5),
+    ("verifier_veto_score", float("nan")),
+])
 def test_a_bad_band_on_a_request_is_invalid_argument(verified_server, field, value):
     _, client, base = verified_server
     assert status_of(lambda: _lookup(client, "q", base, **{field: value})) == grpc.StatusCode.INVALID_ARGUMENT
@@ -165,6 +181,8 @@ def test_settings_check_the_band():
         Settings().with_overrides(verifier_min_score=1.5)
     with pytest.raises(ConfigError, match="verifier_band_low"):
         Settings().with_overrides(verifier_band_low=-2.0)
+    with pytest.raises(ConfigError, match="verifier_veto_score"):
+        Settings().with_overrides(verifier_veto_score=-0.5)
 
 
 def test_calibrate_records_one_combined_decision_that_the_server_judges_by(tmp_path, tiny_verifier, embedder):
