@@ -190,15 +190,16 @@ class OnnxEmbedder:
             raise ConfigError(f"the ONNX backend supports Transformer+Pooling(+Normalize) models, not {kinds}")
         pooling_dir = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
         pooling = json.loads((path / pooling_dir / "config.json").read_text())
-        if pooling.get("pooling_mode_mean_tokens"):
+        # sentence-transformers before 6 wrote one flag per mode; 6 writes "pooling_mode".
+        if pooling.get("pooling_mode_mean_tokens") or pooling.get("pooling_mode") == "mean":
             mode = "mean"
-        elif pooling.get("pooling_mode_cls_token"):
+        elif pooling.get("pooling_mode_cls_token") or pooling.get("pooling_mode") == "cls":
             mode = "cls"
         else:
             raise ConfigError("the ONNX backend supports mean or CLS pooling only")
         sentence = json.loads((path / "sentence_bert_config.json").read_text())
         return {
-            "dimension": int(pooling["word_embedding_dimension"]),
+            "dimension": int(pooling.get("word_embedding_dimension") or pooling["embedding_dimension"]),
             "pooling": mode,
             "normalize": "Normalize" in kinds,
             "max_seq_length": int(sentence.get("max_seq_length", 512)),

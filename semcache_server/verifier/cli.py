@@ -1,4 +1,5 @@
-"""`semcache train verifier PAIRS.jsonl... --out DIR`."""
+"""`semcache train verifier PAIRS.jsonl... --out DIR`, `semcache train calibrate`, and
+`semcache train embedder PAIRS.jsonl... --replay REPLAY.jsonl... --out DIR`."""
 
 from __future__ import annotations
 
@@ -45,7 +46,28 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--mine-limit-per-file", type=int, default=0, help="replay queries to mine from, per file")
     calibrate.add_argument("--min-similarity", type=float, default=0.6, help="fit on pairs at this cosine or more")
     calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--embedding-model", default="",
+                           help="the embedder whose cosines the decision combines (default: the embedded one)")
     calibrate.set_defaults(run=cmd_train_calibrate)
+
+    embedder = kinds.add_parser(
+        "embedder", help="fine-tune the embedder (contrastive, with hard negatives mined from replay streams)",
+        description="Fine-tune the embedded MiniLM so that questions with the same answer sit closer than "
+        "their nearest neighbours with another answer (see semcache_server/embedder_training.py).",
+    )
+    embedder.add_argument("pairs", nargs="*", type=Path, help="*.pairs.jsonl files: {a, b, label[, kind]}")
+    embedder.add_argument("--replay", nargs="*", type=Path, default=[], help="*.replay.jsonl files: {text, answer_key}")
+    embedder.add_argument("--out", type=Path, required=True, help="directory to write the model to")
+    embedder.add_argument("--limit-per-file", type=int, default=0, help="a seeded sample of N pairs/queries per file")
+    embedder.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long and save")
+    embedder.add_argument("--epochs", type=float, default=1.0)
+    embedder.add_argument("--batch-size", type=int, default=64)
+    embedder.add_argument("--learning-rate", type=float, default=2e-5)
+    embedder.add_argument("--max-length", type=int, default=64)
+    embedder.add_argument("--seed", type=int, default=0)
+    embedder.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    embedder.add_argument("--no-progress", action="store_true")
+    embedder.set_defaults(run=cmd_train_embedder)
 
 
 def cmd_train_verifier(args: argparse.Namespace) -> int:
@@ -83,12 +105,39 @@ def cmd_train_calibrate(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise SystemExit(f"no such file: {path}")
     OnnxVerifier(args.verifier)  # a clear error before the work when it is not a verifier
-    embedder = load_embedder()
+    embedder = load_embedder(args.embedding_model)
     pairs = data.load_pair_files(args.pairs, args.limit_per_file, args.seed)
     if args.replay:
         pairs += data.mined_pairs(args.replay, embedder.embed, 2, args.mine_limit_per_file, args.seed)
     try:
         record = calibrate(args.verifier, pairs, embedder.embed, args.min_similarity)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def cmd_train_embedder(args: argparse.Namespace) -> int:
+    from semcache_server.embedder import load_embedder
+    from semcache_server.embedder_training import EmbedderTrainingSettings, pair_examples, replay_examples, train_embedder
+    from semcache_server.verifier import data
+
+    for path in [*args.pairs, *args.replay]:
+        if not path.is_file():
+            raise SystemExit(f"no such file: {path}")
+    if not args.pairs and not args.replay:
+        raise SystemExit("give pair files, --replay files, or both")
+    if args.epochs <= 0 or args.batch_size < 2 or args.max_length < 8:
+        raise SystemExit("--epochs must be > 0, --batch-size >= 2, --max-length >= 8")
+    examples = pair_examples(data.load_pair_files(args.pairs, args.limit_per_file, args.seed), args.seed)
+    if args.replay:
+        examples += replay_examples(args.replay, load_embedder().embed, args.limit_per_file, args.seed)
+    settings = EmbedderTrainingSettings(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        max_length=args.max_length, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
+    )
+    try:
+        record = train_embedder(examples, args.out, settings, progress=not args.no_progress)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     print(json.dumps(record, indent=2))
