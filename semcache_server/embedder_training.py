@@ -30,10 +30,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -41,6 +39,7 @@ import numpy as np
 
 from semcache_server.bench import datasets
 from semcache_server.embedder import default_model_path
+from semcache_server.training_loop import fine_tune
 from semcache_server.verifier.data import TrainingPair
 
 RECORD_FILE = "semcache-embedder.json"
@@ -143,61 +142,23 @@ def train_embedder(
     model = SentenceTransformer(base, device="cpu")
     model.max_seq_length = settings.max_length
     model.train()
-    steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
-    total_steps = max(1, int(steps_per_epoch * settings.epochs))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    warmup = max(1, int(total_steps * settings.warmup_share))
-
-    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    rng = random.Random(settings.seed)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps * settings.batch_size, unit="examples", desc="training embedder", smoothing=0.05)
-    started = time.monotonic()
-    stop_at = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
-    step, losses = 0, []
 
     def embed(texts: list[str]) -> torch.Tensor:
         features = model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
-        vectors = model(features)["sentence_embedding"]
-        return torch.nn.functional.normalize(vectors, dim=-1)
+        return torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
 
-    while step < total_steps and time.monotonic() < stop_at:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), settings.batch_size):
-            if step >= total_steps or time.monotonic() >= stop_at:
-                break
-            batch = [examples[i] for i in order[start:start + settings.batch_size]]
-            with_negative = [e for e in batch if e.negative is not None]
-            anchors = embed([e.anchor for e in batch])
-            candidates = embed([e.positive for e in batch] + [e.negative for e in with_negative])  # type: ignore[misc]
-            answers = [e.answer for e in batch] + [e.negative_answer for e in with_negative]
-            logits = settings.scale * anchors @ candidates.T
-            # A candidate that answers what the anchor asks is no negative (but its own positive stays).
-            mask = torch.tensor([[a.answer == c and i != j for j, c in enumerate(answers)] for i, a in enumerate(batch)])
-            logits = logits.masked_fill(mask, float("-inf"))
-            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(loss.detach().item())
-            step += 1
-            if bar is not None:
-                bar.update(len(batch))
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    if bar is not None:
-        bar.close()
+    def loss_of(batch: list[Example], rng: random.Random) -> torch.Tensor:
+        with_negative = [e for e in batch if e.negative is not None]
+        anchors = embed([e.anchor for e in batch])
+        candidates = embed([e.positive for e in batch] + [e.negative for e in with_negative])  # type: ignore[misc]
+        answers = [e.answer for e in batch] + [e.negative_answer for e in with_negative]
+        logits = settings.scale * anchors @ candidates.T
+        # A candidate that answers what the anchor asks is no negative (but its own positive stays).
+        mask = torch.tensor([[a.answer == c and i != j for j, c in enumerate(answers)] for i, a in enumerate(batch)])
+        logits = logits.masked_fill(mask, float("-inf"))
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+
+    done = fine_tune(model, examples, loss_of, settings, progress, unit="examples", desc="training embedder")
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
@@ -213,9 +174,8 @@ def train_embedder(
         "training": {
             **dataclasses.asdict(settings), "examples": len(examples),
             "with_hard_negative": sum(e.negative is not None for e in examples), "kinds": kinds,
-            "examples_sha256": digest.hexdigest(), "steps": step, "planned_steps": total_steps,
-            "seconds": round(time.monotonic() - started, 1),
-            "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
+            "examples_sha256": digest.hexdigest(), "steps": done.steps, "planned_steps": done.planned_steps,
+            "seconds": round(done.seconds, 1), "final_loss": round(done.final_loss, 4),
         },
     }
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")

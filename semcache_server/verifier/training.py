@@ -13,11 +13,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from semcache_server.embedder import default_model_path
+from semcache_server.training_loop import fine_tune
 from semcache_server.verifier.data import TrainingPair
 
 log = logging.getLogger("semcache")
@@ -75,57 +74,19 @@ def train(
         warnings.simplefilter("ignore")  # "some weights newly initialized": the classifier head, on purpose
         model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, local_files_only=True)
     model.train()
-    steps_per_epoch = math.ceil(len(pairs) / settings.batch_size)
-    total_steps = max(1, int(steps_per_epoch * settings.epochs))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    warmup = max(1, int(total_steps * settings.warmup_share))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    rng = random.Random(settings.seed)
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total_steps * settings.batch_size, unit="pairs", desc="training verifier", smoothing=0.05)
-    started = time.monotonic()
-    stop_at = started + settings.max_minutes * 60 if settings.max_minutes else math.inf
-    step, losses = 0, []
-    while step < total_steps and time.monotonic() < stop_at:
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
-        for start in range(0, len(order), settings.batch_size):
-            if step >= total_steps or time.monotonic() >= stop_at:
-                break
-            batch = [pairs[i] for i in order[start:start + settings.batch_size]]
-            # Either order: the decision asks (query, stored) but the relation is symmetric.
-            firsts, seconds = zip(*[(p.a, p.b) if rng.random() < 0.5 else (p.b, p.a) for p in batch], strict=True)
-            encoded = tokenizer(
-                list(firsts), list(seconds), truncation=True, max_length=settings.max_length,
-                padding=True, return_tensors="pt",
-            )
-            labels = torch.tensor([float(p.label) for p in batch])
-            logits = model(**encoded).logits.squeeze(-1)
-            loss = loss_fn(logits, labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(loss.detach().item())
-            step += 1
-            if bar is not None:
-                bar.update(len(batch))
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{np.mean(losses[-100:]):.3f}")
-    if bar is not None:
-        bar.close()
-    elapsed = time.monotonic() - started
+    def loss_of(batch: list[TrainingPair], rng: random.Random) -> torch.Tensor:
+        # Either order: the decision asks (query, stored) but the relation is symmetric.
+        firsts, seconds = zip(*[(p.a, p.b) if rng.random() < 0.5 else (p.b, p.a) for p in batch], strict=True)
+        encoded = tokenizer(
+            list(firsts), list(seconds), truncation=True, max_length=settings.max_length,
+            padding=True, return_tensors="pt",
+        )
+        labels = torch.tensor([float(p.label) for p in batch])
+        return loss_fn(model(**encoded).logits.squeeze(-1), labels)
+
+    done = fine_tune(model, pairs, loss_of, settings, progress, unit="pairs", desc="training verifier")
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     check_pairs = [(p.a, p.b) for p in pairs[:: max(1, len(pairs) // 64)][:64]]
@@ -151,9 +112,9 @@ def train(
         "export_check": agreement,
         "training": {
             **dataclasses.asdict(settings), "pairs": len(pairs), "pairs_sha256": digest.hexdigest(),
-            "kinds": dict(sorted(kinds.items())), "steps": step, "planned_steps": total_steps,
-            "seconds": round(elapsed, 1),
-            "final_loss": round(float(np.mean(losses[-100:])), 4),
+            "kinds": dict(sorted(kinds.items())), "steps": done.steps, "planned_steps": done.planned_steps,
+            "seconds": round(done.seconds, 1),
+            "final_loss": round(done.final_loss, 4),
         },
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
