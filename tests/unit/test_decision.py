@@ -87,6 +87,11 @@ SCORES = {
 }
 
 
+# With a veto_score, candidates at or above the threshold are verified too.
+VETO = dataclasses.replace(BAND, veto_score=0.5)
+STORE_OPEN = _candidate(40, "is the store open on sundays", 0.96)  # the verifier says 0.1: another question
+
+
 def _verify(asked: list[list[str]]):  # type: ignore[no-untyped-def]
     def verify(texts, similarities):  # type: ignore[no-untyped-def]
         assert len(similarities) == len(texts)
@@ -115,6 +120,27 @@ def _verify(asked: list[list[str]]):  # type: ignore[no-untyped-def]
          [["what is your return policy"]]),
         ("below the band: a miss, and the verifier is not asked", [WEATHER], BAND, None, BELOW_THRESHOLD, None, []),
         ("no band: the plain threshold", [RETURN_POLICY], DecisionPolicy(0.9), None, BELOW_THRESHOLD, None, []),
+        ("above the threshold, the verifier confirms at the veto score",
+         [RESET], VETO, 3, THRESHOLD_VERIFIED, 0.7, [["how do I reset my password"]]),
+        ("above the threshold, under the veto score: refused, a miss",
+         [STORE_OPEN], VETO, None, VERIFIER_REJECTED, 0.1, [["is the store open on sundays"]]),
+        ("the best candidate is judged alone first; vetoed, it gives way to a confirmed one in the band",
+         [STORE_OPEN, RETURN_POLICY], VETO, 11, VERIFIER, 0.9,
+         [["is the store open on sundays"], ["what is your return policy"]]),
+        ("confirmed alone, the best candidate is the hit and nothing more is scored",
+         [RESET, RETURN_POLICY], dataclasses.replace(VETO, min_verifier_score=0.95), 3, THRESHOLD_VERIFIED, 0.7,
+         [["how do I reset my password"]]),
+        ("each candidate is held to its own cut: vetoed at 0.8, a band candidate passes 0.5",
+         [RESET, RETURN_POLICY], dataclasses.replace(VETO, veto_score=0.8), 11, VERIFIER, 0.9,
+         [["how do I reset my password"], ["what is your return policy"]]),
+        ("a second candidate above the threshold is held to the veto score too",
+         [STORE_OPEN, _candidate(41, "how do I reset my password", 0.93)], VETO, 41, THRESHOLD_VERIFIED, 0.7,
+         [["is the store open on sundays"], ["how do I reset my password"]]),
+        ("every candidate vetoed or rejected: a miss reporting the best score seen",
+         [STORE_OPEN, RETURN_ITEM], VETO, None, VERIFIER_REJECTED, 0.2,
+         [["is the store open on sundays"], ["how do I return an item"]]),
+        ("veto_score 0: cosine alone serves above the threshold, as before",
+         [STORE_OPEN], dataclasses.replace(VETO, veto_score=0.0), 40, THRESHOLD, None, []),
     ],
 )
 def test_decide_with_a_verifier(reason, candidates, policy, hit, decided_by, score, asked):
@@ -177,43 +203,6 @@ def test_a_negation_above_the_threshold_is_verified():
 
 # -- the veto: with a veto_score, candidates at or above the threshold are verified too -------
 
-VETO = dataclasses.replace(BAND, veto_score=0.5)
-STORE_OPEN = _candidate(40, "is the store open on sundays", 0.96)  # the verifier says 0.1: another question
-
-
-@pytest.mark.parametrize(
-    "reason,candidates,policy,hit,decided_by,score,asked",
-    [
-        ("above the threshold, the verifier confirms at the veto score",
-         [RESET], VETO, 3, THRESHOLD_VERIFIED, 0.7, [["how do I reset my password"]]),
-        ("above the threshold, under the veto score: refused, a miss",
-         [STORE_OPEN], VETO, None, VERIFIER_REJECTED, 0.1, [["is the store open on sundays"]]),
-        ("the best candidate is judged alone first; vetoed, it gives way to a confirmed one in the band",
-         [STORE_OPEN, RETURN_POLICY], VETO, 11, VERIFIER, 0.9,
-         [["is the store open on sundays"], ["what is your return policy"]]),
-        ("confirmed alone, the best candidate is the hit and nothing more is scored",
-         [RESET, RETURN_POLICY], dataclasses.replace(VETO, min_verifier_score=0.95), 3, THRESHOLD_VERIFIED, 0.7,
-         [["how do I reset my password"]]),
-        ("each candidate is held to its own cut: vetoed at 0.8, a band candidate passes 0.5",
-         [RESET, RETURN_POLICY], dataclasses.replace(VETO, veto_score=0.8), 11, VERIFIER, 0.9,
-         [["how do I reset my password"], ["what is your return policy"]]),
-        ("a second candidate above the threshold is held to the veto score too",
-         [STORE_OPEN, _candidate(41, "how do I reset my password", 0.93)], VETO, 41, THRESHOLD_VERIFIED, 0.7,
-         [["is the store open on sundays"], ["how do I reset my password"]]),
-        ("every candidate vetoed or rejected: a miss reporting the best score seen",
-         [STORE_OPEN, RETURN_ITEM], VETO, None, VERIFIER_REJECTED, 0.2,
-         [["is the store open on sundays"], ["how do I return an item"]]),
-        ("veto_score 0: cosine alone serves above the threshold, as before",
-         [STORE_OPEN], dataclasses.replace(VETO, veto_score=0.0), 40, THRESHOLD, None, []),
-    ],
-)
-def test_decide_with_a_veto(reason, candidates, policy, hit, decided_by, score, asked):
-    calls: list[list[str]] = []
-    verdict = decide(candidates, policy, "", _verify(calls))
-    assert (verdict.hit.entry_id if verdict.hit else None) == hit, reason
-    assert verdict.decided_by == decided_by, reason
-    assert verdict.verifier_score == (pytest.approx(score) if score is not None else None), reason
-    assert calls == asked, reason
 
 
 def test_without_a_verifier_the_veto_changes_nothing():
