@@ -229,6 +229,8 @@ def main() -> None:
     parser.add_argument("--choose-at", type=float, default=0.0075,
                         help="false-hit rate the chosen settings keep to on every tune set (a 1%% goal, less a margin)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sets", nargs="*", default=None,
+                        help="only these data sets (e.g. the one a cross-set check held out of training)")
     parser.add_argument("--embedding-model", default="",
                         help="the embedder whose cosines are measured (default: the embedded one; a dir from "
                         "`semcache train embedder` measures that lever)")
@@ -237,6 +239,12 @@ def main() -> None:
     replay_vetoes = REPLAY_VETOES
     replay_thresholds, replay_lows, replay_scores = REPLAY_THRESHOLDS, REPLAY_BAND_LOWS, REPLAY_SCORES
     pair_sets, replay_sets = PAIR_SETS, REPLAY_SETS
+    if args.sets:
+        unknown = sorted(set(args.sets) - set(PAIR_SETS))
+        if unknown:
+            parser.error(f"unknown data sets {unknown}; known: {', '.join(PAIR_SETS)}")
+        pair_sets = tuple(n for n in PAIR_SETS if n in args.sets)
+        replay_sets = tuple(n for n in REPLAY_SETS if n in args.sets)
     if args.quick:
         args.pairs_limit, args.replay_limit = 60, 60
         pair_sets, replay_sets = ("banking77", "paws_wiki"), ("banking77", "hwu64")
