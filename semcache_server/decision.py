@@ -66,7 +66,8 @@ class DecisionPolicy:
     """threshold: cosine at or above which a candidate is a hit without the verifier.
     band_low: with a verifier, cosine from which candidates below the threshold are
     verified (None: no band). min_verifier_score: the verifier's P(same) a band candidate
-    needs. max_verified: band candidates scored per Lookup, best cosine first.
+    needs. max_verified: candidates scored together in one verifier call, best cosine first
+    (a first candidate the veto judged alone, in a call of its own, is not counted).
     veto_score: with a verifier, the P(same) a candidate at or above the threshold needs
     (0: none; cosine alone serves it, as without a verifier)."""
 
