@@ -39,7 +39,7 @@ import numpy as np
 
 from semcache_server.bench import datasets
 from semcache_server.embedder import default_model_path
-from semcache_server.training_loop import fine_tune
+from semcache_server.training_loop import LoopSettings, fine_tune
 from semcache_server.verifier.data import TrainingPair
 
 RECORD_FILE = "semcache-embedder.json"
@@ -56,17 +56,11 @@ class Example:
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbedderTrainingSettings:
+class EmbedderTrainingSettings(LoopSettings):
     epochs: float = 1.0
     batch_size: int = 64
     learning_rate: float = 2e-5
-    warmup_share: float = 0.1
-    weight_decay: float = 0.01
     scale: float = 20.0  # cosines times this are the softmax's logits
-    max_length: int = 64
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 = torch's choice
-    max_minutes: float = 0.0  # stop (and save what there is) after this long; 0 = no limit
 
 
 def replay_examples(

@@ -10,28 +10,26 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 Item = TypeVar("Item")
 
 
-class LoopSettings(Protocol):  # read-only: the trainers' settings are frozen dataclasses
-    @property
-    def epochs(self) -> float: ...
-    @property
-    def batch_size(self) -> int: ...
-    @property
-    def learning_rate(self) -> float: ...
-    @property
-    def warmup_share(self) -> float: ...
-    @property
-    def weight_decay(self) -> float: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def max_minutes(self) -> float: ...  # stop after this long; 0 = no limit
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """What every fine-tune here is set by (the verifier's defaults; each trainer subclasses it)."""
+
+    epochs: float = 2.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_share: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 64  # tokens of an input; queries are short
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = what torch picks
+    max_minutes: float = 0.0  # stop (and keep what there is) after this long; 0 = no limit
 
 
 @dataclasses.dataclass(frozen=True)

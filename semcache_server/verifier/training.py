@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from semcache_server.embedder import default_model_path
-from semcache_server.training_loop import fine_tune
+from semcache_server.training_loop import LoopSettings, fine_tune
 from semcache_server.verifier.data import TrainingPair
 
 log = logging.getLogger("semcache")
@@ -34,16 +34,8 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingSettings:
-    epochs: float = 2.0
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    warmup_share: float = 0.1
-    weight_decay: float = 0.01
-    max_length: int = 64  # tokens of both texts together; queries are short
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 = what torch picks
-    max_minutes: float = 0.0  # stop (and export what there is) after this long; 0 = no limit
+class TrainingSettings(LoopSettings):
+    """The verifier's: LoopSettings' defaults; max_length counts both texts of a pair together."""
 
 
 def _seed_everything(seed: int) -> None:
