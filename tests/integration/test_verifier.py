@@ -49,6 +49,21 @@ def test_training_writes_a_servable_int8_model_whose_scores_agree_with_torch(tin
     assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
 
 
+def test_a_pair_scores_the_same_alone_and_among_other_candidates():
+    """The shipped int8 model: in one padded run, a pair's score moved with its batch-mates
+    (the activations' quantization scale spans the run), so a Lookup's verdict depended on
+    its other candidates. Each pair now runs alone."""
+    verifier = load_verifier("")
+    assert verifier is not None
+    query = "how long does it take for my new card to arrive"
+    candidates = ["when will my card be delivered", "my card has not arrived yet and I have been waiting for two weeks now",
+                  "card", "can I track the card you sent me, and if so where do I find the tracking number"]
+    together = verifier.score(query, candidates)
+    alone = np.array([verifier.score(query, [c])[0] for c in candidates])
+    assert np.array_equal(together, alone)
+    assert np.array_equal(verifier.score(query, candidates[::-1]), together[::-1])
+
+
 def test_training_is_reproducible(tmp_path):
     pairs = _tiny_pairs()[:16]
     first = train(pairs, tmp_path / "a", TINY, progress=False, quantize=False)
@@ -98,7 +113,7 @@ def test_each_decision_path_over_grpc(verified_server):
     high = _lookup(client, "returning an item", above, verifier_veto_score=0.0)
     assert high.hit and high.decided_by == "threshold" and not high.HasField("verifier_score")
 
-    # The veto (the server's default, 0.8): above the threshold the verifier is asked too.
+    # The veto (the server's default, verifier_veto_score): above the threshold the verifier is asked too.
     confirmed = _lookup(client, "returning an item", above, verifier_veto_score=1e-6)
     assert confirmed.hit and confirmed.decided_by == "threshold_verified" and confirmed.response == b"Use the returns page."
     assert 0.0 < confirmed.verifier_score < 1.0
@@ -106,7 +121,8 @@ def test_each_decision_path_over_grpc(verified_server):
     assert not vetoed.hit and vetoed.decided_by == "verifier_rejected"
     assert vetoed.verifier_score == pytest.approx(confirmed.verifier_score, abs=1e-6)
     by_default = _lookup(client, "returning an item", above)
-    assert by_default.decided_by == ("threshold_verified" if confirmed.verifier_score >= 0.8 else "verifier_rejected")
+    veto = Settings().verifier_veto_score
+    assert by_default.decided_by == ("threshold_verified" if confirmed.verifier_score >= veto else "verifier_rejected")
 
     in_band = vector_at_similarity(base, 0.85, 2)
     verified = _lookup(client, "can I send an item back", in_band, verifier_min_score=0.0)
