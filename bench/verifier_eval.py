@@ -74,6 +74,7 @@ _DEFAULTS = Settings()
 NAMED_RULES = {
     "old_default": Rule("guard", 0.92),
     "previous_default": Rule("verifier", 0.92, 0.85, 0.95),
+    "veto_0.8_default": Rule("verifier", 0.92, 0.8, 0.95, 0.8),  # the default from the veto until veto 0.9
     "shipped_default": Rule(
         "verifier", _DEFAULTS.min_similarity, _DEFAULTS.verifier_band_low, _DEFAULTS.verifier_min_score,
         _DEFAULTS.verifier_veto_score,
@@ -127,14 +128,16 @@ def pair_rates(hit: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
     return share(positives), share(~positives)
 
 
-def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:  # type: ignore[no-untyped-def]
-    """Replay the stream under `rule`: hits, wrong hits, lookups that asked the verifier."""
+def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict,  # type: ignore[no-untyped-def]
+                   max_verified: int = _DEFAULTS.verifier_max_candidates) -> dict:
+    """Replay the stream under `rule`: hits, wrong hits, lookups that asked the verifier,
+    and the pairs it scored per lookup (a Lookup's cost; max_verified caps the band's)."""
     stored_vectors = np.empty((len(queries), next(iter(vectors.values())).shape[0]), dtype=np.float32)
     stored: list[tuple[str, str]] = []
     exact_index: dict[str, int] = {}
-    hits = wrong = asked = 0
+    hits = wrong = asked = pairs = 0
     policy = DecisionPolicy(rule.threshold, band_low=rule.band_low, min_verifier_score=rule.min_score,
-                            veto_score=rule.veto_score)
+                            max_verified=max_verified, veto_score=rule.veto_score)
     for q in queries:
         normalized = normalize_query(q.text)
         if normalized in exact_index:
@@ -145,10 +148,10 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:
         sims = stored_vectors[:count] @ vectors[q.text] if count else np.empty(0)
         order = np.argsort(-sims)[:16]
         candidates = [Candidate(int(i), EntryRecord(query=stored[i][0]), float(sims[i])) for i in order]
-        called = [False]
+        called = [0]  # pairs this lookup asked the verifier about
 
         def verify(texts, similarities, text=q.text, called=called):  # type: ignore[no-untyped-def]
-            called[0] = True
+            called[0] += len(texts)
             missing = [t for t in texts if (text, t) not in cache]
             if missing:
                 for t, s in zip(missing, verifier.score(text, missing), strict=True):
@@ -158,7 +161,8 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:
 
         guard_text = q.text if rule.kind != "static" else ""
         verdict = decide(candidates, policy, guard_text, verify if rule.kind == "verifier" else None)
-        asked += called[0]
+        asked += called[0] > 0
+        pairs += called[0]
         if verdict.hit is not None:
             hits += 1
             wrong += stored[verdict.hit.entry_id][1] != q.answer_key
@@ -168,7 +172,7 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict) -> dict:
             exact_index.setdefault(normalized, count)
     n = len(queries)
     return {"hit_rate": hits / n, "false_hit_rate": wrong / n, "verifier_share": asked / n,
-            "false_hits": wrong, "negatives": n}
+            "pairs_per_lookup": pairs / n, "false_hits": wrong, "negatives": n}
 
 
 def best_at(rows: dict[str, dict], kind: str, fhr: float) -> dict | None:
@@ -262,7 +266,8 @@ def main() -> None:
     sets = (pair_sets, replay_sets)
     result: dict = {"verifier": str(args.verifier), "embedding_model": args.embedding_model or "(embedded)",
                     "combination": verifier.config.get("combination"),
-                    "choose_at": args.choose_at, "pairs": {}, "replay": {}, "chosen_on_tune": {}}
+                    "choose_at": args.choose_at, "verifier_max_candidates": _DEFAULTS.verifier_max_candidates,
+                    "pairs": {}, "replay": {}, "chosen_on_tune": {}}
     tune_pairs, _, tune_replay = measure("tune", args, embedder, verifier, grids, sets)
     pair_rows, pair_data, replay_rows = measure("holdout", args, embedder, verifier, grids, sets)
 
