@@ -99,9 +99,13 @@ class Settings:
     verifier_min_score: float = 0.95
     # The judgement a candidate at or above min_similarity needs: under it the verifier
     # vetoes what cosine alone would serve (a negation, an antonym, another entity in the
-    # same words). 0 = no veto: cosine alone serves at or above min_similarity.
-    verifier_veto_score: float = 0.8
-    # Band candidates the verifier scores per Lookup, best cosine first.
+    # same words). 0 = no veto: cosine alone serves at or above min_similarity. 0.9 keeps
+    # QQP's 2,448 dev negatives at 0.74% false hits (0.8: 1.23%); bench/README.md, "Veto 0.9".
+    verifier_veto_score: float = 0.9
+    # Band candidates the verifier scores per Lookup, best cosine first. Each is a pair on
+    # the verifier (~3-4 ms on one busy core); 1 makes a saturated 2-core server 15-25%
+    # faster with the verifier on and serves ~9% fewer hits on the banking77 stream. See
+    # bench/README.md, "How many band candidates the verifier scores".
     verifier_max_candidates: int = 4
     # Cores the verifier uses per call; 0 = onnxruntime's choice.
     verifier_threads: int = 1
