@@ -85,9 +85,10 @@ class Settings:
     # Cosine similarity (-1..1, higher is stricter) a semantic match must reach.
     # 0.92 keeps false hits near or under 1% on the intent replay sets without a verifier
     # (clinc150: 2.3%). With the shipped one, candidates at or above it are verified too
-    # (verifier_veto_score): that default kept false hits at or under 0.86% on every dev
-    # set's held-out part, where cosine alone above 0.92 served 1.6-9.9% wrong on four of
-    # them; see bench/README.md, "Verifier", and tune per namespace on your own data.
+    # (verifier_veto_score): the default keeps false hits at or under 0.67% on every dev
+    # set's held-out part and 0.74% on every whole dev set, where cosine alone above 0.92
+    # served 1.6-9.9% wrong on four of them; see bench/README.md, "Verifier", and tune per
+    # namespace on your own data.
     min_similarity: float = 0.92
     # The pair model that verifies candidates in the gray band [verifier_band_low,
     # min_similarity): "" = the one shipped in semcache_server/verifier/default (none if the
