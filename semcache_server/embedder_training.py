@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 
 from semcache_server.bench import datasets
 from semcache_server.embedder import default_model_path
-from semcache_server.training_loop import LoopSettings, fine_tune
+from semcache_server.training_loop import LoopSettings, fine_tune, prepare_torch
 from semcache_server.verifier.data import TrainingPair
 
 RECORD_FILE = "semcache-embedder.json"
@@ -126,13 +125,8 @@ def train_embedder(
 
     if not examples:
         raise ValueError("no training examples")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prepare_torch(settings)
     base = str(base_model or default_model_path())
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    random.seed(settings.seed)
-    np.random.seed(settings.seed)
-    torch.manual_seed(settings.seed)
     model = SentenceTransformer(base, device="cpu")
     model.max_seq_length = settings.max_length
     model.train()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,19 @@ class LoopSettings:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = what torch picks
     max_minutes: float = 0.0  # stop (and keep what there is) after this long; 0 = no limit
+
+
+def prepare_torch(settings: LoopSettings) -> None:
+    """Before a fine-tune loads its base model: no hub (the weights ship in a package),
+    torch's threads as set, and every generator seeded, so a run is reproducible."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)
+    torch.manual_seed(settings.seed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
+from semcache_server.embedder_training import EmbedderTrainingSettings
+from semcache_server.training_loop import LoopSettings
+
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train the models semcache serves")
@@ -23,15 +26,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     verifier.add_argument("--synthetic", type=int, default=2000, help="made negatives of each kind (negation, word swap)")
     verifier.add_argument("--mined-per-query", type=int, default=2)
     verifier.add_argument("--mine-limit-per-file", type=int, default=0, help="replay queries to mine from, per file (0: all)")
-    verifier.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long and export")
-    verifier.add_argument("--epochs", type=float, default=2.0)
-    verifier.add_argument("--batch-size", type=int, default=32)
-    verifier.add_argument("--learning-rate", type=float, default=5e-5)
-    verifier.add_argument("--max-length", type=int, default=64)
-    verifier.add_argument("--seed", type=int, default=0)
-    verifier.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    _add_loop_arguments(verifier, LoopSettings())  # TrainingSettings' defaults are LoopSettings'
     verifier.add_argument("--fp32", action="store_true", help="keep full precision (default: int8 weights)")
-    verifier.add_argument("--no-progress", action="store_true")
     verifier.set_defaults(run=cmd_train_verifier)
 
     calibrate = kinds.add_parser(
@@ -59,15 +55,27 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     embedder.add_argument("--replay", nargs="*", type=Path, default=[], help="*.replay.jsonl files: {text, answer_key}")
     embedder.add_argument("--out", type=Path, required=True, help="directory to write the model to")
     embedder.add_argument("--limit-per-file", type=int, default=0, help="a seeded sample of N pairs/queries per file")
-    embedder.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long and save")
-    embedder.add_argument("--epochs", type=float, default=1.0)
-    embedder.add_argument("--batch-size", type=int, default=64)
-    embedder.add_argument("--learning-rate", type=float, default=2e-5)
-    embedder.add_argument("--max-length", type=int, default=64)
-    embedder.add_argument("--seed", type=int, default=0)
-    embedder.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
-    embedder.add_argument("--no-progress", action="store_true")
+    _add_loop_arguments(embedder, EmbedderTrainingSettings())
     embedder.set_defaults(run=cmd_train_embedder)
+
+
+def _add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings) -> None:
+    """The fine-tune's own options (training_loop.LoopSettings), with the trainer's defaults."""
+    parser.add_argument("--max-minutes", type=float, default=defaults.max_minutes,
+                        help="stop training after this long and keep the model so far")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (0: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _loop_options(args: argparse.Namespace) -> dict:
+    """The LoopSettings fields that _add_loop_arguments' options set."""
+    return {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+            "max_length": args.max_length, "seed": args.seed, "threads": args.threads, "max_minutes": args.max_minutes}
 
 
 def cmd_train_verifier(args: argparse.Namespace) -> int:
@@ -86,10 +94,7 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
 
         embedder = load_embedder()
         pairs += data.mined_pairs(args.replay, embedder.embed, args.mined_per_query, args.mine_limit_per_file, args.seed)
-    settings = TrainingSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        max_length=args.max_length, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
-    )
+    settings = TrainingSettings(**_loop_options(args))
     record = train(pairs, args.out, settings, progress=not args.no_progress, quantize=not args.fp32)
     print(json.dumps(record, indent=2))
     return 0
@@ -119,7 +124,7 @@ def cmd_train_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_train_embedder(args: argparse.Namespace) -> int:
     from semcache_server.embedder import load_embedder
-    from semcache_server.embedder_training import EmbedderTrainingSettings, pair_examples, replay_examples, train_embedder
+    from semcache_server.embedder_training import pair_examples, replay_examples, train_embedder
     from semcache_server.verifier import data
 
     for path in [*args.pairs, *args.replay]:
@@ -132,10 +137,7 @@ def cmd_train_embedder(args: argparse.Namespace) -> int:
     examples = pair_examples(data.load_pair_files(args.pairs, args.limit_per_file, args.seed), args.seed)
     if args.replay:
         examples += replay_examples(args.replay, load_embedder().embed, args.limit_per_file, args.seed)
-    settings = EmbedderTrainingSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        max_length=args.max_length, seed=args.seed, threads=args.threads, max_minutes=args.max_minutes,
-    )
+    settings = EmbedderTrainingSettings(**_loop_options(args))
     try:
         record = train_embedder(examples, args.out, settings, progress=not args.no_progress)
     except ValueError as e:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from semcache_server.embedder import default_model_path
-from semcache_server.training_loop import LoopSettings, fine_tune
+from semcache_server.training_loop import LoopSettings, fine_tune, prepare_torch
 from semcache_server.verifier.data import TrainingPair
 
 log = logging.getLogger("semcache")
@@ -38,14 +38,6 @@ class TrainingSettings(LoopSettings):
     """The verifier's: LoopSettings' defaults; max_length counts both texts of a pair together."""
 
 
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train(
     pairs: Sequence[TrainingPair], out_dir: Path, settings: TrainingSettings = TrainingSettings(),
     base_model: str = "", progress: bool = True, quantize: bool = True,
@@ -56,11 +48,8 @@ def train(
 
     if not pairs:
         raise ValueError("no training pairs")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    prepare_torch(settings)
     base = Path(base_model or default_model_path())
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    _seed_everything(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "some weights newly initialized": the classifier head, on purpose
