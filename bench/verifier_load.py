@@ -3,12 +3,13 @@ as in production), one server for each setting in turn, interleaved over rounds 
 see the same machine.
 
     python bench/verifier_load.py [--verifier DIR] [--max-candidates N] [--dataset FILE] [--clients 32] [--seconds 20]
-        [--json FILE] [--quick]
+        [--compare-max-candidates N...] [--compare-verifier DIR...] [--json FILE] [--quick]
 
 "on" serves with --verifier DIR (default: the one the package ships), "off" with
 --verifier none; everything else is the default (--max-candidates: the "on" server's
 verifier_max_candidates, default the server's; --compare-max-candidates N...: one more
-"on" server per value, in the same rounds). Reports Lookups/s, p50/p99, and the
+"on" server per value, in the same rounds; --compare-verifier DIR...: one more "on" server
+per verifier, e.g. a smaller one, in the same rounds). Reports Lookups/s, p50/p99, and the
 share of Lookups that asked the verifier (semcache_verifier_seconds_count / Lookups).
 """
 
@@ -32,6 +33,8 @@ def main() -> None:
                         help="band candidates the verifier scores per Lookup (verifier_max_candidates)")
     parser.add_argument("--compare-max-candidates", type=int, nargs="*", default=[],
                         help="more 'on' servers, one per value, in the same rounds (runs 'on_maxN')")
+    parser.add_argument("--compare-verifier", type=Path, nargs="*", default=[],
+                        help="more 'on' servers, one per verifier directory, in the same rounds (runs 'on_DIRNAME')")
     parser.add_argument("--dataset", type=Path, default=default_datasets_dir() / "banking77" / "dev.replay.jsonl")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -43,6 +46,7 @@ def main() -> None:
     texts = list(dict.fromkeys(q.text for q in datasets.load_replay(args.dataset, 300 if args.quick else None, 0)))
     servers = [("off", "none", 0), ("on", args.verifier, args.max_candidates)]
     servers += [(f"on_max{n}", args.verifier, n) for n in args.compare_max_candidates]
+    servers += [(f"on_{d.name}", str(d), args.max_candidates) for d in args.compare_verifier]
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in servers}
     with tempfile.TemporaryDirectory(prefix="verifier-load-") as work:
         for round_ in range(args.rounds):

@@ -27,6 +27,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     verifier.add_argument("--mined-per-query", type=int, default=2)
     verifier.add_argument("--mine-limit-per-file", type=int, default=0, help="replay queries to mine from, per file (0: all)")
     _add_loop_arguments(verifier, LoopSettings())  # TrainingSettings' defaults are LoopSettings'
+    verifier.add_argument("--layers", type=int, default=0,
+                          help="transformer layers kept of the base model's 6, evenly spread (0: all); fewer cost less per pair")
     verifier.add_argument("--fp32", action="store_true", help="keep full precision (default: int8 weights)")
     verifier.set_defaults(run=cmd_train_verifier)
 
@@ -87,6 +89,8 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
             raise SystemExit(f"no such file: {path}")
     if args.epochs <= 0 or args.batch_size <= 0 or args.max_length < 8:
         raise SystemExit("--epochs and --batch-size must be > 0, --max-length >= 8")
+    if args.layers < 0:
+        raise SystemExit("--layers must be >= 0 (0: all of the base model's)")
     pairs = data.load_pair_files(args.pairs, args.limit_per_file, args.seed)
     pairs += data.synthetic_negatives(pairs, args.synthetic, args.seed)
     if args.replay:
@@ -94,8 +98,11 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
 
         embedder = load_embedder()
         pairs += data.mined_pairs(args.replay, embedder.embed, args.mined_per_query, args.mine_limit_per_file, args.seed)
-    settings = TrainingSettings(**_loop_options(args))
-    record = train(pairs, args.out, settings, progress=not args.no_progress, quantize=not args.fp32)
+    settings = TrainingSettings(**_loop_options(args), layers=args.layers)
+    try:
+        record = train(pairs, args.out, settings, progress=not args.no_progress, quantize=not args.fp32)
+    except ValueError as e:  # no pairs, or more --layers than the base model has
+        raise SystemExit(f"semcache train verifier: {e}") from None
     print(json.dumps(record, indent=2))
     return 0
 

@@ -35,7 +35,20 @@ TOKENIZER_FILE = "tokenizer.json"
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSettings(LoopSettings):
-    """The verifier's: LoopSettings' defaults; max_length counts both texts of a pair together."""
+    """The verifier's: LoopSettings' defaults; max_length counts both texts of a pair together.
+    layers: transformer layers the pair model keeps of the base model's (0: all of them),
+    spread evenly and ending at the last: a smaller model costs less per pair at serving
+    time (bench/README.md, "A smaller verifier")."""
+
+    layers: int = 0
+
+
+def kept_layers(total: int, keep: int) -> list[int]:
+    """The base model's layers a `keep`-layer model starts from: evenly spread, the last
+    one included (3 of 6: 1, 3, 5), as layer-dropping distillations do."""
+    if not 0 < keep <= total:
+        raise ValueError(f"layers must be 1..{total} (the base model's), not {keep}")
+    return [round((i + 1) * total / keep) - 1 for i in range(keep)]
 
 
 def train(
@@ -54,6 +67,11 @@ def train(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "some weights newly initialized": the classifier head, on purpose
         model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, local_files_only=True)
+    if settings.layers:
+        encoder = model.base_model.encoder
+        keep = kept_layers(len(encoder.layer), settings.layers)
+        encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in keep])
+        model.config.num_hidden_layers = len(keep)
     model.train()
     loss_fn = torch.nn.BCEWithLogitsLoss()
 

@@ -4,6 +4,7 @@ taken depends on the policy, not on the model's quality)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from semcache_server.errors import ConfigError
 from semcache_server.settings import Settings
 from semcache_server.verifier import data
 from semcache_server.verifier.model import OnnxVerifier, load_verifier
-from semcache_server.verifier.training import MODEL_FILE, TrainingSettings, train
+from semcache_server.verifier.training import MODEL_FILE, TrainingSettings, kept_layers, train
 from tests.helpers import REPO, status_of, unit_vector, vector_at_similarity
 
 DATA = REPO.parent / "shared" / "datasets"
@@ -47,6 +48,40 @@ def test_training_writes_a_servable_int8_model_whose_scores_agree_with_torch(tin
     assert (out / MODEL_FILE).stat().st_size < 30 << 20
     scores = OnnxVerifier(out).score("how do I return an item", ["how can I return something", "weather in Tampa"])
     assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
+
+
+def _quantized_matmuls(model_dir) -> int:
+    import onnx
+
+    return sum(node.op_type == "MatMulInteger" for node in onnx.load(str(model_dir / MODEL_FILE)).graph.node)
+
+
+def test_a_verifier_with_fewer_layers_trains_exports_and_serves(tmp_path, tiny_verifier):
+    """--layers 2 keeps 2 of the base model's 6 transformer layers (the 3rd and the 6th):
+    each layer it drops takes its 6 weight matrices out of the served graph."""
+    record = train(_tiny_pairs(), tmp_path, dataclasses.replace(TINY, layers=2), progress=False)
+    assert record["training"]["layers"] == 2
+    assert record["export_check"]["fp32"]["max_abs_diff"] < 1e-3 and record["export_check"]["int8"]["max_abs_diff"] < 0.05
+    assert _quantized_matmuls(tiny_verifier[0]) - _quantized_matmuls(tmp_path) == 4 * 6
+    scores = OnnxVerifier(tmp_path).score("how do I return an item", ["how can I return something", "weather in Tampa"])
+    assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
+    with pytest.raises(ValueError, match=r"layers must be 1\.\.6"):
+        train(_tiny_pairs(), tmp_path / "too-many", dataclasses.replace(TINY, layers=7), progress=False)
+
+
+def test_the_kept_layers_are_spread_evenly_and_end_at_the_last():
+    assert kept_layers(6, 3) == [1, 3, 5] and kept_layers(6, 2) == [2, 5] and kept_layers(6, 6) == list(range(6))
+
+
+def test_too_many_layers_is_a_one_line_error_from_the_cli(tmp_path):
+    pairs = DATA / "banking77" / "dev.pairs.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "semcache_server", "train", "verifier", str(pairs), "--limit-per-file", "20",
+         "--synthetic", "0", "--out", str(tmp_path / "v"), "--layers", "9", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "semcache train verifier: layers must be 1..6 (the base model's), not 9"
 
 
 def test_a_pair_scores_the_same_alone_and_among_other_candidates():
