@@ -29,6 +29,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     _add_loop_arguments(verifier, LoopSettings())  # TrainingSettings' defaults are LoopSettings'
     verifier.add_argument("--layers", type=int, default=0,
                           help="transformer layers kept of the base model's 6, evenly spread (0: all); fewer cost less per pair")
+    verifier.add_argument("--teacher", default="",
+                          help="a verifier directory whose scores replace the pairs' labels (distil it, e.g. into --layers 3)")
     verifier.add_argument("--fp32", action="store_true", help="keep full precision (default: int8 weights)")
     verifier.set_defaults(run=cmd_train_verifier)
 
@@ -59,6 +61,21 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     embedder.add_argument("--limit-per-file", type=int, default=0, help="a seeded sample of N pairs/queries per file")
     _add_loop_arguments(embedder, EmbedderTrainingSettings())
     embedder.set_defaults(run=cmd_train_embedder)
+
+
+def _teacher_labeled(pairs: list, teacher_dir: str) -> list:
+    """The pairs, each labeled with the teacher verifier's P(same) instead of 0 or 1."""
+    import dataclasses
+
+    from semcache_server.errors import ConfigError
+    from semcache_server.verifier.model import OnnxVerifier
+
+    try:
+        teacher = OnnxVerifier(teacher_dir)
+    except ConfigError as e:
+        raise SystemExit(f"semcache train verifier: --teacher: {e}") from None
+    scores = teacher.score_pairs([(p.a, p.b) for p in pairs])
+    return [dataclasses.replace(p, label=float(s)) for p, s in zip(pairs, scores, strict=True)]
 
 
 def _add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings) -> None:
@@ -98,7 +115,9 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
 
         embedder = load_embedder()
         pairs += data.mined_pairs(args.replay, embedder.embed, args.mined_per_query, args.mine_limit_per_file, args.seed)
-    settings = TrainingSettings(**_loop_options(args), layers=args.layers)
+    if args.teacher:
+        pairs = _teacher_labeled(pairs, args.teacher)
+    settings = TrainingSettings(**_loop_options(args), layers=args.layers, teacher=args.teacher)
     try:
         record = train(pairs, args.out, settings, progress=not args.no_progress, quantize=not args.fp32)
     except ValueError as e:  # no pairs, or more --layers than the base model has

@@ -21,7 +21,7 @@ from semcache_server.bench import datasets
 class TrainingPair:
     a: str
     b: str
-    label: int  # 1: the same question (may share an answer); 0: must not
+    label: float  # 1: the same question (may share an answer); 0: must not; between: a teacher's P(same)
     kind: str
 
 

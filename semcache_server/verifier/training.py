@@ -38,9 +38,11 @@ class TrainingSettings(LoopSettings):
     """The verifier's: LoopSettings' defaults; max_length counts both texts of a pair together.
     layers: transformer layers the pair model keeps of the base model's (0: all of them),
     spread evenly and ending at the last: a smaller model costs less per pair at serving
-    time (bench/README.md, "A smaller verifier")."""
+    time (bench/README.md, "A smaller verifier"). teacher: the verifier whose scores were
+    the labels (distillation), recorded; "" when the labels are the data's."""
 
     layers: int = 0
+    teacher: str = ""
 
 
 def kept_layers(total: int, keep: int) -> list[int]:

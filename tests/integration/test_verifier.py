@@ -84,6 +84,27 @@ def test_too_many_layers_is_a_one_line_error_from_the_cli(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == "semcache train verifier: layers must be 1..6 (the base model's), not 9"
 
 
+def test_a_student_learns_the_teacher_s_scores_and_records_its_teacher(tmp_path, tiny_verifier):
+    """--teacher: the teacher verifier's P(same) replaces each pair's 0/1 label (the pairs'
+    digest, which hashes the labels, changes with it), and the record names the teacher."""
+    teacher_dir, plain = tiny_verifier
+    pairs = DATA / "banking77" / "dev.pairs.jsonl"
+    command = [sys.executable, "-m", "semcache_server", "train", "verifier", str(pairs), "--limit-per-file", "40",
+               "--synthetic", "8", "--seed", "1", "--batch-size", "16", "--max-length", "32", "--epochs", "1",
+               "--threads", "2", "--no-progress", "--layers", "2"]
+    done = subprocess.run([*command, "--teacher", str(teacher_dir), "--out", str(tmp_path / "student")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "student" / "verifier.json").read_text())
+    assert record["training"]["teacher"] == str(teacher_dir) and record["training"]["layers"] == 2
+    assert record["training"]["pairs"] == plain["training"]["pairs"] == 56  # the same pairs as the teacher's own training
+    assert record["training"]["pairs_sha256"] != plain["training"]["pairs_sha256"]  # labelled by the teacher
+    bad = subprocess.run([*command, "--teacher", str(tmp_path), "--out", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("semcache train verifier: --teacher: verifier ")
+
+
 def test_a_pair_scores_the_same_alone_and_among_other_candidates():
     """The shipped int8 model: in one padded run, a pair's score moved with its batch-mates
     (the activations' quantization scale spans the run), so a Lookup's verdict depended on
