@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,21 +64,6 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     embedder.set_defaults(run=cmd_train_embedder)
 
 
-def _teacher_labeled(pairs: list, teacher_dir: str) -> list:
-    """The pairs, each labeled with the teacher verifier's P(same) instead of 0 or 1."""
-    import dataclasses
-
-    from semcache_server.errors import ConfigError
-    from semcache_server.verifier.model import OnnxVerifier
-
-    try:
-        teacher = OnnxVerifier(teacher_dir)
-    except ConfigError as e:
-        raise SystemExit(f"semcache train verifier: --teacher: {e}") from None
-    scores = teacher.score_pairs([(p.a, p.b) for p in pairs])
-    return [dataclasses.replace(p, label=float(s)) for p, s in zip(pairs, scores, strict=True)]
-
-
 def _add_loop_arguments(parser: argparse.ArgumentParser, defaults: LoopSettings) -> None:
     """The fine-tune's own options (training_loop.LoopSettings), with the trainer's defaults."""
     parser.add_argument("--max-minutes", type=float, default=defaults.max_minutes,
@@ -98,16 +84,26 @@ def _loop_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_train_verifier(args: argparse.Namespace) -> int:
+    from semcache_server.errors import ConfigError
     from semcache_server.verifier import data
-    from semcache_server.verifier.training import TrainingSettings, train
+    from semcache_server.verifier.model import OnnxVerifier
+    from semcache_server.verifier.training import TrainingSettings, base_layers, kept_layers, train
 
     for path in [*args.pairs, *args.replay]:
         if not path.is_file():
             raise SystemExit(f"no such file: {path}")
     if args.epochs <= 0 or args.batch_size <= 0 or args.max_length < 8:
         raise SystemExit("--epochs and --batch-size must be > 0, --max-length >= 8")
-    if args.layers < 0:
-        raise SystemExit("--layers must be >= 0 (0: all of the base model's)")
+    # What needs no pairs is checked before the minutes of loading and mining them.
+    if args.layers:
+        try:
+            kept_layers(base_layers(), args.layers)
+        except ValueError as e:
+            raise SystemExit(f"semcache train verifier: {e}") from None
+    try:
+        teacher = OnnxVerifier(args.teacher) if args.teacher else None
+    except ConfigError as e:
+        raise SystemExit(f"semcache train verifier: --teacher: {e}") from None
     pairs = data.load_pair_files(args.pairs, args.limit_per_file, args.seed)
     pairs += data.synthetic_negatives(pairs, args.synthetic, args.seed)
     if args.replay:
@@ -115,12 +111,13 @@ def cmd_train_verifier(args: argparse.Namespace) -> int:
 
         embedder = load_embedder()
         pairs += data.mined_pairs(args.replay, embedder.embed, args.mined_per_query, args.mine_limit_per_file, args.seed)
-    if args.teacher:
-        pairs = _teacher_labeled(pairs, args.teacher)
+    if teacher is not None:  # its P(same) replaces each pair's 0/1 label
+        scores = teacher.score_pairs([(p.a, p.b) for p in pairs])
+        pairs = [dataclasses.replace(p, label=float(s)) for p, s in zip(pairs, scores, strict=True)]
     settings = TrainingSettings(**_loop_options(args), layers=args.layers, teacher=args.teacher)
     try:
         record = train(pairs, args.out, settings, progress=not args.no_progress, quantize=not args.fp32)
-    except ValueError as e:  # no pairs, or more --layers than the base model has
+    except ValueError as e:  # no pairs
         raise SystemExit(f"semcache train verifier: {e}") from None
     print(json.dumps(record, indent=2))
     return 0

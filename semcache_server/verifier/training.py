@@ -45,6 +45,11 @@ class TrainingSettings(LoopSettings):
     teacher: str = ""
 
 
+def base_layers(base_model: str = "") -> int:
+    """How many transformer layers the base model has (its config.json; no model load)."""
+    return int(json.loads((Path(base_model or default_model_path()) / "config.json").read_text())["num_hidden_layers"])
+
+
 def kept_layers(total: int, keep: int) -> list[int]:
     """The base model's layers a `keep`-layer model starts from: evenly spread, the last
     one included (3 of 6: 1, 3, 5), as layer-dropping distillations do."""
