@@ -55,16 +55,19 @@ REPLAY_VETOES = [0.0, 0.8]
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    kind: str  # static, guard, verifier
+    kind: str  # static, guard, verifier, agreement (the verifier's rule, then neighbour agreement)
     threshold: float
     band_low: float | None = None
     min_score: float = 0.5
     veto_score: float = 0.0  # with the verifier: the score a candidate at or above the threshold needs
+    # Neighbour agreement (decision.py): (neighbours, min cosine, margin); None: off
+    agreement: tuple[int, float, float] | None = None
 
     def key(self) -> str:
-        if self.kind == "verifier":
+        agree = "" if self.agreement is None else " agree={}/{}/{}".format(*self.agreement)
+        if self.kind in ("verifier", "agreement"):
             veto = f" veto={self.veto_score}" if self.veto_score > 0 else ""
-            return f"verifier t={self.threshold} low={self.band_low} s={self.min_score}{veto}"
+            return f"{self.kind} t={self.threshold} low={self.band_low} s={self.min_score}{veto}{agree}"
         return f"{self.kind} t={self.threshold}"
 
 
@@ -75,18 +78,31 @@ NAMED_RULES = {
     "old_default": Rule("guard", 0.92),
     "previous_default": Rule("verifier", 0.92, 0.85, 0.95),
     "veto_0.8_default": Rule("verifier", 0.92, 0.8, 0.95, 0.8),  # the default from the veto until veto 0.9
+    "veto_0.9_default": Rule(  # the default from veto 0.9 until neighbour agreement
+        "verifier", 0.92, 0.8, 0.95, 0.9,
+    ),
     "shipped_default": Rule(
-        "verifier", _DEFAULTS.min_similarity, _DEFAULTS.verifier_band_low, _DEFAULTS.verifier_min_score,
+        "agreement", _DEFAULTS.min_similarity, _DEFAULTS.verifier_band_low, _DEFAULTS.verifier_min_score,
         _DEFAULTS.verifier_veto_score,
+        (_DEFAULTS.agreement_neighbours, _DEFAULTS.agreement_min_similarity, _DEFAULTS.agreement_margin),
     ),
     "strict": Rule("verifier", 0.98, 0.85, 0.95),
 }
 
 
-def rules(thresholds: list[float], band_lows: list[float], scores: list[float], vetoes: list[float]) -> list[Rule]:
+# Neighbour agreement settings (neighbours, min cosine, margin) the replay grid tries, each
+# after the shipped verifier settings ("agreement" rows; pairs hold one stored entry each,
+# so agreement cannot serve them)
+AGREEMENTS = [(n, low, margin) for n in (2, 3) for low in (0.6, 0.65, 0.7, 0.75) for margin in (0.05, 0.1)]
+
+
+def rules(thresholds: list[float], band_lows: list[float], scores: list[float], vetoes: list[float],
+          agreements: list[tuple[int, float, float]] | None = None) -> list[Rule]:
     out = [Rule(kind, t) for kind in ("static", "guard") for t in thresholds]
     out += [Rule("verifier", t, low, s, v) for t, low, s, v in itertools.product(thresholds, band_lows, scores, vetoes)
             if low < t and v <= s]
+    shipped = NAMED_RULES["shipped_default"]
+    out += [dataclasses.replace(shipped, agreement=a) for a in agreements or []]
     return out + [rule for rule in NAMED_RULES.values() if rule not in out]
 
 
@@ -136,8 +152,10 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict,  # type:
     stored: list[tuple[str, str]] = []
     exact_index: dict[str, int] = {}
     hits = wrong = asked = pairs = 0
+    neighbours, agreement_low, margin = rule.agreement or (0, 1.0, 0.0)
     policy = DecisionPolicy(rule.threshold, band_low=rule.band_low, min_verifier_score=rule.min_score,
-                            max_verified=max_verified, veto_score=rule.veto_score)
+                            max_verified=max_verified, veto_score=rule.veto_score, agreement_neighbours=neighbours,
+                            agreement_min_similarity=agreement_low, agreement_margin=margin)
     for q in queries:
         normalized = normalize_query(q.text)
         if normalized in exact_index:
@@ -147,7 +165,8 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict,  # type:
         count = len(stored)
         sims = stored_vectors[:count] @ vectors[q.text] if count else np.empty(0)
         order = np.argsort(-sims)[:16]
-        candidates = [Candidate(int(i), EntryRecord(query=stored[i][0]), float(sims[i])) for i in order]
+        candidates = [Candidate(int(i), EntryRecord(query=stored[i][0], response=stored[i][1].encode()), float(sims[i]))
+                      for i in order]
         called = [0]  # pairs this lookup asked the verifier about
 
         def verify(texts, similarities, text=q.text, called=called):  # type: ignore[no-untyped-def]
@@ -160,7 +179,7 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict,  # type:
             return raw if verifier.combination is None else verifier.combination.probability(similarities, raw)
 
         guard_text = q.text if rule.kind != "static" else ""
-        verdict = decide(candidates, policy, guard_text, verify if rule.kind == "verifier" else None)
+        verdict = decide(candidates, policy, guard_text, verify if rule.kind in ("verifier", "agreement") else None)
         asked += called[0] > 0
         pairs += called[0]
         if verdict.hit is not None:
@@ -173,6 +192,9 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict,  # type:
     n = len(queries)
     return {"hit_rate": hits / n, "false_hit_rate": wrong / n, "verifier_share": asked / n,
             "pairs_per_lookup": pairs / n, "false_hits": wrong, "negatives": n}
+
+
+KINDS = ("static", "guard", "verifier", "agreement")
 
 
 def best_at(rows: dict[str, dict], kind: str, fhr: float) -> dict | None:
@@ -262,7 +284,7 @@ def main() -> None:
     embedder = load_embedder(args.embedding_model)
     verifier = OnnxVerifier(args.verifier)
     grids = (rules(thresholds, band_lows, scores, vetoes),
-             rules(replay_thresholds, replay_lows, replay_scores, replay_vetoes))
+             rules(replay_thresholds, replay_lows, replay_scores, replay_vetoes, [] if args.quick else AGREEMENTS))
     sets = (pair_sets, replay_sets)
     result: dict = {"verifier": str(args.verifier), "embedding_model": args.embedding_model or "(embedded)",
                     "combination": verifier.config.get("combination"),
@@ -274,7 +296,7 @@ def main() -> None:
     # Settings chosen on the tune part, measured on the holdout part: per mode, and one
     # setting for both (what a server ships as its default), on the rules both grids hold.
     chosen: dict[str, dict[str, str | None]] = {}
-    for kind in ("static", "guard", "verifier"):
+    for kind in KINDS:
         chosen.setdefault("pairs", {})[kind] = choose(tune_pairs, kind, args.choose_at)
         chosen.setdefault("replay", {})[kind] = choose(tune_replay, kind, args.choose_at)
         chosen.setdefault("both", {})[kind] = choose({**tune_pairs, **{f"{n}.replay": r for n, r in tune_replay.items()}},
@@ -284,7 +306,7 @@ def main() -> None:
     for mode, all_rows in (("pairs", pair_rows), ("replay", replay_rows)):
         for name, rows in all_rows.items():
             entry: dict = {}
-            for kind in ("static", "guard", "verifier"):
+            for kind in KINDS if mode == "replay" else KINDS[:3]:
                 entry[kind] = {f"at_{int(t * 100)}pct": best_at(rows, kind, t) for t in (0.01, 0.05)}
                 others = {o: all_rows[o] for o in all_rows if o != name}
                 if others:  # the settings that keep to --choose-at on every OTHER set: how they carry over

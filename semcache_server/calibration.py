@@ -17,9 +17,9 @@ cache fills and a share over the whole sample lags it):
 
     false hits per Lookup at threshold t = eligible share * P(served at t and wrong)
 
-where an audit is served at t when its cosine is at least t, or when the verifier served
-it (a hit from the gray band under the threshold does not depend on the threshold: at
-every t it counts), with P bounded above by the one-sided 95% Wilson bound. The audits
+where an audit is served at t when its cosine is at least t, or when the verifier or
+neighbour agreement served it (a hit under the threshold does not depend on the
+threshold: at every t it counts), with P bounded above by the one-sided 95% Wilson bound. The audits
 are weighted to the recent ones as well (each one's weight halves after AUDIT_HALF_LIFE
 more; the bound uses their effective sample size), since the wrong share among them
 grows as the cache fills too. The threshold in force is the
@@ -116,7 +116,7 @@ class Audit:
     wrong: bool
     lookups_before: int  # the namespace's counted Lookups when this audit was drawn
     eligible_before: int
-    verified: bool = False  # a hit the verifier served: wrong at every threshold
+    verified: bool = False  # a hit the verifier or agreement served under the threshold: served at every threshold
     verifier_score: float = -1.0  # the verifier's judgement of the audited pair (-1: none)
 
 

@@ -72,7 +72,7 @@ def check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
         raise ConfigError(f"{prefix}lease_wait_seconds must be from 0 to 3600, got {obj.lease_wait_seconds}")
     for name, low in (
         ("min_similarity", -1.0), ("verifier_band_low", -1.0), ("verifier_min_score", 0.0), ("verifier_veto_score", 0.0),
-        ("context_min_similarity", -1.0),
+        ("context_min_similarity", -1.0), ("agreement_min_similarity", -1.0),
         ("uncertified_min_similarity", -1.0),
     ):
         value = getattr(obj, name)
@@ -82,7 +82,12 @@ def check_ranges(obj: Settings | NamespaceSettings, prefix: str = "") -> None:
         value = getattr(obj, name)
         if value is not None and value < 0:
             raise ConfigError(f"{prefix}{name} must be >= 0, got {value}")
-    for name in ("max_false_hit_rate", "adaptive_max_loosening"):
+    if obj.agreement_neighbours is not None and not (obj.agreement_neighbours == 0 or 2 <= obj.agreement_neighbours <= 16):
+        raise ConfigError(
+            f"{prefix}agreement_neighbours must be 0 (off) or from 2 to 16, got {obj.agreement_neighbours} "
+            "(1 would serve the nearest candidate alone: a lower threshold, not an agreement)"
+        )
+    for name in ("max_false_hit_rate", "adaptive_max_loosening", "agreement_margin"):
         value = getattr(obj, name)
         if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
             raise ConfigError(f"{prefix}{name} must be between 0 and 1, got {value}")

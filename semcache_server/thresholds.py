@@ -8,6 +8,7 @@ The band's low end and the verifier score come from the request, else the settin
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping
 
@@ -45,9 +46,13 @@ class Thresholds:
             check_similarity(band_low)
         min_score = self._score(namespace, "verifier_min_score", min_score)
         veto_score = self._score(namespace, "verifier_veto_score", veto_score)
+        setting = functools.partial(self._settings.for_namespace, namespace)
         return DecisionPolicy(
             threshold, band_low=float(band_low), min_verifier_score=min_score,
             max_verified=self._settings.verifier_max_candidates, veto_score=veto_score,
+            agreement_neighbours=int(setting("agreement_neighbours")),
+            agreement_min_similarity=float(setting("agreement_min_similarity")),
+            agreement_margin=float(setting("agreement_margin")),
         )
 
     def _score(self, namespace: str, name: str, requested: float | None) -> float:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from semcache_server.calibration import SAME_ANSWER_SIMILARITY, Calibration
-from semcache_server.decision import VERIFIER
+from semcache_server.decision import UNDER_THRESHOLD_HITS, VERIFIER
 from semcache_server.entries import FeedbackResult, LookupResult, format_entry_id
 from semcache_server.errors import (
     FailedPreconditionError,
@@ -102,8 +102,9 @@ class Verdicts:
             b"" if kept_vector is None else kept_vector.tobytes(),
             parts if keep_key else None, self._clock(), audit_counts=audit_counts,
             audit_entry_id=_judged_entry_id(result, audit_counts is not None),
-            audit_verified=(verified := audit_counts is not None and result.decided_by == VERIFIER),
-            audit_score=result.verifier_score if verified else None,
+            # a hit the verifier or agreement served under the threshold: served at every threshold
+            audit_verified=audit_counts is not None and result.decided_by in UNDER_THRESHOLD_HITS,
+            audit_score=result.verifier_score if audit_counts is not None and result.decided_by == VERIFIER else None,
         )
         lookup_id = self._ids.issue(logged)
         self.log_of_lookups.add(lookup_id, logged)

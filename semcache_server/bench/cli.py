@@ -57,7 +57,7 @@ def _accuracy_result(args: argparse.Namespace) -> dict:
         target.close()
     # The server's default decision (verifier included): in-process, or that server's own.
     default_target = ServerTarget(args.server, embedder, args.token) if args.server else InProcessTarget(
-        embedder, default_verifier()
+        embedder, default_verifier(), agreement=True
     )
     try:
         default, verifier_share = accuracy.default_figures(
@@ -130,7 +130,7 @@ def _decision_points(args: argparse.Namespace) -> list:
         verifier = load_verifier(args.verifier)
         if verifier is None:  # no verifier: the threshold sweep has said it all
             return []
-        target = InProcessTarget(embedder, verifier)
+        target = InProcessTarget(embedder, verifier, agreement=True)
     try:
         if mode == datasets.PAIRS:
             pairs = datasets.load_pairs(args.dataset, args.limit, args.seed)

@@ -50,11 +50,15 @@ class InProcessTarget:
     """A SemanticCache in a temporary data dir (fsync off: the bench measures answers, not disks).
 
     verifier: None decides by cosine and the guard alone (the sweeps); `default_verifier()`
-    gives the server's default decision."""
+    with agreement=True gives the server's default decision. agreement: neighbour
+    agreement at its default settings (off: the threshold and the verifier alone)."""
 
-    def __init__(self, embedder: Embedder, verifier: Verifier | None = None) -> None:
+    def __init__(self, embedder: Embedder, verifier: Verifier | None = None, agreement: bool = False) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="semcache-bench-")
-        settings = Settings(data_dir=self._dir.name, sync_writes=False, max_versions_per_model=0)
+        settings = Settings(
+            data_dir=self._dir.name, sync_writes=False, max_versions_per_model=0,
+            agreement_neighbours=Settings().agreement_neighbours if agreement else 0,
+        )
         self._cache = SemanticCache(settings, embedder, verifier=verifier)
 
     def _key(self, version: str) -> PartitionKey:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from semcache_server.decision import (
+    AGREEMENT,
     BELOW_THRESHOLD,
     NO_CANDIDATE,
     THRESHOLD,
@@ -84,6 +85,7 @@ SCORES = {
     "flights from tampa to boston": 0.05, "flights from boston to tampa tomorrow": 0.9,
     "my card has not arrived yet": 0.05,
     "how do I reset my password": 0.7, "is the store open on sundays": 0.1,
+    "flight from tampa to boston please": 0.9, "tampa to boston flights": 0.9,
 }
 
 
@@ -218,3 +220,91 @@ def test_a_near_copy_above_the_threshold_still_needs_the_band_score_under_a_veto
     policy = dataclasses.replace(VETO, veto_score=0.01)  # a near copy is held to min_verifier_score (0.5), not this
     verdict = decide([TAMPA_TO_BOSTON], policy, "flights from boston to tampa", _verify(calls))
     assert verdict.hit is None and verdict.decided_by == VERIFIER_REJECTED
+
+
+# -- neighbour agreement: the nearest live candidates hold one answer --------------------
+
+AGREE = DecisionPolicy(0.92, agreement_neighbours=3, agreement_min_similarity=0.65, agreement_margin=0.1)
+
+
+def _answer(entry_id: int, query: str, response: str, similarity: float, **record: float) -> Candidate:
+    return Candidate(entry_id, EntryRecord(query=query, response=response.encode(), **record), similarity)
+
+
+CARD_1 = _answer(50, "my new card is still on its way", "card_arrival", 0.80)
+CARD_2 = _answer(51, "when will my card be delivered", "card_arrival", 0.76)
+CARD_3 = _answer(52, "how long until the card arrives", "card_arrival", 0.70)
+CARD_FAR = _answer(53, "is there a card delivery fee", "card_arrival", 0.60)
+LOST = _answer(54, "I lost my card", "lost_card", 0.66)
+LOST_CLOSE = _answer(55, "my card was stolen", "lost_card", 0.72)
+QUERY = "where is the card you sent me"
+
+
+@pytest.mark.parametrize(
+    "reason,candidates,policy,hit,decided_by",
+    [
+        ("three nearest agree, each above the minimum, no other answer within the margin: the nearest is the hit",
+         [CARD_1, CARD_2, CARD_3, LOST], AGREE, 50, AGREEMENT),
+        ("off (0 neighbours): the plain threshold", [CARD_1, CARD_2, CARD_3], dataclasses.replace(AGREE, agreement_neighbours=0),
+         None, BELOW_THRESHOLD),
+        ("only two candidates", [CARD_1, CARD_2], AGREE, None, BELOW_THRESHOLD),
+        ("the third is under agreement_min_similarity", [CARD_1, CARD_2, CARD_FAR], AGREE, None, BELOW_THRESHOLD),
+        ("another answer among the nearest three", [CARD_1, LOST_CLOSE, CARD_2, CARD_3], AGREE, None, BELOW_THRESHOLD),
+        ("another answer after the three, but within the margin of the nearest",
+         [CARD_1, CARD_2, CARD_3, _answer(56, "my card was stolen", "lost_card", 0.705)], AGREE, None, BELOW_THRESHOLD),
+        ("another answer just outside the margin does not count", [CARD_1, CARD_2, CARD_3, _answer(57, "x", "lost_card", 0.70)],
+         AGREE, 50, AGREEMENT),
+        ("an empty response is no answer to agree on",
+         [_answer(58, "a", "", 0.8), _answer(59, "b", "", 0.79), _answer(60, "c", "", 0.78)], AGREE, None, BELOW_THRESHOLD),
+        ("a candidate under its own floor (wrong verdicts raised it) does not vote; without it two remain",
+         [_answer(61, "my new card is still on its way", "card_arrival", 0.80, min_similarity=0.9), CARD_2, CARD_3],
+         AGREE, None, BELOW_THRESHOLD),
+        ("a candidate under its floor is skipped and the next ones make three",
+         [_answer(61, "my new card is still on its way", "card_arrival", 0.80, min_similarity=0.9), CARD_1, CARD_2, CARD_3],
+         AGREE, 50, AGREEMENT),
+        ("above the threshold the threshold's hit comes first",
+         [_answer(62, "where is the card you sent", "card_arrival", 0.95), CARD_1, CARD_2], AGREE, 62, "threshold"),
+    ],
+)
+def test_neighbour_agreement(reason, candidates, policy, hit, decided_by):
+    verdict = decide(candidates, policy, QUERY)
+    assert (verdict.hit.entry_id if verdict.hit else None) == hit, reason
+    assert verdict.decided_by == decided_by, reason
+
+
+def test_agreement_after_the_verifier_rejects_the_band_and_reads_past_the_band():
+    calls: list[list[str]] = []
+    policy = dataclasses.replace(BAND, min_verifier_score=0.95, agreement_neighbours=3, agreement_min_similarity=0.65,
+                                 agreement_margin=0.1)
+    rest = [_answer(71, "can I send it back", "returns", 0.79), _answer(72, "returning a purchase", "returns", 0.7)]
+    unsure = _answer(70, "what is your return policy", "returns", 0.86)  # the verifier: 0.9, under the band's 0.95
+    verdict = decide([unsure, *rest], policy, "how to return something", _verify(calls))
+    assert verdict.hit is not None and verdict.hit.entry_id == 70 and verdict.decided_by == AGREEMENT
+    assert calls == [["what is your return policy"]]  # the band's one candidate; the rest were read for agreement only
+    # the verifier's "another question" (0.2, under AGREEMENT_MIN_JUDGEMENT) stands, whatever its neighbours hold
+    doubted = _answer(70, "how do I return an item", "returns", 0.86)
+    assert decide([doubted, *rest], policy, "how to return something", _verify([])).decided_by == VERIFIER_REJECTED
+
+
+def test_agreement_does_not_overrule_the_verifier_on_a_reordering():
+    flights = [_answer(80 + i, q, "TPA-BOS", s) for i, (q, s) in enumerate(
+        [("flights from tampa to boston", 0.93), ("flight from tampa to boston please", 0.85), ("tampa to boston flights", 0.8)]
+    )]
+    calls: list[list[str]] = []
+    # the nearest is the query's words reordered: the verifier judges it (0.05) and agreement cannot undo that
+    policy = dataclasses.replace(AGREE, band_low=0.8, min_verifier_score=0.95, veto_score=0.9)
+    verdict = decide(flights, policy, "flights from boston to tampa", _verify(calls))
+    assert verdict.hit is None and verdict.decided_by == VERIFIER_REJECTED and "flights from tampa to boston" in calls[0]
+    assert decide(flights[1:], AGREE, "which flights go from tampa to boston").decided_by == BELOW_THRESHOLD  # two only
+
+
+def test_agreement_never_serves_what_the_guard_refuses():
+    open_ = [_answer(80 + i, q, "yes", s) for i, (q, s) in
+             enumerate([("is port 22 open", 0.9), ("is port 22 open now", 0.85), ("port 22 open?", 0.8)])]
+    assert decide(open_, AGREE, "is port 22 not open").hit is None
+    assert decide(open_, AGREE, "is port 22 closed").hit is None
+
+
+def test_agreement_gives_up_within_max_examined():
+    policy = dataclasses.replace(AGREE, max_examined=2)
+    assert decide([CARD_1, CARD_2, CARD_3], policy, QUERY).hit is None
