@@ -118,9 +118,9 @@ class Settings:
     # hold one response, byte for byte, each at cosine >= agreement_min_similarity, and no
     # candidate with another response comes within agreement_margin of the nearest. It
     # serves only where the app stores identical answers for different questions; on the
-    # intent streams' held-out parts it took the default from 16.6% / 7.0% / 2.2% hits to
-    # ~30% / ~14% / ~5% without more wrong answers; see bench/README.md, "Neighbour
-    # agreement". 0 neighbours = off; otherwise 2 to 16.
+    # intent streams' held-out parts it took the default from 16.4% / 5.2% / 2.2% hits to
+    # 28.7% / 8.8% / 5.0%, at 0.67% / 0.27% / 0.15% wrong (was 0.67% / 0.07% / 0); see
+    # bench/README.md, "Neighbour agreement". 0 neighbours = off; otherwise 2 to 16.
     agreement_neighbours: int = 3
     agreement_min_similarity: float = 0.65
     agreement_margin: float = 0.1

@@ -178,12 +178,13 @@ def static_second_halves(
     embedder: Embedder | None, queries: Sequence[Query], vectors: dict[str, np.ndarray], dimension: int = 0,
 ) -> list[dict[str, float]]:
     """Each static threshold of STATIC_THRESHOLDS replayed on the same stream: cosine
-    alone (no verifier, no audits), the hand-picked threshold the loop is measured against."""
+    alone (no verifier, no neighbour agreement, no audits), the hand-picked threshold the
+    loop is measured against."""
     rows = []
     for threshold in STATIC_THRESHOLDS:
         with tempfile.TemporaryDirectory(prefix="semcache-bench-static-") as data_dir:
             settings = Settings(data_dir=data_dir, sync_writes=False, embedding_model="" if embedder else "none",
-                                embedding_dimension=dimension, verifier="none")
+                                embedding_dimension=dimension, verifier="none", agreement_neighbours=0)
             cache = SemanticCache(settings, embedder)
             second = Halves()
             try:
