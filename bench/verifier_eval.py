@@ -53,6 +53,10 @@ VETOES = [0.0, 0.5, 0.8]
 REPLAY_VETOES = [0.0, 0.8]
 
 
+KINDS = ("static", "guard", "verifier", "agreement")
+ASKS_VERIFIER = ("verifier", "agreement")  # the kinds whose rule consults the verifier
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     kind: str  # static, guard, verifier, agreement (the verifier's rule, then neighbour agreement)
@@ -65,7 +69,7 @@ class Rule:
 
     def key(self) -> str:
         agree = "" if self.agreement is None else " agree={}/{}/{}".format(*self.agreement)
-        if self.kind in ("verifier", "agreement"):
+        if self.kind in ASKS_VERIFIER:
             veto = f" veto={self.veto_score}" if self.veto_score > 0 else ""
             return f"{self.kind} t={self.threshold} low={self.band_low} s={self.min_score}{veto}{agree}"
         return f"{self.kind} t={self.threshold}"
@@ -179,7 +183,7 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict,  # type:
             return raw if verifier.combination is None else verifier.combination.probability(similarities, raw)
 
         guard_text = q.text if rule.kind != "static" else ""
-        verdict = decide(candidates, policy, guard_text, verify if rule.kind in ("verifier", "agreement") else None)
+        verdict = decide(candidates, policy, guard_text, verify if rule.kind in ASKS_VERIFIER else None)
         asked += called[0] > 0
         pairs += called[0]
         if verdict.hit is not None:
@@ -192,9 +196,6 @@ def replay_figures(queries, vectors, verifier, rule: Rule, cache: dict,  # type:
     n = len(queries)
     return {"hit_rate": hits / n, "false_hit_rate": wrong / n, "verifier_share": asked / n,
             "pairs_per_lookup": pairs / n, "false_hits": wrong, "negatives": n}
-
-
-KINDS = ("static", "guard", "verifier", "agreement")
 
 
 def best_at(rows: dict[str, dict], kind: str, fhr: float) -> dict | None:
